@@ -1,0 +1,165 @@
+"""Calibration: expected calibration error, reliability-diagram bins and temperature scaling.
+
+All functions take ``logits`` (N, K) and integer ``labels`` (N,) as torch tensors or numpy
+arrays and compute in float64. With ``p_i = softmax(z_i)``, the confidence is
+``c_i = max_k p_ik`` and the prediction ``ŷ_i = argmax_k p_ik`` (first index on ties).
+
+Bins: ``n_bins`` equal-width bins ``B_b = (b/n, (b+1)/n]`` for ``b = 0..n-1`` (open on the left,
+closed on the right; a confidence of exactly 0 would go to the first bin). Then
+
+    ECE = Σ_b (|B_b| / N) · |acc(B_b) - conf(B_b)|,
+    acc(B_b) = mean_{i∈B_b} [ŷ_i = y_i],   conf(B_b) = mean_{i∈B_b} c_i.
+
+Temperature scaling (Guo et al. 2017) picks ``T > 0`` minimising the mean negative log-likelihood
+``NLL(T) = mean_i [logsumexp(z_i / T) - z_iy / T]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, logsumexp
+
+__all__ = [
+    "ReliabilityBins",
+    "expected_calibration_error",
+    "fit_temperature",
+    "nll",
+    "reliability_bins",
+    "split_for_temperature",
+]
+
+ArrayLike = np.ndarray | torch.Tensor
+
+_LOG_T_BOUNDS = (float(np.log(0.05)), float(np.log(20.0)))
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin statistics for a reliability diagram.
+
+    ``edges`` (n_bins + 1,), bin b is ``(edges[b], edges[b+1]]``; ``count`` (n_bins,) int64;
+    ``confidence`` and ``accuracy`` (n_bins,) float64 means over the bin, NaN where ``count == 0``.
+    """
+
+    edges: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.count.shape[0])
+
+    @property
+    def ece(self) -> float:
+        """``Σ_b (count_b / N) |accuracy_b - confidence_b|`` over non-empty bins."""
+        n = self.count.sum()
+        if n == 0:
+            return 0.0
+        nz = self.count > 0
+        gap = np.abs(self.accuracy[nz] - self.confidence[nz])
+        return float((self.count[nz] / n * gap).sum())
+
+
+def _as_numpy(logits: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    z = logits.detach().cpu().double().numpy() if isinstance(logits, torch.Tensor) else logits
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(y)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"logits must have shape (N, K) with K >= 2, got {z.shape}")
+    if y.ndim != 1 or y.shape[0] != z.shape[0]:
+        raise ValueError(f"labels must have shape ({z.shape[0]},) to match logits, got {y.shape}")
+    if z.shape[0] == 0:
+        raise ValueError("need at least one sample; got empty logits")
+    if y.dtype.kind not in "ui":
+        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(
+            f"labels must lie in [0, {z.shape[1]}) (the number of logit columns), "
+            f"found [{y.min()}, {y.max()}]"
+        )
+    if not np.isfinite(z).all():
+        raise ValueError("logits contain NaN or infinite values")
+    return z, y.astype(np.int64)
+
+
+def _check_bins(n_bins: int) -> int:
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    return int(n_bins)
+
+
+def reliability_bins(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> ReliabilityBins:
+    """Top-label confidence/accuracy/count in ``n_bins`` equal-width bins ``(b/n, (b+1)/n]``."""
+    n_bins = _check_bins(n_bins)
+    z, y = _as_numpy(logits, labels)
+    p = np.exp(log_softmax(z, axis=1))
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # searchsorted 'left': first j with edges[j] >= c, so edges[j-1] < c <= edges[j] -> bin j-1
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.int64)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.where(count > 0, conf_sum / count, np.nan)
+        accuracy = np.where(count > 0, acc_sum / count, np.nan)
+    return ReliabilityBins(edges=edges, confidence=confidence, accuracy=accuracy, count=count)
+
+
+def expected_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Top-label ECE ``Σ_b (|B_b|/N) |acc(B_b) - conf(B_b)|`` with bins ``(b/n, (b+1)/n]``."""
+    return reliability_bins(logits, labels, n_bins).ece
+
+
+def nll(logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``softmax(logits / temperature)``."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z, y = _as_numpy(logits, labels)
+    return _nll(z / temperature, y)
+
+
+def _nll(z: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(y)), y]))
+
+
+def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
+    """The ``T`` in [0.05, 20] minimising ``NLL(T) = mean_i [logsumexp(z_i/T) - z_iy/T]``.
+
+    Optimised over ``log T`` with bounded Brent search (``scipy.optimize.minimize_scalar``,
+    ``xatol=1e-10``); the result is on a bound only if the optimum lies beyond it.
+    ``T > 1`` softens over-confident predictions, ``T < 1`` sharpens under-confident ones.
+    """
+    z, y = _as_numpy(logits, labels)
+    res = minimize_scalar(
+        lambda log_t: _nll(z * np.exp(-log_t), y),
+        bounds=_LOG_T_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-10, "maxiter": 500},
+    )
+    return float(np.exp(res.x))
+
+
+def split_for_temperature(
+    n: int, fraction: float = 0.5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into ``(fit_idx, eval_idx)``, both sorted, disjoint and covering it.
+
+    ``fit_idx`` has ``round(n · fraction)`` indices (at least 1, at most n - 1) drawn by
+    ``numpy.random.default_rng(seed).permutation(n)``; fit T on one part, report ECE on the other.
+    """
+    if int(n) != n or n < 2:
+        raise ValueError(f"need n >= 2 samples to split, got {n!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    n = int(n)
+    n_fit = min(max(int(round(n * fraction)), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_fit]), np.sort(perm[n_fit:])

@@ -1,0 +1,153 @@
+"""Tests for nclab.calibration against torchmetrics, direct loops and autograd."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from nclab.calibration import (
+    ReliabilityBins,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability_bins,
+    split_for_temperature,
+)
+
+
+def _data(n=2000, k=10, scale=3.0, seed=0):
+    """Logits whose argmax is right about 60% of the time (labels drawn from a shifted softmax)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(n, k, generator=g, dtype=torch.float64)
+    labels = torch.distributions.Categorical(logits=logits / scale).sample()
+    return logits, labels
+
+
+def _ece_loop(logits, labels, n_bins):
+    p = torch.softmax(logits.double(), dim=1)
+    conf, pred = p.max(dim=1)
+    total = 0.0
+    n = len(labels)
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        members = [i for i in range(n) if lo < float(conf[i]) <= hi]
+        if not members:
+            continue
+        acc = sum(float(pred[i] == labels[i]) for i in members) / len(members)
+        cf = sum(float(conf[i]) for i in members) / len(members)
+        total += len(members) / n * abs(acc - cf)
+    return total
+
+
+@pytest.mark.parametrize("seed,scale", [(0, 3.0), (1, 1.0), (2, 6.0)])
+def test_ece_matches_torchmetrics(seed, scale):
+    logits, labels = _data(scale=scale, seed=seed)
+    probs = torch.softmax(logits, dim=1)
+    ref = multiclass_calibration_error(probs, labels, num_classes=10, n_bins=15, norm="l1")
+    got = expected_calibration_error(logits, labels)
+    assert isinstance(got, float)
+    assert abs(got - float(ref)) < 1e-6
+    assert got > 0.01  # these predictions are genuinely mis-calibrated
+
+
+def test_ece_matches_direct_loop_and_numpy_input():
+    logits, labels = _data(n=500, k=5, seed=4)
+    for n_bins in (1, 7, 15):
+        ref = _ece_loop(logits, labels, n_bins)
+        assert abs(expected_calibration_error(logits, labels, n_bins) - ref) < 1e-12
+        assert abs(expected_calibration_error(logits.numpy(), labels.numpy(), n_bins) - ref) < 1e-12
+
+
+def test_ece_one_bin_is_abs_mean_gap():
+    logits, labels = _data(n=300, k=4, seed=5)
+    p = torch.softmax(logits, dim=1)
+    conf, pred = p.max(1)
+    ref = abs((pred == labels).double().mean() - conf.mean()).item()
+    assert abs(expected_calibration_error(logits, labels, n_bins=1) - ref) < 1e-12
+
+
+def test_bin_edges_are_right_closed():
+    # two classes: logits (log c, log(1 - c)) give confidence exactly c for c >= 1/2
+    conf = np.array([0.6, 0.8, 0.8 + 1e-9])
+    logits = np.log(np.stack([conf, 1 - conf], axis=1))
+    bins = reliability_bins(logits, np.array([0, 0, 1]), n_bins=5)
+    # edges 0, .2, .4, .6, .8, 1: 0.6 -> bin (0.4, 0.6], 0.8 -> (0.6, 0.8], 0.8+ -> (0.8, 1]
+    assert bins.count.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_reliability_bins_content():
+    logits, labels = _data(n=1000, k=10, seed=6)
+    bins = reliability_bins(logits, labels, n_bins=15)
+    assert isinstance(bins, ReliabilityBins)
+    assert np.allclose(bins.edges, np.linspace(0, 1, 16))
+    assert bins.count.sum() == 1000
+    empty = bins.count == 0
+    assert np.isnan(bins.confidence[empty]).all() and np.isnan(bins.accuracy[empty]).all()
+    full = ~empty
+    lo, hi = bins.edges[:-1][full], bins.edges[1:][full]
+    assert ((bins.confidence[full] > lo) & (bins.confidence[full] <= hi)).all()
+    p = torch.softmax(logits, 1)
+    acc = (p.argmax(1) == labels).double().mean().item()
+    assert abs((bins.accuracy[full] * bins.count[full]).sum() / 1000 - acc) < 1e-12
+    assert abs(bins.ece - expected_calibration_error(logits, labels)) < 1e-15
+
+
+def _dnll_dt(logits, labels, t):
+    tt = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(logits / tt, labels)
+    (g,) = torch.autograd.grad(loss, tt)
+    return g.item(), loss.item()
+
+
+def test_temperature_is_stationary_point_and_minimum():
+    logits, labels = _data(n=1500, seed=7)
+    t = fit_temperature(logits, labels)
+    grad, loss = _dnll_dt(logits, labels, t)
+    assert abs(grad) < 1e-6
+    assert abs(nll(logits, labels, t) - loss) < 1e-12
+    for other in (0.9 * t, 1.1 * t):
+        assert nll(logits, labels, other) > loss
+
+
+def test_overconfident_logits_get_temperature_above_one():
+    logits, labels = _data(n=1500, scale=1.0, seed=8)
+    t_base = fit_temperature(logits, labels)
+    t_hot = fit_temperature(5 * logits, labels)
+    assert t_hot > 1.0
+    # scaling logits by 5 scales the optimal temperature by 5
+    assert math.isclose(t_hot, 5 * t_base, rel_tol=1e-5)
+    # and temperature scaling reduces ECE of the over-confident logits
+    assert expected_calibration_error(5 * logits / t_hot, labels) < expected_calibration_error(
+        5 * logits, labels
+    )
+
+
+def test_split_for_temperature():
+    fit, ev = split_for_temperature(101, fraction=0.5, seed=3)
+    assert len(fit) == 50 and len(ev) == 51
+    assert np.array_equal(np.sort(np.concatenate([fit, ev])), np.arange(101))
+    fit2, ev2 = split_for_temperature(101, fraction=0.5, seed=3)
+    assert np.array_equal(fit, fit2) and np.array_equal(ev, ev2)
+    fit3, _ = split_for_temperature(101, fraction=0.5, seed=4)
+    assert not np.array_equal(fit, fit3)
+    assert len(split_for_temperature(10, fraction=0.2)[0]) == 2
+
+
+def test_bad_inputs():
+    logits, labels = _data(n=20, k=3)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        expected_calibration_error(logits, labels + 3)
+    with pytest.raises(ValueError, match="shape"):
+        expected_calibration_error(logits, labels[:5])
+    with pytest.raises(ValueError, match="n_bins"):
+        expected_calibration_error(logits, labels, n_bins=0)
+    with pytest.raises(ValueError, match="integer"):
+        fit_temperature(logits, labels.double())
+    with pytest.raises(ValueError, match="fraction"):
+        split_for_temperature(10, fraction=1.0)
+    with pytest.raises(ValueError, match="n >= 2"):
+        split_for_temperature(1)
+    with pytest.raises(ValueError, match="NaN"):
+        expected_calibration_error(logits * float("nan"), labels)
