@@ -1,13 +1,101 @@
-"""`nclab metrics` (placeholder until its module lands; replaced by the module's owner)."""
+"""`nclab metrics FILE.npz`: neural-collapse metrics of stored features."""
+
+from __future__ import annotations
 
 import argparse
 
-HELP = "metrics"
+HELP = "Neural-collapse metrics of features stored in an .npz file."
+DESCRIPTION = (
+    "Compute neural-collapse metrics (NC1, CDNV, NC2, NC3, NC4, NCC accuracy, equinorm, "
+    "equiangularity, norms) of features stored in an .npz file. The file must hold 'features' "
+    "(N x d) and integer 'labels' (N,); optional 'weight' (K x d, as stored by torch.nn.Linear) "
+    "and 'bias' (K,) enable the classifier metrics; optional 'num_classes' fixes K (otherwise K "
+    "is the number of rows of 'weight', or max label + 1). Definitions: docs/metrics.md."
+)
+
+# Metric name -> short meaning, in display order.
+_MEANINGS: dict[str, str] = {
+    "nc1": "(1/K) tr(Sigma_W Sigma_B^+), within-class variability",
+    "cdnv": "class-distance normalised variance",
+    "nc2_h": "||G_H/||G_H|| - ETF||, centred class means",
+    "nc2_w": "||G_W/||G_W|| - ETF||, classifier rows",
+    "nc2_wh": "||W Mbar^T/||.|| - ETF||",
+    "nc3": "||W/||W|| - Mbar/||Mbar||||^2, self-duality",
+    "nc4": "classifier vs nearest-class-mean disagreement",
+    "ncc_acc": "nearest-class-mean accuracy",
+    "equinorm_h": "std/mean of class-mean norms",
+    "equinorm_w": "std/mean of classifier row norms",
+    "equiangle_h": "std of class-mean cosines",
+    "equiangle_w": "std of classifier-row cosines",
+    "maxangle_h": "mean |cos + 1/(K-1)|, class means",
+    "maxangle_w": "mean |cos + 1/(K-1)|, classifier rows",
+    "w_norm": "mean classifier row norm",
+    "h_norm": "mean centred class-mean norm",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("file", metavar="FILE.npz", help="npz with 'features' and 'labels'")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _load(path: str) -> dict[str, object]:
+    import os
+
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found; pass an .npz file holding 'features' (N x d) and 'labels' (N)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable .npz file ({err})") from err
+    missing = [name for name in ("features", "labels") if name not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path} lacks array(s) {', '.join(repr(m) for m in missing)} (it has: "
+            f"{', '.join(sorted(arrays)) or 'nothing'}); save with "
+            "np.savez(path, features=..., labels=...)"
+        )
+    return arrays
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("nclab metrics is not implemented yet")
+    import json
+
+    import numpy as np
+
+    from nclab.metrics import nc_metrics
+
+    arrays = _load(args.file)
+    features, labels = arrays["features"], arrays["labels"]
+    if "num_classes" in arrays:
+        nc = np.asarray(arrays["num_classes"])
+        if nc.size != 1 or nc.dtype.kind not in "iu":
+            raise ValueError(f"'num_classes' must be a single integer, got {nc!r}")
+        k = int(nc.reshape(()))
+    elif "weight" in arrays:
+        k = int(np.shape(arrays["weight"])[0])
+    else:
+        k = int(np.max(labels)) + 1 if np.size(labels) else 0
+    metrics = nc_metrics(
+        features, labels, arrays.get("weight"), arrays.get("bias"), num_classes=k
+    ).as_dict()
+    n, d = np.shape(features)
+
+    if args.json:
+        out = {"file": args.file, "num_samples": n, "num_classes": k, "dim": d, "metrics": metrics}
+        print(json.dumps(out, indent=2))
+        return 0
+
+    print(f"{args.file}: N={n} samples, K={k} classes, d={d}")
+    width = max(len(name) for name in metrics)
+    for name, value in metrics.items():
+        shown = "n/a" if value is None else f"{value:.6g}"
+        print(f"  {name:<{width}}  {shown:>12}  {_MEANINGS.get(name, '')}")
+    if metrics["nc2_w"] is None:
+        print("  (n/a: add 'weight' (K x d) and 'bias' (K) to the file for classifier metrics)")
+    return 0
