@@ -1,13 +1,431 @@
-"""`nclab ufm` (placeholder until its module lands; replaced by the module's owner)."""
+"""`nclab ufm`: the unconstrained feature model under cross-entropy and label smoothing.
+
+Sub-commands ``closed-form``, ``solve``, ``condition`` and ``convergence`` print one table row per
+smoothing value ``delta`` so that CE (``delta = 0``) and LS sit side by side; ``--json`` prints the
+same as JSON and ``--plot FILE`` writes a PNG where there are curves.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
 
-HELP = "ufm"
+HELP = "Unconstrained feature model: closed form, solver, conditioning, convergence."
+DESCRIPTION = (
+    "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
+    "||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2 with N = n K balanced samples "
+    "(Guo et al., arXiv 2402.03979). delta = 0 is cross-entropy, delta > 0 label smoothing. "
+    "See docs/theory.md."
+)
+
+_DEFAULTS: dict[str, Any] = dict(
+    num_classes=10, n_per_class=50, dim=32, lambda_w=5e-3, lambda_h=5e-3, lambda_b=1e-3
+)
+
+
+def _add_problem(p: argparse.ArgumentParser, *, dim: bool, smoothing: Sequence[float]) -> None:
+    p.add_argument("-K", "--num-classes", type=int, default=_DEFAULTS["num_classes"])
+    p.add_argument("-n", "--n-per-class", type=int, default=_DEFAULTS["n_per_class"])
+    if dim:
+        p.add_argument(
+            "-d", "--dim", type=int, default=_DEFAULTS["dim"], help="feature dimension (>= K-1)"
+        )
+    p.add_argument("--lambda-w", type=float, default=_DEFAULTS["lambda_w"])
+    p.add_argument("--lambda-h", type=float, default=_DEFAULTS["lambda_h"])
+    p.add_argument(
+        "--lambda-b",
+        type=float,
+        default=_DEFAULTS["lambda_b"],
+        help="bias penalty (>= 0; any value > 0 gives the same minimizer b = 0)",
+    )
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        nargs="+",
+        default=list(smoothing),
+        metavar="DELTA",
+        help="one or more label-smoothing values in [0, 1); 0 is cross-entropy",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    sub = parser.add_subparsers(dest="ufm_command", metavar="SUBCOMMAND")
+    sub.required = True
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser(
+        "closed-form",
+        help="closed-form global minimizer (regime, gap, norms, p_true, objective, kappa_logit)",
+        formatter_class=fmt,
+    )
+    _add_problem(p, dim=False, smoothing=(0.0, 0.05, 0.1, 0.2))
+
+    p = sub.add_parser(
+        "solve",
+        help="solve the UFM in float64 (L-BFGS or GD) and compare with the closed form",
+        formatter_class=fmt,
+    )
+    _add_problem(p, dim=True, smoothing=(0.0, 0.1))
+    p.add_argument("--method", choices=("lbfgs", "gd"), default="lbfgs")
+    p.add_argument("--lr", type=float, default=2.0, help="GD step size")
+    p.add_argument("--max-iters", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record-every", type=int, default=1, help="NC metrics every m iterations")
+    p.add_argument("--plot", metavar="FILE", help="write the history (objective gap, NC) as PNG")
+
+    p = sub.add_parser(
+        "condition",
+        help="Hessian conditioning at the minimizer: logit space and full (W, H, b)",
+        formatter_class=fmt,
+    )
+    _add_problem(p, dim=True, smoothing=(0.0, 0.05, 0.1, 0.2))
+    p.add_argument(
+        "--method",
+        choices=("auto", "dense", "lanczos"),
+        default="auto",
+        help="dense autograd Hessian (small problems) or Lanczos on Hessian-vector products",
+    )
+    p.add_argument("--seed", type=int, default=0, help="rotation of the minimizer")
+    p.add_argument("--tol", type=float, default=1e-12, help="ARPACK relative tolerance")
+    p.add_argument(
+        "--plot", metavar="FILE", help="write condition numbers and eigenvalues vs delta as PNG"
+    )
+
+    p = sub.add_parser(
+        "convergence",
+        help="GD from one initialisation for each delta: objective gap and NC1 curves",
+        formatter_class=fmt,
+    )
+    _add_problem(p, dim=True, smoothing=(0.0, 0.05, 0.1, 0.2))
+    p.add_argument("--lr", type=float, default=2.0)
+    p.add_argument("--max-iters", type=int, default=3000)
+    p.add_argument("--tol-objective", type=float, default=1e-8, help="relative objective gap")
+    p.add_argument("--tol-nc1", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="FILE", help="write the curves as PNG")
+
+
+# ----------------------------------------------------------------------------- output
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value == 0.0:
+            return "0"
+        mag = abs(value)
+        return f"{value:.6g}" if 1e-4 <= mag < 1e6 else f"{value:.3e}"
+    return str(value)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def _emit_json(payload: Any) -> None:
+    print(json.dumps(_jsonable(payload), indent=2))
+
+
+def _problem(args: argparse.Namespace) -> dict[str, Any]:
+    out = dict(
+        num_classes=args.num_classes,
+        n_per_class=args.n_per_class,
+        lambda_w=args.lambda_w,
+        lambda_h=args.lambda_h,
+        lambda_b=args.lambda_b,
+    )
+    if hasattr(args, "dim"):
+        out["dim"] = args.dim
+    return out
+
+
+def _label(delta: float) -> str:
+    return "CE" if delta == 0 else f"LS delta={delta:g}"
+
+
+def _figure(ncols: int) -> tuple[Any, Any, Any]:
+    """``(pyplot, figure, axes)`` with the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.0), constrained_layout=True)
+    return plt, fig, axes
+
+
+def _floor(values: Any, floor: float = 1e-17) -> Any:
+    """``|values|`` clipped from below so that round-off zeros stay on a log axis."""
+    import numpy as np
+
+    return np.maximum(np.abs(np.asarray(values, dtype=float)), floor)
+
+
+# --------------------------------------------------------------------------- commands
+def _run_closed_form(args: argparse.Namespace) -> int:
+    from nclab.ufm import closed_form
+
+    rows = [closed_form(smoothing=d, **_problem(args)).as_dict() for d in args.smoothing]
+    if args.json:
+        _emit_json(rows)
+        return 0
+    _print_table(
+        rows,
+        [
+            "smoothing",
+            "regime",
+            "beta",
+            "threshold",
+            "logit_gap",
+            "w_norm",
+            "h_norm",
+            "p_true",
+            "loss",
+            "objective",
+            "kappa_logit",
+        ],
+    )
+    return 0
+
+
+def _run_solve(args: argparse.Namespace) -> int:
+    from nclab.ufm import solve
+
+    results = [
+        solve(
+            smoothing=d,
+            method=args.method,
+            lr=args.lr,
+            max_iters=args.max_iters,
+            seed=args.seed,
+            record_every=args.record_every,
+            **_problem(args),
+        )
+        for d in args.smoothing
+    ]
+    if args.json:
+        _emit_json([r.summary() for r in results])
+    else:
+        _print_table(
+            [r.summary() for r in results],
+            [
+                "smoothing",
+                "regime",
+                "method",
+                "iterations",
+                "objective",
+                "objective_closed_form",
+                "relative_gap",
+                "w_norm",
+                "w_norm_closed_form",
+                "h_norm",
+                "h_norm_closed_form",
+                "nc1",
+                "nc2_wh",
+                "nc3",
+                "seconds",
+            ],
+        )
+    if args.plot:
+        plt, fig, axes = _figure(2)
+        for r in results:
+            h = r.history
+            axes[0].semilogy(
+                h["iteration"], _floor(h["relative_gap"]), label=_label(r.closed_form.smoothing)
+            )
+            for key, style in (("nc1", "-"), ("nc2_wh", "--"), ("nc3", ":")):
+                axes[1].semilogy(
+                    h["nc_iteration"],
+                    _floor(h[key], 1e-35),
+                    style,
+                    label=f"{key} {_label(r.closed_form.smoothing)}",
+                )
+        axes[0].set(
+            xlabel="iteration", ylabel="(f - f*) / f*", title=f"UFM {args.method}: objective gap"
+        )
+        axes[1].set(xlabel="iteration", ylabel="metric", title="neural collapse")
+        for ax in axes:
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        fig.savefig(args.plot, dpi=120)
+        plt.close(fig)
+    return 0
+
+
+def _run_condition(args: argparse.Namespace) -> int:
+    from nclab.ufm import condition
+
+    results = [
+        condition(smoothing=d, method=args.method, seed=args.seed, tol=args.tol, **_problem(args))
+        for d in args.smoothing
+    ]
+    if args.plot:
+        _plot_condition(args, results)
+    rows = [r.as_dict() for r in results]
+    if args.json:
+        _emit_json(rows)
+        return 0
+    flat = []
+    for r in results:
+        row = r.as_dict()
+        row.update(
+            w_ratio=r.w_block.ratio,
+            h_ratio=r.h_block.ratio,
+            lambda_min_excl_shift=r.lambda_min_excl_bias_shift,
+            ratio_excl_shift=r.ratio_excl_bias_shift,
+        )
+        flat.append(row)
+    _print_table(
+        flat,
+        [
+            "smoothing",
+            "regime",
+            "method",
+            "num_params",
+            "p_true",
+            "kappa_logit",
+            "kappa_logit_numeric",
+            "lambda_max",
+            "lambda_min_nonzero",
+            "ratio",
+            "lambda_min_excl_shift",
+            "ratio_excl_shift",
+            "w_ratio",
+            "h_ratio",
+            "orbit_dim",
+            "zero_modes",
+            "other_zero_modes",
+        ],
+    )
+    return 0
+
+
+def _plot_condition(args: argparse.Namespace, results: list[Any]) -> None:
+    plt, fig, axes = _figure(2)
+    deltas = [r.smoothing for r in results]
+    series = [
+        ("kappa_logit = K p*", [r.kappa_logit for r in results], "o-"),
+        ("full Hessian", [r.ratio for r in results], "s-"),
+        ("full, excl. bias shift", [r.ratio_excl_bias_shift for r in results], "s--"),
+        ("W block", [r.w_block.ratio for r in results], "^-"),
+        ("H block", [r.h_block.ratio for r in results], "v:"),
+    ]
+    for label, values, style in series:
+        axes[0].plot(deltas, values, style, label=label)
+    axes[0].set(xlabel="label smoothing delta", ylabel="lambda_max / lambda_min", yscale="log")
+    axes[0].set_title("condition numbers at the global minimizer")
+    axes[1].plot(deltas, [r.lambda_max for r in results], "o-", label="lambda_max")
+    axes[1].plot(
+        deltas, [r.lambda_min_excl_bias_shift for r in results], "s-", label="lambda_min (non-zero)"
+    )
+    axes[1].axhline(args.lambda_h, color="gray", lw=0.8, ls="--", label="lambda_H")
+    axes[1].set(xlabel="label smoothing delta", ylabel="eigenvalue", yscale="log")
+    axes[1].set_title("extreme eigenvalues (symmetry modes excluded)")
+    fig.suptitle(
+        f"UFM K={args.num_classes}, n={args.n_per_class}, d={args.dim}, "
+        f"lambda_W={args.lambda_w:g}, lambda_H={args.lambda_h:g}, lambda_b={args.lambda_b:g}",
+        fontsize=9,
+    )
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.savefig(args.plot, dpi=120)
+    plt.close(fig)
+
+
+def _run_convergence(args: argparse.Namespace) -> int:
+    from nclab.ufm import convergence
+
+    prob = _problem(args)
+    results = convergence(
+        smoothings=args.smoothing,
+        lr=args.lr,
+        max_iters=args.max_iters,
+        tol_objective=args.tol_objective,
+        tol_nc1=args.tol_nc1,
+        seed=args.seed,
+        **prob,
+    )
+    if args.json:
+        _emit_json([r.summary() for r in results])
+    else:
+        _print_table(
+            [r.summary() for r in results],
+            [
+                "smoothing",
+                "regime",
+                "lr",
+                "iters_to_objective_tol",
+                "iters_to_nc1_tol",
+                "final_objective_gap",
+                "final_nc1",
+                "final_w_norm",
+                "w_norm_closed_form",
+                "seconds",
+            ],
+        )
+    if args.plot:
+        plt, fig, axes = _figure(2)
+        for r in results:
+            axes[0].semilogy(r.iterations, _floor(r.objective_gap), label=_label(r.smoothing))
+            axes[1].semilogy(r.iterations, _floor(r.nc1, 1e-35), label=_label(r.smoothing))
+        axes[0].axhline(args.tol_objective, color="gray", lw=0.8, ls="--")
+        axes[1].axhline(args.tol_nc1, color="gray", lw=0.8, ls="--")
+        title = (
+            f"GD, K={args.num_classes}, n={args.n_per_class}, d={args.dim}, "
+            f"$\\lambda_W$={args.lambda_w:g}, $\\lambda_H$={args.lambda_h:g}, lr={args.lr:g}"
+        )
+        axes[0].set(xlabel="iteration", ylabel="(f - f*) / f*", title="objective gap")
+        axes[1].set(xlabel="iteration", ylabel="NC1", title="NC1")
+        fig.suptitle(title, fontsize=9)
+        for ax in axes:
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.savefig(args.plot, dpi=120)
+        plt.close(fig)
+    return 0
+
+
+_RUNNERS = {
+    "closed-form": _run_closed_form,
+    "solve": _run_solve,
+    "condition": _run_condition,
+    "convergence": _run_convergence,
+}
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("nclab ufm is not implemented yet")
+    import os
+    import sys
+
+    if "numpy" not in sys.modules:
+        # The UFM works with many small matrix products; a multi-threaded BLAS on a shared or
+        # busy machine makes them up to 100x slower.  An explicit user setting wins.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return _RUNNERS[args.ufm_command](args)
