@@ -27,14 +27,26 @@ _DEFAULTS: dict[str, Any] = dict(
 
 
 def _add_problem(p: argparse.ArgumentParser, *, dim: bool, smoothing: Sequence[float]) -> None:
-    p.add_argument("-K", "--num-classes", type=int, default=_DEFAULTS["num_classes"])
-    p.add_argument("-n", "--n-per-class", type=int, default=_DEFAULTS["n_per_class"])
+    p.add_argument(
+        "-K", "--num-classes", type=int, default=_DEFAULTS["num_classes"], help="classes K (>= 2)"
+    )
+    p.add_argument(
+        "-n",
+        "--n-per-class",
+        type=int,
+        default=_DEFAULTS["n_per_class"],
+        help="samples per class n (N = nK)",
+    )
     if dim:
         p.add_argument(
             "-d", "--dim", type=int, default=_DEFAULTS["dim"], help="feature dimension (>= K-1)"
         )
-    p.add_argument("--lambda-w", type=float, default=_DEFAULTS["lambda_w"])
-    p.add_argument("--lambda-h", type=float, default=_DEFAULTS["lambda_h"])
+    p.add_argument(
+        "--lambda-w", type=float, default=_DEFAULTS["lambda_w"], help="classifier penalty (> 0)"
+    )
+    p.add_argument(
+        "--lambda-h", type=float, default=_DEFAULTS["lambda_h"], help="feature penalty (> 0)"
+    )
     p.add_argument(
         "--lambda-b",
         type=float,
@@ -70,10 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=fmt,
     )
     _add_problem(p, dim=True, smoothing=(0.0, 0.1))
-    p.add_argument("--method", choices=("lbfgs", "gd"), default="lbfgs")
+    p.add_argument(
+        "--method", choices=("lbfgs", "gd"), default="lbfgs", help="L-BFGS or fixed-step GD"
+    )
     p.add_argument("--lr", type=float, default=2.0, help="GD step size")
-    p.add_argument("--max-iters", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iters", type=int, default=20000, help="iteration cap")
+    p.add_argument("--seed", type=int, default=0, help="random initialisation")
     p.add_argument("--record-every", type=int, default=1, help="NC metrics every m iterations")
     p.add_argument("--plot", metavar="FILE", help="write the history (objective gap, NC) as PNG")
 
@@ -101,11 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=fmt,
     )
     _add_problem(p, dim=True, smoothing=(0.0, 0.05, 0.1, 0.2))
-    p.add_argument("--lr", type=float, default=2.0)
-    p.add_argument("--max-iters", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=2.0, help="GD step size, shared by every delta")
+    p.add_argument("--max-iters", type=int, default=3000, help="GD iterations")
     p.add_argument("--tol-objective", type=float, default=1e-8, help="relative objective gap")
-    p.add_argument("--tol-nc1", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol-nc1", type=float, default=1e-3, help="NC1 tolerance")
+    p.add_argument("--seed", type=int, default=0, help="shared random initialisation")
     p.add_argument("--plot", metavar="FILE", help="write the curves as PNG")
 
 
