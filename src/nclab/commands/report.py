@@ -1,13 +1,58 @@
-"""`nclab report` (placeholder until its module lands; replaced by the module's owner)."""
+"""`nclab report DIR...`: rebuild the CE-vs-LS report from existing run directories."""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-HELP = "report"
+HELP = "Rebuild the HTML/Markdown report from existing run directories."
+DESCRIPTION = (
+    "Rebuild the CE-vs-label-smoothing report (report.html with embedded figures, summary.md, "
+    "summary.json, PNG and PDF figures) from run directories written by `nclab train` or "
+    "`nclab compare`. Each DIR is a run directory or a directory searched for them (e.g. a "
+    "`nclab compare --out` directory)."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    """Options of `nclab report`."""
+    parser.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="run directories, or directories containing them"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: DIR/report for a single DIR; required for several)",
+    )
+    parser.add_argument("--no-theory", action="store_true", help="skip the UFM theory panel")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+
+def default_out(dirs: list[str], out: str | None) -> Path:
+    """Where the report goes: ``--out``, else ``DIR/report`` for a single DIR."""
+    if out is not None:
+        return Path(out)
+    if len(dirs) == 1:
+        return Path(dirs[0]) / "report"
+    raise ValueError("several DIRs given: say where the report goes with --out")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("nclab report is not implemented yet")
+    """Build the report and print where it is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nclab.report import build_report
+
+    for d in args.dirs:
+        if not Path(d).exists():
+            raise FileNotFoundError(
+                f"{d} does not exist: pass run directories or a `nclab compare` output directory"
+            )
+    result = build_report(args.dirs, default_out(args.dirs, args.out), theory=not args.no_theory)
+    if not args.quiet:
+        print(f"report: {result.html}")
+        print(f"summary: {result.markdown}")
+        for v in result.summary.verdicts:
+            print(f"  ({v.claim}) {v.statement}: {v.status}")
+    return 0

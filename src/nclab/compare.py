@@ -1,0 +1,470 @@
+"""The main job: train one model with cross-entropy and with label smoothing side by side, then
+write the report (:func:`compare`).
+
+Every loss setting (CE = δ 0, and each label-smoothing δ) is trained for every seed with the
+*same* :class:`~nclab.train.TrainConfig` apart from ``loss``/``smoothing``; since the seed fixes
+the initialisation, the per-class subset and the batch order in :mod:`nclab.train`, CE and LS
+runs of one seed start from the same weights and see the same batches.
+
+Output layout (``out``)::
+
+    runs/ce_seed0/, runs/ls0.05_seed0/, ...   one run directory per (setting, seed)
+    report/                                   report.html, summary.md, summary.json, figures
+    compare.json                              the comparison's settings, runs and timings
+
+A run directory that already holds the same, complete run (DONE marker, same config) is reused;
+an interrupted one resumes from its last checkpoint; one with a different config is an error
+unless ``overwrite`` is set. Runs are trained by ``jobs`` worker processes (spawn context), each
+with ``threads`` intra-op threads (default: CPU count // jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nclab.train.config import TrainConfig, config_differences
+
+if TYPE_CHECKING:
+    from nclab.report import ReportResult
+
+__all__ = [
+    "PRESETS",
+    "CompareConfig",
+    "CompareResult",
+    "PlannedRun",
+    "Preset",
+    "RunOutcome",
+    "compare",
+    "plan_runs",
+    "run_name",
+    "validate_smoothings",
+]
+
+#: Options that :func:`compare` sets per run; they cannot be overridden.
+MANAGED_FIELDS = frozenset({"loss", "smoothing", "seed", "threads"})
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named comparison: training options, δ values, seeds and the default worker count."""
+
+    name: str
+    description: str
+    train: dict[str, Any]
+    smoothings: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    jobs: int | None = None  # None: min(2, CPU count)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "smoke",
+        "seconds: synthetic 4-class Gaussian mixture (40 per class), MLP 2x32, 25 epochs; "
+        "for tests and a first look",
+        dict(
+            dataset="synthetic",
+            synthetic_classes=4,
+            synthetic_dim=16,
+            synthetic_train_per_class=40,
+            synthetic_test_per_class=100,
+            model="mlp",
+            width=32,
+            depth=2,
+            epochs=25,
+            batch_size=32,
+            lr=0.05,
+            weight_decay=5e-4,
+            scheduler="cosine",
+        ),
+        smoothings=(0.0, 0.1),
+        report={"ufm_max_iters": 400},
+    ),
+    "quick": Preset(
+        "quick",
+        "about 2-3 minutes on 2 CPU cores: Fashion-MNIST, 100 images per class (1,000), MLP "
+        "784-256x4-10 (BatchNorm), SGD lr 0.05, momentum 0.9, weight decay 2e-3, batch 64, "
+        "cosine schedule, 150 epochs; every run reaches 100% training accuracy with a long "
+        "terminal phase",
+        dict(
+            dataset="fashion-mnist",
+            per_class=100,
+            model="mlp",
+            width=256,
+            depth=4,
+            epochs=150,
+            batch_size=64,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=2e-3,
+            scheduler="cosine",
+        ),
+        smoothings=(0.0, 0.05, 0.1),
+    ),
+    "paper": Preset(
+        "paper",
+        "the seed paper's CIFAR-10 setting (meant for a GPU): ResNet-18, SGD lr 0.05, momentum "
+        "0.9, weight decay 5e-4, batch 128, lr x0.1 after epoch 150, 500 epochs, δ = 0.05; "
+        "CIFAR-10 from --data-dir",
+        dict(
+            dataset="cifar10",
+            model="resnet18",
+            epochs=500,
+            batch_size=128,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            scheduler="multistep",
+            milestones=[150],
+            gamma=0.1,
+            device="auto",
+        ),
+        smoothings=(0.0, 0.05),
+        jobs=1,
+    ),
+}
+
+
+@dataclass
+class CompareConfig:
+    """Options of :func:`compare`.
+
+    ``smoothings``/``seeds``/``jobs`` left None take the preset's values; ``train`` holds
+    :class:`~nclab.train.TrainConfig` options that override the preset's (any field except
+    ``loss``, ``smoothing``, ``seed`` and ``threads``). CE (δ = 0) is always included."""
+
+    preset: str = "quick"
+    smoothings: Sequence[float] | None = None
+    seeds: Sequence[int] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    out: str | Path = "runs/compare"
+    jobs: int | None = None
+    threads: int | None = None
+    overwrite: bool = False
+    report: bool = True
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (setting, seed) run of a comparison."""
+
+    name: str
+    path: Path
+    config: TrainConfig
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run: ``status`` is ``trained``, ``resumed`` or ``reused``."""
+
+    name: str
+    path: Path
+    status: str
+    seconds: float
+    final_train_acc: float | None
+    first_perfect_epoch: int | None
+
+
+@dataclass
+class CompareResult:
+    """Result of :func:`compare`: the runs, the report (None with ``report=False``), timing."""
+
+    out_dir: Path
+    runs: list[RunOutcome]
+    report: ReportResult | None
+    seconds: float
+    manifest: Path
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        """The run directories, in plan order."""
+        return [r.path for r in self.runs]
+
+
+def validate_smoothings(values: Sequence[float]) -> list[float]:
+    """δ values, sorted and de-duplicated, with CE (0) added. Raises ValueError unless every δ
+    is a finite number in [0, 1)."""
+    out = {0.0}
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"--smoothing values must be numbers in [0, 1), got {v!r}")
+        if not 0.0 <= v < 1.0:
+            raise ValueError(
+                f"--smoothing {v:g} is outside [0, 1): label smoothing δ mixes the one-hot "
+                "target with the uniform one, so δ must be >= 0 (0 is CE) and < 1 (δ = 1 "
+                "ignores the labels); the seed paper uses 0.05"
+            )
+        out.add(float(v))
+    return sorted(out)
+
+
+def _validate_seeds(seeds: Sequence[int]) -> list[int]:
+    if not seeds:
+        raise ValueError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or int(s) != s or s < 0:
+            raise ValueError(f"seeds must be non-negative integers, got {s!r}")
+        if int(s) not in out:
+            out.append(int(s))
+    return out
+
+
+def run_name(smoothing: float, seed: int) -> str:
+    """Directory name of one run: ``ce_seed0``, ``ls0.05_seed1``."""
+    return f"ce_seed{seed}" if smoothing == 0 else f"ls{smoothing:g}_seed{seed}"
+
+
+def _preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def default_jobs(preset: Preset) -> int:
+    """The preset's worker count, else min(2, CPU count)."""
+    return preset.jobs if preset.jobs is not None else max(1, min(2, os.cpu_count() or 1))
+
+
+def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], int, int]:
+    preset = _preset(cfg.preset)
+    smoothings = validate_smoothings(
+        preset.smoothings if cfg.smoothings is None else cfg.smoothings
+    )
+    seeds = _validate_seeds(preset.seeds if cfg.seeds is None else cfg.seeds)
+    jobs = default_jobs(preset) if cfg.jobs is None else cfg.jobs
+    if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
+        raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(jobs))
+    return preset, smoothings, seeds, int(jobs), int(threads)
+
+
+def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
+    """The runs of a comparison (CE first, then δ ascending; seeds inside), with their
+    validated training configs. Raises ValueError for bad options."""
+    preset, smoothings, seeds, _, threads = _resolve(cfg)
+    managed = MANAGED_FIELDS & set(cfg.train)
+    if managed:
+        raise ValueError(
+            f"{', '.join(sorted(managed))} cannot be set for a comparison: it sets loss and "
+            "smoothing from --smoothing, seed from --seeds and threads from --jobs"
+        )
+    options = {**preset.train, **cfg.train}
+    if options.get("ufm_penalties") and "weight_decay" not in cfg.train:
+        options.pop("weight_decay", None)  # UFM mode: the explicit penalties replace it
+    out = Path(cfg.out)
+    runs = []
+    for delta in smoothings:
+        for seed in seeds:
+            loss = "ce" if delta == 0 else "ls"
+            config = TrainConfig(**options, loss=loss, smoothing=delta, seed=seed, threads=threads)
+            name = run_name(delta, seed)
+            runs.append(PlannedRun(name, out / "runs" / name, config))
+    return runs
+
+
+def run_state(run: PlannedRun) -> tuple[str, list[str]]:
+    """``new``, ``done`` (same config, complete), ``resume`` (same config, incomplete or fewer
+    epochs) or ``mismatch`` (a different config), with the differing options."""
+    config_path = run.path / "config.json"
+    if not config_path.is_file():
+        return "new", []
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    diffs = config_differences(saved, run.config)
+    if diffs:
+        return "mismatch", diffs
+    same_epochs = int(saved.get("epochs", -1)) == run.config.epochs
+    done = (run.path / "DONE").is_file()
+    return ("done" if done and same_epochs else "resume"), []
+
+
+def _train_worker(config: dict[str, Any], out_dir: str, overwrite: bool, quiet: bool) -> dict:
+    """Train one run (in a worker process or in-process); returns a JSON-able summary."""
+    import torch
+
+    from nclab.train import TrainConfig as _Config
+    from nclab.train import train
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    t0 = time.perf_counter()
+    result = train(
+        _Config(**config), out_dir, resume=not overwrite, overwrite=overwrite, quiet=quiet
+    )
+    final = result.final
+    return {
+        "seconds": time.perf_counter() - t0,
+        "final_train_acc": final.get("train_acc"),
+        "first_perfect_epoch": result.first_perfect_epoch,
+    }
+
+
+def _worker_init(threads: int) -> None:
+    """Spawned worker: fix the thread count before torch starts its pools."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _outcome_from_dir(run: PlannedRun, status: str, seconds: float) -> RunOutcome:
+    rows = [
+        json.loads(line)
+        for line in (run.path / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    final = rows[-1].get("train_acc") if rows else None
+    perfect = next((int(r["epoch"]) for r in rows if r.get("train_acc") == 1.0), None)
+    return RunOutcome(run.name, run.path, status, seconds, final, perfect)
+
+
+def _log(cfg: CompareConfig, message: str) -> None:
+    if not cfg.quiet:
+        print(message, flush=True)
+
+
+def _describe(outcome: RunOutcome) -> str:
+    acc = "?" if outcome.final_train_acc is None else f"{100 * outcome.final_train_acc:.2f}%"
+    perfect = outcome.first_perfect_epoch or "never"
+    return (
+        f"{outcome.name}: {outcome.status} in {outcome.seconds:.1f} s, final train acc "
+        f"{acc}, 100% train acc first at epoch {perfect}"
+    )
+
+
+def _train_all(
+    cfg: CompareConfig,
+    todo: list[tuple[PlannedRun, str]],
+    jobs: int,
+    threads: int,
+    on_done: Callable[[PlannedRun, str, dict], None],
+) -> None:
+    """Train ``todo`` ((run, status) pairs) with ``jobs`` workers (in-process for one job)."""
+    if jobs == 1 or len(todo) == 1:
+        for run, status in todo:
+            info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, cfg.quiet)
+            on_done(run, status, info)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        min(jobs, len(todo)), mp_context=context, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        futures = {
+            pool.submit(_train_worker, run.config.to_dict(), str(run.path), cfg.overwrite, True): (
+                run,
+                status,
+            )
+            for run, status in todo
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                if fut.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise fut.exception()  # type: ignore[misc]
+                run, status = futures[fut]
+                on_done(run, status, fut.result())
+
+
+def compare(cfg: CompareConfig) -> CompareResult:
+    """Train CE and LS runs (reusing complete ones), then build the report in ``out/report``.
+
+    Raises ValueError for bad options or when ``out`` holds runs of a different config (pass
+    ``overwrite=True`` or another ``out``)."""
+    t0 = time.perf_counter()
+    preset, smoothings, seeds, jobs, threads = _resolve(cfg)
+    runs = plan_runs(cfg)
+    out = Path(cfg.out)
+    states = {run.name: run_state(run) for run in runs}
+    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s == "mismatch"]
+    if mismatched and not cfg.overwrite:
+        raise ValueError(
+            f"{out} already holds runs with a different config: {', '.join(mismatched)}; pass "
+            "--overwrite to retrain them or choose another --out"
+        )
+    outcomes: dict[str, RunOutcome] = {}
+    todo: list[tuple[PlannedRun, str]] = []
+    for run in runs:
+        state = "new" if cfg.overwrite else states[run.name][0]
+        if state == "done":
+            outcomes[run.name] = _outcome_from_dir(run, "reused", 0.0)
+            _log(cfg, f"  {_describe(outcomes[run.name])}")
+        else:
+            todo.append((run, "resumed" if state == "resume" else "trained"))
+    _log(
+        cfg,
+        f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"
+        f", seeds {', '.join(map(str, seeds))}: {len(todo)} run(s) to train, "
+        f"{len(runs) - len(todo)} reused, {min(jobs, max(1, len(todo)))} job(s) x "
+        f"{threads} thread(s) -> {out}",
+    )
+
+    def on_done(run: PlannedRun, status: str, info: dict) -> None:
+        outcome = _outcome_from_dir(run, status, float(info["seconds"]))
+        outcomes[run.name] = outcome
+        _log(cfg, f"  [{len(outcomes)}/{len(runs)}] {_describe(outcome)}")
+
+    if todo:
+        _train_all(cfg, todo, jobs, threads, on_done)
+    ordered = [outcomes[r.name] for r in runs]
+    report = None
+    if cfg.report:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from nclab.report import build_report
+
+        _log(cfg, "  building the report ...")
+        report = build_report([r.path for r in runs], out / "report", **preset.report)
+    seconds = time.perf_counter() - t0
+    manifest = _write_manifest(
+        cfg, preset, smoothings, seeds, jobs, threads, runs, ordered, report, seconds
+    )
+    return CompareResult(out, ordered, report, seconds, manifest)
+
+
+def _write_manifest(
+    cfg: CompareConfig,
+    preset: Preset,
+    smoothings: list[float],
+    seeds: list[int],
+    jobs: int,
+    threads: int,
+    runs: list[PlannedRun],
+    outcomes: list[RunOutcome],
+    report: ReportResult | None,
+    seconds: float,
+) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "preset": preset.name,
+        "smoothings": smoothings,
+        "seeds": seeds,
+        "jobs": jobs,
+        "threads_per_job": threads,
+        "overrides": cfg.train,
+        "seconds": seconds,
+        "runs": [
+            {**asdict(o), "path": str(o.path), "config": r.config.to_dict()}
+            for r, o in zip(runs, outcomes, strict=True)
+        ],
+        "report": str(report.html) if report is not None else None,
+    }
+    path = out / "compare.json"
+    path.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    return path

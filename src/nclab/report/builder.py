@@ -1,0 +1,116 @@
+""":func:`build_report`: figures, ``summary.md``, ``summary.json`` and ``report.html`` from run
+directories."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from nclab.report.figures import (
+    FIGURES,
+    calibration_figure,
+    convergence_figure,
+    matched_figure,
+    norms_figure,
+    save_figure,
+    trajectory_figure,
+    ufm_figure,
+)
+from nclab.report.render import render_html, render_markdown
+from nclab.report.runs import load_runs
+from nclab.report.summary import ReportSummary, summarize
+from nclab.report.theory import TheoryPanel, theory_panel
+
+__all__ = ["ReportResult", "build_report"]
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote, and the numbers it reported.
+
+    ``figures`` maps a figure's stem (see :data:`nclab.report.figures.FIGURES`) to its PNG and
+    PDF paths; ``summary`` holds every number of the tables and the verdicts."""
+
+    out_dir: Path
+    html: Path
+    markdown: Path
+    json: Path
+    figures: dict[str, list[Path]]
+    summary: ReportSummary
+    theory: TheoryPanel | None = None
+    run_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file written."""
+        return [
+            self.html,
+            self.markdown,
+            self.json,
+            *(p for ps in self.figures.values() for p in ps),
+        ]
+
+
+def _figures(summary: ReportSummary, theory: TheoryPanel | None) -> dict[str, Figure | None]:
+    return {
+        "compare_convergence": convergence_figure(summary),
+        "compare_nc1_nc2": trajectory_figure(summary),
+        "compare_matched_nc1": matched_figure(summary),
+        "compare_calibration": calibration_figure(summary),
+        "compare_norms": norms_figure(summary),
+        "compare_ufm": ufm_figure(theory, summary) if theory is not None else None,
+    }
+
+
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    theory: bool = True,
+    ufm_convergence: bool = True,
+    ufm_max_iters: int | None = None,
+) -> ReportResult:
+    """Build the CE-vs-LS report from run directories (or directories containing them).
+
+    Writes into ``out_dir``: ``report.html`` (self-contained), ``summary.md``, ``summary.json``
+    and every figure as PNG and PDF. ``theory=False`` skips the UFM panel; ``ufm_convergence=
+    False`` keeps its closed-form part only; ``ufm_max_iters`` caps the GD iterations.
+    Raises FileNotFoundError when no run directory with metrics is found."""
+    runs = load_runs(run_dirs)
+    summary = summarize(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    panel = None
+    if theory:
+        try:
+            panel = theory_panel(runs, convergence=ufm_convergence, max_iters=ufm_max_iters)
+        except (ImportError, ValueError) as err:
+            summary.warnings.append(f"UFM theory panel omitted: {err}")
+    written: dict[str, list[Path]] = {}
+    for stem, fig in _figures(summary, panel).items():
+        if fig is not None:
+            written[stem] = save_figure(fig, out, stem)
+    md = out / "summary.md"
+    md.write_text(render_markdown(summary, panel), encoding="utf-8")
+    js = out / "summary.json"
+    data = summary.as_dict()
+    data["theory"] = panel.as_dict() if panel is not None else None
+    js.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
+    page = out / "report.html"
+    pngs = {stem: paths[0] for stem, paths in written.items()}
+    page.write_text(render_html(summary, panel, pngs, FIGURES), encoding="utf-8")
+    return ReportResult(out, page, md, js, written, summary, panel, [r.path for r in runs])
+
+
+def _json_default(value: object) -> object:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,450 @@
+"""The report's figures, drawn on :class:`matplotlib.figure.Figure` objects (no pyplot state).
+
+Conventions: one colour per loss setting (CE black, label smoothing δ on the sequential
+``plasma`` colormap, darker = smaller δ), one marker per setting; lines are the mean over seeds
+and shaded bands span the minimum to the maximum over seeds. A y axis is logarithmic when its
+positive values span more than a decade (symmetric-log with a linear part below the smallest
+positive value when the data also contain zeros, e.g. a training error that reaches 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from nclab.report.analysis import aggregate_curve, covered_range, log_levels, matched_nc2
+from nclab.report.runs import GroupKey, RunData
+from nclab.report.summary import GroupSummary, ReportSummary
+from nclab.report.theory import ConvergenceCurve, TheoryPanel
+
+__all__ = [
+    "FIGURES",
+    "calibration_figure",
+    "convergence_figure",
+    "group_colors",
+    "matched_figure",
+    "norms_figure",
+    "save_figure",
+    "trajectory_figure",
+    "ufm_figure",
+]
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+BAND_NOTE = "lines: mean over seeds; bands: min–max over seeds"
+
+#: File stem -> what the figure shows (also the captions in report.html).
+FIGURES: dict[str, str] = {
+    "compare_convergence": "Convergence: training/test error and NC metrics against epoch.",
+    "compare_nc1_nc2": "NC1 against NC2 (nc2_wh) along training, points coloured by test error.",
+    "compare_matched_nc1": "NC2 at matched NC1 (first crossing of each NC1 level).",
+    "compare_calibration": "Reliability diagrams before/after temperature scaling "
+    "(evaluation half of the test set).",
+    "compare_norms": "Mean classifier norm ||w_k|| and feature norm ||h_k - h_G|| against epoch.",
+    "compare_ufm": "UFM theory: closed-form logit gap, p*, κ_logit and norms over δ; GD "
+    "convergence of the UFM per δ.",
+}
+
+
+def group_colors(keys: Sequence[GroupKey]) -> dict[GroupKey, tuple[float, ...]]:
+    """CE black, LS δ's on ``plasma`` (0.1-0.8, by rank), anything else on ``tab10``."""
+    from matplotlib import colormaps
+
+    ls = sorted(k for k in keys if k.is_ls)
+    plasma, tab = colormaps["plasma"], colormaps["tab10"]
+    colors: dict[GroupKey, tuple[float, ...]] = {}
+    for key in keys:
+        if key.is_ce:
+            colors[key] = (0.0, 0.0, 0.0, 1.0)
+        elif key.is_ls:
+            pos = ls.index(key)
+            colors[key] = plasma(0.45 if len(ls) == 1 else 0.1 + 0.7 * pos / (len(ls) - 1))
+        else:
+            colors[key] = tab((len(colors) + 2) % 10)
+    return colors
+
+
+def _markers(keys: Sequence[GroupKey]) -> dict[GroupKey, str]:
+    return {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(keys)}
+
+
+def set_value_scale(ax: Axes, values: np.ndarray) -> str:
+    """Pick the y scale for ``values`` (module docstring); returns the scale's name."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    pos = v[v > 0]
+    if pos.size == 0 or pos.max() / pos.min() <= 10.0 or (v < 0).any():
+        return "linear"
+    if (v == 0).any():
+        ax.set_yscale("symlog", linthresh=float(pos.min()), linscale=0.4)
+        return "symlog"
+    ax.set_yscale("log")
+    return "log"
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``stem.png`` (120 dpi) and ``stem.pdf``; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[1])
+    return paths
+
+
+def _plot_band(
+    ax: Axes, runs: Sequence[RunData], fn: Callable[[RunData], np.ndarray], color, label: str
+) -> np.ndarray:
+    """Mean line and min-max band over seeds; returns all plotted values (for scaling)."""
+    epochs, mean, lo, hi = aggregate_curve(runs, fn)
+    ax.plot(epochs, mean, color=color, lw=1.6, label=label)
+    if len(runs) > 1:
+        ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, lw=0)
+    return np.concatenate([mean, lo, hi])
+
+
+CONVERGENCE_PANELS: tuple[tuple[str, str, Callable[[RunData], np.ndarray]], ...] = (
+    ("train_error", "training error", lambda r: r.train_error()),
+    ("test_error", "test error", lambda r: r.test_error()),
+    ("nc1", "NC1  tr(Σ_W Σ_B⁺)/K", lambda r: r.series("nc1")),
+    ("nc2_wh", "NC2  (nc2_wh)", lambda r: r.series("nc2_wh")),
+    ("nc3", "NC3  (nc3)", lambda r: r.series("nc3")),
+    ("nc4", "NC4  (nc4)", lambda r: r.series("nc4")),
+)
+
+
+def convergence_figure(summary: ReportSummary) -> Figure:
+    """Figure 1: error and NC metrics against epoch, one line per setting."""
+    runs = [r for g in summary.groups for r in g.runs]
+    panels = [p for p in CONVERGENCE_PANELS if any(np.isfinite(p[2](r)).any() for r in runs)]
+    colors = group_colors([g.key for g in summary.groups])
+    ncols = 3
+    nrows = max(1, -(-len(panels) // ncols))
+    fig = Figure(figsize=(4.2 * ncols, 3.3 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (_, title, fn) in zip(axes, panels, strict=False):
+        values = [_plot_band(ax, g.runs, fn, colors[g.key], g.label) for g in summary.groups]
+        set_value_scale(ax, np.concatenate(values))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"CE vs label smoothing: convergence ({BAND_NOTE})", fontsize=10)
+    return fig
+
+
+def trajectory_figure(summary: ReportSummary) -> Figure:
+    """Figure 2: x = nc2_wh, y = nc1 (log) along training; colour = test error; marker per
+    setting; the final epoch is drawn larger."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    keys = [g.key for g in summary.groups]
+    colors, markers = group_colors(keys), _markers(keys)
+    all_err = np.concatenate([r.test_error() for g in summary.groups for r in g.runs])
+    finite = all_err[np.isfinite(all_err)]
+    norm = Normalize(
+        float(finite.min()) if finite.size else 0.0, float(finite.max()) if finite.size else 1.0
+    )
+    cmap = colormaps["viridis"]
+    fig = Figure(figsize=(7.0, 5.2), layout="constrained")
+    ax = fig.subplots()
+    for g in summary.groups:
+        for run in g.runs:
+            x, y, c = run.series("nc2_wh"), run.series("nc1"), run.test_error()
+            ok = np.isfinite(x) & np.isfinite(y) & (y > 0)
+            ax.plot(x[ok], y[ok], color=colors[g.key], lw=0.8, alpha=0.6)
+            ax.scatter(
+                x[ok],
+                y[ok],
+                c=c[ok],
+                cmap=cmap,
+                norm=norm,
+                marker=markers[g.key],
+                s=22,
+                edgecolors=colors[g.key],
+                linewidths=0.6,
+            )
+            if ok.any():
+                last = np.flatnonzero(ok)[-1]
+                ax.scatter(
+                    [x[last]],
+                    [y[last]],
+                    c=[c[last]],
+                    cmap=cmap,
+                    norm=norm,
+                    marker=markers[g.key],
+                    s=110,
+                    edgecolors=colors[g.key],
+                    linewidths=1.6,
+                )
+    ax.set_yscale("log")
+    ax.set_xlabel("NC2 (nc2_wh)")
+    ax.set_ylabel("NC1 (log)")
+    ax.grid(alpha=0.3, which="both", lw=0.5)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colors[k],
+            marker=markers[k],
+            lw=0.8,
+            markerfacecolor="white",
+            label=k.label,
+        )
+        for k in keys
+    ]
+    ax.legend(
+        handles=handles, fontsize=8, title="setting (large marker: final epoch)", title_fontsize=8
+    )
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="test error")
+    ax.set_title("NC1 vs NC2 trajectories (every seed)", fontsize=10)
+    return fig
+
+
+def _matched_band(runs: Sequence[RunData], levels: np.ndarray) -> np.ndarray:
+    return np.array([matched_nc2(r.series("nc1"), r.series("nc2_wh"), levels) for r in runs])
+
+
+def matched_figure(summary: ReportSummary) -> Figure:
+    """Figure 3: left, nc2_wh at each NC1 level per setting (seed mean, min-max band, first
+    crossing); right, LS - CE difference on the NC1 range shared with CE."""
+    colors = group_colors([g.key for g in summary.groups])
+    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for g in summary.groups:
+        span = covered_range(g.runs)
+        if span is None:
+            continue
+        levels = log_levels(*span, 80)
+        band = _matched_band(g.runs, levels)
+        left.plot(levels, band.mean(0), color=colors[g.key], lw=1.6, label=g.label)
+        if len(g.runs) > 1:
+            left.fill_between(
+                levels, band.min(0), band.max(0), color=colors[g.key], alpha=0.2, lw=0
+            )
+    left.set_xscale("log")
+    left.invert_xaxis()
+    left.set_xlabel("NC1 level (first crossing; training proceeds to the right)")
+    left.set_ylabel("NC2 (nc2_wh) at that NC1")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3, which="both", lw=0.5)
+    ce = summary.ce
+    right.axhline(0.0, color="black", lw=0.8)
+    for m in summary.matched:
+        if m.nc1_range is None or ce is None:
+            continue
+        key = next(g.key for g in summary.groups if g.label == m.label)
+        ls_runs = next(g.runs for g in summary.groups if g.label == m.label)
+        levels = log_levels(*m.nc1_range, 80)
+        diff = _matched_band(ls_runs, levels).mean(0) - _matched_band(ce.runs, levels).mean(0)
+        right.plot(levels, diff, color=colors[key], lw=1.6, label=f"{m.label} − CE")
+        right.plot(m.levels, m.ls_nc2 - m.ce_nc2, ls="none", marker="o", color=colors[key], ms=4)
+    right.set_xscale("log")
+    right.invert_xaxis()
+    right.set_xlabel("NC1 level (range shared with CE)")
+    right.set_ylabel("Δ NC2 = LS − CE (below 0: LS lower)")
+    right.grid(alpha=0.3, which="both", lw=0.5)
+    if summary.matched:
+        right.legend(fontsize=8)
+    fig.suptitle(f"Matched-NC1 comparison ({BAND_NOTE}; dots: table levels)", fontsize=10)
+    return fig
+
+
+def _pooled_eval_logits(g: GroupSummary, scaled: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    zs, ys = [], []
+    for run, cal in zip(g.runs, g.per_run_calibration, strict=True):
+        if cal is None or run.test_logits is None or run.test_labels is None:
+            continue
+        z = run.test_logits[cal.eval_idx]
+        zs.append(z / cal.temperature if scaled else z)
+        ys.append(run.test_labels[cal.eval_idx])
+    return (np.concatenate(zs), np.concatenate(ys)) if zs else None
+
+
+def calibration_figure(summary: ReportSummary) -> Figure | None:
+    """Figure 4: reliability diagrams per setting, before (top) and after (bottom) temperature
+    scaling, on the evaluation half of the test set, seeds pooled. None without predictions."""
+    from nclab.calibration import reliability_bins
+
+    groups = [g for g in summary.groups if _pooled_eval_logits(g, False) is not None]
+    if not groups:
+        return None
+    colors = group_colors([g.key for g in summary.groups])
+    fig = Figure(figsize=(3.2 * len(groups), 6.4), layout="constrained")
+    axes = fig.subplots(2, len(groups), squeeze=False, sharex=True, sharey=True)
+    for col, g in enumerate(groups):
+        for row, (scaled, when, key) in enumerate(
+            ((False, "before TS", "ece_raw"), (True, "after TS", "ece_ts"))
+        ):
+            ax = axes[row, col]
+            z, y = _pooled_eval_logits(g, scaled)  # type: ignore[misc]
+            bins = reliability_bins(z, y)
+            width = np.diff(bins.edges)
+            centers = bins.edges[:-1] + width / 2
+            acc = np.nan_to_num(bins.accuracy)
+            ax.bar(
+                centers,
+                acc,
+                width=width,
+                color=colors[g.key],
+                alpha=0.75,
+                edgecolor="white",
+                label="accuracy",
+            )
+            conf = bins.confidence
+            ax.plot(conf, bins.accuracy, "o", color="tab:red", ms=3, label="(confidence, acc)")
+            ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
+            stat = g.calibration[key]
+            text = f"ECE {stat.mean:.4f}" + (f" ± {stat.std:.4f}" if stat.n > 1 else "")
+            if scaled:
+                t = g.calibration["temperature"]
+                text += f"\nT = {t.mean:.3g}"
+            ax.set_title(f"{g.label} — {when}\n{text}", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            if row == 1:
+                ax.set_xlabel("confidence")
+            if col == 0:
+                ax.set_ylabel("accuracy")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(
+        "Reliability (15 bins): T fitted on one half of the test set, ECE on the other "
+        "half; seeds pooled, ECE mean ± std over seeds",
+        fontsize=9,
+    )
+    return fig
+
+
+def norms_figure(summary: ReportSummary) -> Figure | None:
+    """Figure 5: w_norm and h_norm against epoch; UFM closed-form values (ufm_w_norm,
+    ufm_h_norm, UFM-penalty mode) as dashed horizontal lines. None when norms are not logged."""
+    runs = [r for g in summary.groups for r in g.runs]
+    if not any(r.has("w_norm") or r.has("h_norm") for r in runs):
+        return None
+    colors = group_colors([g.key for g in summary.groups])
+    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, title in (
+        (axes[0], "w_norm", "mean ||w_k||"),
+        (axes[1], "h_norm", "mean ||h_k − h_G|| (class means)"),
+    ):
+        for g in summary.groups:
+            _plot_band(ax, g.runs, lambda r, k=key: r.series(k), colors[g.key], g.label)
+            ufm = np.concatenate([r.series(f"ufm_{key}") for r in g.runs])
+            ufm = ufm[np.isfinite(ufm)]
+            if ufm.size:
+                ax.axhline(float(ufm[-1]), color=colors[g.key], ls="--", lw=1.0)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3, lw=0.5)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if any(r.has("ufm_w_norm") for r in runs):
+        handles.append(Line2D([], [], color="gray", ls="--"))
+        labels.append("UFM closed form")
+    axes[0].legend(handles, labels, fontsize=8)
+    fig.suptitle(f"Norms ({BAND_NOTE})", fontsize=10)
+    return fig
+
+
+def _delta_color(delta: float, summary: ReportSummary) -> tuple[float, ...]:
+    colors = group_colors([g.key for g in summary.groups])
+    for key, color in colors.items():
+        if (key.is_ce and delta == 0.0) or (key.is_ls and key.smoothing == delta):
+            return color
+    return (0.4, 0.4, 0.4, 1.0)
+
+
+def _thinned(curve: ConvergenceCurve, points: int = 400) -> ConvergenceCurve:
+    """At most ``points`` log-spaced iterations of a GD curve (plots stay light)."""
+    n = curve.iteration.size
+    if n <= points or curve.nc1.size != n:
+        return curve
+    idx = np.unique(np.concatenate([[0], np.geomspace(1, n - 1, points).astype(int)]))
+    return replace(
+        curve,
+        iteration=curve.iteration[idx],
+        relative_gap=curve.relative_gap[idx],
+        nc_iteration=curve.nc_iteration[idx],
+        nc1=curve.nc1[idx],
+    )
+
+
+def ufm_figure(panel: TheoryPanel, summary: ReportSummary) -> Figure:
+    """Figure 6: closed-form UFM quantities against δ (runs' δ marked) and GD curves."""
+    fig = Figure(figsize=(13.0, 7.0), layout="constrained")
+    axes = fig.subplots(2, 3)
+    specs = (
+        (axes[0, 0], "logit_gap", "logit gap g* (true − other)"),
+        (axes[0, 1], "p_true", "p* (softmax prob. of the true class)"),
+        (axes[0, 2], "kappa_logit", "κ_logit (logit-Hessian condition number)"),
+    )
+    for ax, name, title in specs:
+        ax.plot(panel.delta_grid, panel.grid[name], color="gray", lw=1.2)
+        for row in panel.at_runs:
+            ax.plot(
+                row["smoothing"],
+                row[name],
+                "o",
+                color=_delta_color(row["smoothing"], summary),
+                ms=7,
+                label=f"δ={row['smoothing']:g}: {row[name]:.4g}",
+            )
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("δ")
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    ax.plot(panel.delta_grid, panel.grid["w_norm"], label="||w_k||", color="tab:blue")
+    ax.plot(panel.delta_grid, panel.grid["h_norm"], label="||h_{k,i}||", color="tab:orange")
+    ax.set_yscale("log")
+    ax.set_xlabel("δ")
+    ax.set_title("closed-form norms", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both", lw=0.5)
+    gap_ax, nc_ax = axes[1, 1], axes[1, 2]
+    for curve in panel.curves:
+        curve = _thinned(curve)
+        color = _delta_color(curve.smoothing, summary)
+        label = "CE" if curve.smoothing == 0 else f"LS δ={curve.smoothing:g}"
+        ok = np.isfinite(curve.relative_gap) & (curve.relative_gap > 0)
+        gap_ax.plot(curve.iteration[ok], curve.relative_gap[ok], color=color, label=label)
+        ok = np.isfinite(curve.nc1) & (curve.nc1 > 0)
+        nc_ax.plot(curve.nc_iteration[ok], curve.nc1[ok], color=color, label=label)
+    for ax, title in ((gap_ax, "GD: relative objective gap (f − f*)/|f*|"), (nc_ax, "GD: NC1")):
+        ax.set_yscale("log")
+        ax.set_xscale("symlog", linthresh=10.0)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("GD iteration")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+        if panel.curves:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "GD curves unavailable", ha="center", transform=ax.transAxes)
+    lam = f"λ_W={panel.lambda_w:g}, λ_H={panel.lambda_h:g}" + (
+        f", λ_b={panel.lambda_b:g}" if panel.lambda_b is not None else ""
+    )
+    source = "runs' UFM penalties" if panel.ufm_mode else "default, not the runs' penalties"
+    cs = panel.convergence_settings
+    gd = (
+        (
+            f"GD: K={cs.get('num_classes')}, n={cs.get('n_per_class')}, d={cs.get('dim')}, "
+            f"λ={cs.get('lambda_w')}, step {cs.get('lr')}"
+        )
+        if cs
+        else ""
+    )
+    fig.suptitle(
+        f"UFM theory: K={panel.num_classes}, n={panel.n_per_class}, {lam} ({source}). {gd}",
+        fontsize=9,
+    )
+    return fig

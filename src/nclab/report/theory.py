@@ -1,0 +1,196 @@
+"""UFM theory for the report: closed-form quantities and GD convergence curves per δ.
+
+Closed form (:func:`nclab.ufm.closed_form`) for the runs' K and δ values, with
+
+* in UFM-penalty mode (``ufm_penalties`` in the runs' config): the runs' λ_W, λ_H, λ_b;
+* otherwise the documented default λ_W = λ_H = :data:`DEFAULT_LAMBDA` (= 5e-4, the usual weight
+  decay) and the default λ_b;
+
+and ``n`` = training-set size / K (``per_class`` when set, else the logged train size / K).
+The GD convergence curves come from :func:`nclab.ufm.convergence` on a small UFM
+(:data:`nclab.ufm.CONVERGENCE_DEFAULTS`: n, d and λ chosen so GD converges in seconds) with the
+runs' K and δ values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nclab.report.runs import RunData
+
+__all__ = ["DEFAULT_LAMBDA", "ConvergenceCurve", "TheoryPanel", "theory_panel"]
+
+DEFAULT_LAMBDA = 5e-4
+DELTA_GRID = 81  # points of the continuous δ axis in the closed-form panels
+
+
+@dataclass(frozen=True)
+class ConvergenceCurve:
+    """GD on the UFM from one initialisation, for one δ."""
+
+    smoothing: float
+    iteration: np.ndarray
+    relative_gap: np.ndarray
+    nc_iteration: np.ndarray
+    nc1: np.ndarray
+    iters_to_objective_tol: int | None = None
+    iters_to_nc1_tol: int | None = None
+
+
+@dataclass
+class TheoryPanel:
+    """Closed-form UFM quantities over δ and at the runs' δ values, plus GD curves."""
+
+    num_classes: int
+    n_per_class: int
+    lambda_w: float
+    lambda_h: float
+    lambda_b: float | None
+    ufm_mode: bool
+    deltas: list[float]
+    delta_grid: np.ndarray
+    grid: dict[str, np.ndarray]
+    at_runs: list[dict[str, Any]]
+    curves: list[ConvergenceCurve] = field(default_factory=list)
+    convergence_settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form (without the curves)."""
+        return {
+            "num_classes": self.num_classes,
+            "n_per_class": self.n_per_class,
+            "lambda_w": self.lambda_w,
+            "lambda_h": self.lambda_h,
+            "lambda_b": self.lambda_b,
+            "ufm_mode": self.ufm_mode,
+            "closed_form": self.at_runs,
+            "convergence_settings": self.convergence_settings,
+            "convergence": [
+                {
+                    "smoothing": c.smoothing,
+                    "iters_to_objective_tol": c.iters_to_objective_tol,
+                    "iters_to_nc1_tol": c.iters_to_nc1_tol,
+                }
+                for c in self.curves
+            ],
+            "notes": self.notes,
+        }
+
+
+def _num_classes(runs: Sequence[RunData]) -> int:
+    for run in runs:
+        if run.test_logits is not None:
+            return int(run.test_logits.shape[1])
+    return int(runs[0].config.get("num_classes", 10) or 10)
+
+
+# Training examples per class of the balanced built-in datasets (used when a run has no
+# per_class and logs no train size).
+_KNOWN_PER_CLASS = {"fashion-mnist": 6000, "mnist": 6000, "cifar10": 5000, "cifar100": 500}
+
+
+def _n_per_class(runs: Sequence[RunData], k: int) -> tuple[int, str | None]:
+    """n for the closed form, and a note when it had to be assumed."""
+    cfg = runs[0].config
+    if cfg.get("per_class"):
+        return int(cfg["per_class"]), None
+    if cfg.get("dataset") == "synthetic":
+        return int(cfg.get("synthetic_train_per_class", 100)), None
+    size = runs[0].train_size
+    if size:
+        return max(1, round(size / k)), None
+    known = _KNOWN_PER_CLASS.get(str(cfg.get("dataset")))
+    if known:
+        return known, None
+    return 500, "training-set size unknown: n = 500 per class assumed for the closed form"
+
+
+def theory_panel(
+    runs: Sequence[RunData], *, convergence: bool = True, max_iters: int | None = None
+) -> TheoryPanel:
+    """Closed-form values and (optionally) GD convergence curves for the runs' K and δ."""
+    from nclab.ufm import closed_form
+
+    k = _num_classes(runs)
+    n, n_note = _n_per_class(runs, k)
+    cfg = runs[0].config
+    ufm_mode = bool(cfg.get("ufm_penalties"))
+    if ufm_mode:
+        lw, lh, lb = float(cfg["lambda_w"]), float(cfg["lambda_h"]), float(cfg["lambda_b"])
+    else:
+        lw = lh = DEFAULT_LAMBDA
+        lb = None
+    extra = {} if lb is None else {"lambda_b": lb}
+    deltas = sorted({r.group.smoothing for r in runs if r.group.is_ce or r.group.is_ls})
+    notes: list[str] = [n_note] if n_note else []
+    beta = math.sqrt(n * lw * lh)
+    top = min(0.95, max(0.5, 1.2 * max(deltas, default=0.0)))
+    grid_deltas = np.linspace(0.0, top, DELTA_GRID)
+    names = ("logit_gap", "p_true", "kappa_logit", "w_norm", "h_norm")
+    rows = [closed_form(k, n, lw, lh, float(d), **extra) for d in grid_deltas]
+    grid = {name: np.array([getattr(r, name) for r in rows]) for name in names}
+    at_runs = []
+    for d in deltas:
+        cf = closed_form(k, n, lw, lh, d, **extra)
+        at_runs.append(
+            {"smoothing": d, **{name: getattr(cf, name) for name in names}, "regime": cf.regime}
+        )
+        if cf.regime == "trivial":
+            notes.append(
+                f"δ={d:g}: β = sqrt(n λ_W λ_H) = {beta:.3g} >= (1-δ)/K, the UFM "
+                "minimizer is trivial (W = H = 0)"
+            )
+    panel = TheoryPanel(k, n, lw, lh, lb, ufm_mode, deltas, grid_deltas, grid, at_runs, notes=notes)
+    if convergence and deltas:
+        _add_convergence(panel, k, deltas, max_iters)
+    return panel
+
+
+def _add_convergence(
+    panel: TheoryPanel, k: int, deltas: list[float], max_iters: int | None
+) -> None:
+    """Fill ``panel.curves`` from :func:`nclab.ufm.convergence` (a note when unavailable)."""
+    try:
+        from nclab.ufm import CONVERGENCE_DEFAULTS, convergence
+    except ImportError:
+        panel.notes.append("nclab.ufm.convergence is not available: GD curves omitted")
+        return
+    settings = dict(CONVERGENCE_DEFAULTS)
+    settings.update(num_classes=k, smoothings=tuple(deltas))
+    settings["dim"] = max(int(settings.get("dim", k)), k)
+    if max_iters is not None:
+        settings["max_iters"] = max_iters
+    panel.convergence_settings = {
+        key: (list(v) if isinstance(v, tuple) else v) for key, v in settings.items()
+    }
+    result = convergence(**settings)
+    panel.curves = [_curve(item, d) for item, d in zip(_results(result), deltas, strict=False)]
+
+
+def _results(result: Any) -> list[Any]:
+    """The per-δ results of :func:`nclab.ufm.convergence` (a list in δ order)."""
+    if isinstance(result, dict):
+        return [result[k] for k in sorted(result)]
+    return list(result)
+
+
+def _curve(item: Any, delta: float) -> ConvergenceCurve:
+    """A :class:`ConvergenceCurve` from one ``nclab.ufm.ConvergenceResult``."""
+    it = np.asarray(item.iterations, dtype=np.float64)
+    gap = np.asarray(item.objective_gap, dtype=np.float64)
+    nc1 = np.asarray(item.nc1, dtype=np.float64)
+    return ConvergenceCurve(
+        smoothing=float(getattr(item, "smoothing", delta)),
+        iteration=it,
+        relative_gap=gap,
+        nc_iteration=it if nc1.shape == it.shape else np.arange(nc1.size, dtype=np.float64),
+        nc1=nc1,
+        iters_to_objective_tol=getattr(item, "iters_to_objective_tol", None),
+        iters_to_nc1_tol=getattr(item, "iters_to_nc1_tol", None),
+    )

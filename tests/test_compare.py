@@ -1,0 +1,231 @@
+"""Tests of nclab.compare and `nclab compare`: the smoke preset end to end, reuse and resume of
+runs, config mismatches, run planning and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import nclab.train
+from nclab.cli import main
+from nclab.compare import CompareConfig, compare, plan_runs, validate_smoothings
+
+RUNS = ("ce_seed0", "ls0.1_seed0")
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def _stamps(out: Path) -> dict[str, int]:
+    files = [p for p in (out / "runs").rglob("*") if p.is_file()]
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """`nclab compare --preset smoke` once, through the CLI (spawned workers, real training)."""
+    out = tmp_path_factory.mktemp("smoke") / "cmp"
+    assert main(["compare", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _copy(smoke: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "cmp"
+    shutil.copytree(smoke, dst)
+    return dst
+
+
+def _fake_train(calls: list):
+    def fake(config, out_dir, *, resume=False, overwrite=False, quiet=False):
+        calls.append(
+            SimpleNamespace(
+                config=config, out_dir=Path(out_dir), resume=resume, overwrite=overwrite
+            )
+        )
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if not (Path(out_dir) / "metrics.jsonl").exists():
+            (Path(out_dir) / "metrics.jsonl").write_text('{"epoch": 1, "train_acc": 1.0}\n')
+        return SimpleNamespace(final={"train_acc": 1.0}, first_perfect_epoch=1)
+
+    return fake
+
+
+def test_smoke_end_to_end(smoke):
+    for name in RUNS:
+        run = smoke / "runs" / name
+        assert (run / "DONE").is_file() and (run / "predictions.npz").is_file()
+        rows = _rows(run)
+        assert rows[-1]["epoch"] == 25
+        assert rows[-1]["train_acc"] == 1.0, f"{name} did not reach 100% training accuracy"
+    ce = json.loads((smoke / "runs" / "ce_seed0" / "config.json").read_text())
+    ls = json.loads((smoke / "runs" / "ls0.1_seed0" / "config.json").read_text())
+    assert (ce["loss"], ce["smoothing"], ls["loss"], ls["smoothing"]) == ("ce", 0.0, "ls", 0.1)
+    ignore = {
+        "loss",
+        "smoothing",
+        "resolved",
+        "versions",
+        "started",
+        "start_time",
+        "host",
+        "resumed",
+        "time",
+    }
+    assert {k: v for k, v in ce.items() if k not in ignore} == {
+        k: v for k, v in ls.items() if k not in ignore
+    }  # same seed, data, model and optimiser: same initialisation and batch order
+    report = smoke / "report"
+    for stem in (
+        "compare_convergence",
+        "compare_nc1_nc2",
+        "compare_matched_nc1",
+        "compare_calibration",
+        "compare_norms",
+        "compare_ufm",
+    ):
+        assert (report / f"{stem}.png").stat().st_size > 1000
+        assert (report / f"{stem}.pdf").stat().st_size > 1000
+    assert "data:image/png;base64," in (report / "report.html").read_text()
+    summary = json.loads((report / "summary.json").read_text())
+    assert [g["label"] for g in summary["groups"]] == ["CE", "LS δ=0.1"]
+    ce_final = summary["groups"][0]["final"]["nc1"]["mean"]
+    assert ce_final == pytest.approx(_rows(smoke / "runs" / "ce_seed0")[-1]["nc1"])
+    manifest = json.loads((smoke / "compare.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["trained", "trained"]
+
+
+def test_second_invocation_reuses_complete_runs(smoke, tmp_path, monkeypatch, capsys):
+    out = _copy(smoke, tmp_path)
+    before = _stamps(out)
+    calls: list = []
+    monkeypatch.setattr(nclab.train, "train", _fake_train(calls))
+    assert main(["compare", "--preset", "smoke", "--out", str(out), "--no-report"]) == 0
+    assert calls == []  # nothing was (re)trained
+    assert _stamps(out) == before  # checkpoints, metrics and predictions untouched
+    printed = capsys.readouterr().out
+    assert "0 run(s) to train, 2 reused" in printed
+    manifest = json.loads((out / "compare.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["reused", "reused"]
+
+
+def test_interrupted_run_resumes_and_new_delta_trains(smoke, tmp_path, monkeypatch):
+    out = _copy(smoke, tmp_path)
+    (out / "runs" / "ls0.1_seed0" / "DONE").unlink()  # as if interrupted before the end
+    calls: list = []
+    monkeypatch.setattr(nclab.train, "train", _fake_train(calls))
+    cfg = CompareConfig(preset="smoke", out=out, jobs=1, report=False, quiet=True)
+    result = compare(cfg)
+    assert [(c.out_dir.name, c.resume, c.overwrite) for c in calls] == [
+        ("ls0.1_seed0", True, False)
+    ]
+    assert [r.status for r in result.runs] == ["reused", "resumed"]
+    # a second seed is new work; the existing seed-0 runs stay reused
+    calls.clear()
+    (out / "runs" / "ls0.1_seed0" / "DONE").write_text("")
+    result = compare(
+        CompareConfig(preset="smoke", seeds=[0, 1], out=out, jobs=1, report=False, quiet=True)
+    )
+    assert [(c.out_dir.name, c.resume) for c in calls] == [
+        ("ce_seed1", True),
+        ("ls0.1_seed1", True),
+    ]
+    assert [(r.name, r.status) for r in result.runs] == [
+        ("ce_seed0", "reused"),
+        ("ce_seed1", "trained"),
+        ("ls0.1_seed0", "reused"),
+        ("ls0.1_seed1", "trained"),
+    ]
+
+
+def test_changed_config_is_refused_unless_overwrite(smoke, tmp_path, monkeypatch, capsys):
+    out = _copy(smoke, tmp_path)
+    assert main(["compare", "--preset", "smoke", "--out", str(out), "--lr", "0.01", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "lr: 0.05 -> 0.01" in err and "--overwrite" in err
+    calls: list = []
+    monkeypatch.setattr(nclab.train, "train", _fake_train(calls))
+    compare(
+        CompareConfig(
+            preset="smoke",
+            train={"lr": 0.01},
+            out=out,
+            jobs=1,
+            report=False,
+            overwrite=True,
+            quiet=True,
+        )
+    )
+    assert [(c.out_dir.name, c.overwrite, c.resume, c.config.lr) for c in calls] == [
+        ("ce_seed0", True, False, 0.01),
+        ("ls0.1_seed0", True, False, 0.01),
+    ]
+
+
+def test_plan_runs_settings_and_overrides(tmp_path):
+    runs = plan_runs(
+        CompareConfig(
+            preset="quick",
+            smoothings=[0.2, 0.05, 0.05],
+            seeds=[1, 0],
+            train={"epochs": 3, "width": 64},
+            out=tmp_path,
+            jobs=2,
+        )
+    )
+    assert [r.name for r in runs] == [
+        "ce_seed1",
+        "ce_seed0",
+        "ls0.05_seed1",
+        "ls0.05_seed0",
+        "ls0.2_seed1",
+        "ls0.2_seed0",
+    ]  # CE added, δ sorted, dedup
+    assert all(r.path == tmp_path / "runs" / r.name for r in runs)
+    assert {
+        (r.config.epochs, r.config.width, r.config.dataset, r.config.per_class) for r in runs
+    } == {(3, 64, "fashion-mnist", 100)}
+    assert [(r.config.loss, r.config.smoothing) for r in runs[::2]] == [
+        ("ce", 0.0),
+        ("ls", 0.05),
+        ("ls", 0.2),
+    ]
+    ufm = plan_runs(
+        CompareConfig(preset="smoke", train={"ufm_penalties": True, "lambda_w": 1e-3}, out=tmp_path)
+    )
+    assert all(r.config.ufm_penalties and r.config.weight_decay is None for r in ufm)
+    assert all(r.config.lambda_w == 1e-3 for r in ufm)
+    paper = plan_runs(CompareConfig(preset="paper", out=tmp_path))
+    assert [r.config.smoothing for r in paper] == [0.0, 0.05]
+    assert paper[0].config.model == "resnet18" and paper[0].config.milestones == [150]
+    with pytest.raises(ValueError, match="cannot be set for a comparison"):
+        plan_runs(CompareConfig(preset="smoke", train={"seed": 3}, out=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--smoothing", "1.0"], "outside [0, 1)"),
+        (["--smoothing", "0.1", "-0.05"], "outside [0, 1)"),
+        (["--smoothing", "nan"], "must be numbers"),
+        (["--jobs", "0"], "--jobs must be a positive integer"),
+        (["--seeds", "-1"], "non-negative"),
+        (["--model", "nope"], "unknown model"),
+    ],
+)
+def test_bad_input_is_one_clear_error(argv, message, tmp_path, capsys):
+    assert main(["compare", "--preset", "smoke", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nclab compare: error:") and message in err
+    assert not (tmp_path / "o" / "runs").exists()  # nothing was started
+
+
+def test_validate_smoothings():
+    assert validate_smoothings([0.1, 0.05, 0.1]) == [0.0, 0.05, 0.1]
+    assert validate_smoothings([]) == [0.0]
+    with pytest.raises(ValueError, match="the seed paper uses 0.05"):
+        validate_smoothings([1.5])
