@@ -1,0 +1,738 @@
+"""One training run: SGD with per-epoch evaluation, NC tracking, checkpoints, resume and DDP.
+
+:func:`train` is the library entry point (``nclab train`` and ``nclab compare`` call it). See
+``docs/training.md`` for the run-directory layout and the resume semantics.
+
+Reproducibility contract (CPU): the model is initialised right after
+``torch.manual_seed(config.seed)``, and the data order of epoch ``e`` is
+``torch.randperm(N, generator=Generator(seed=mix(seed, e)))``, so two runs with the same seed
+(CE and LS alike) start from the same weights and see the same batches, and a resumed run
+reproduces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import platform
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nclab import __version__
+from nclab.data import DataBundle, augment_batch, load_dataset
+from nclab.losses import get_loss
+from nclab.models import build_model, count_parameters
+from nclab.train.config import TrainConfig, config_differences
+from nclab.train.distributed import DistContext, setup_distributed
+from nclab.train.evaluate import EvalResult, Evaluator, NonFiniteFeaturesError
+from nclab.train.progress import Progress
+from nclab.train.rundir import (
+    RunFiles,
+    append_row,
+    atomic_write,
+    read_json,
+    read_rows,
+    rewrite_rows,
+    write_json,
+)
+
+__all__ = [
+    "RunResult",
+    "TrainingDivergedError",
+    "build_optimizer",
+    "epoch_permutation",
+    "load_model",
+    "lr_factor",
+    "train",
+    "ufm_penalty",
+]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+    def __init__(self, epoch: int, step: int, value: float, checkpoint_epoch: int, path: Path):
+        self.epoch, self.step, self.value = epoch, step, value
+        self.checkpoint_epoch, self.checkpoint_path = checkpoint_epoch, path
+        kept = (
+            f"the last good checkpoint (after epoch {checkpoint_epoch}) is kept at {path}"
+            if checkpoint_epoch
+            else "no checkpoint had been written yet"
+        )
+        where = (
+            f"the loss became {value} at epoch {epoch}, step {step}"
+            if step
+            else f"the features became {value} in the evaluation after epoch {epoch}"
+        )
+        super().__init__(
+            f"training diverged: {where}; {kept}. Lower --lr and start over with --overwrite"
+        )
+
+
+@dataclass
+class RunResult:
+    """Outcome of :func:`train`: the run directory, its config and metric rows.
+
+    ``timings`` has one entry per epoch trained in this call: wall seconds of the training
+    pass (``train``), the evaluation forward passes (``eval_forward``), the metric computation
+    (``metrics``: accumulator updates, NCC tallies, compute, ECE), file writes (``io``) and the
+    ``total``.
+    """
+
+    out_dir: Path
+    config: TrainConfig
+    rows: list[dict[str, Any]]
+    completed: bool
+    start_epoch: int = 0
+    reused: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last metrics row (empty dict if there is none)."""
+        return self.rows[-1] if self.rows else {}
+
+    @property
+    def first_perfect_epoch(self) -> int | None:
+        """First evaluated epoch with 100% training accuracy (None if never reached)."""
+        return _first_perfect_epoch(self.rows)
+
+
+# ------------------------------------------------------------------------------ schedule, data
+
+
+def lr_factor(config: TrainConfig, completed_epochs: int) -> float:
+    """Learning-rate multiplier for the epoch after ``completed_epochs`` epochs.
+
+    ``constant``: 1. ``multistep``: ``gamma ** #{milestones m <= completed_epochs}`` (the lr
+    drops after epoch m). ``cosine``: ``(1 + cos(pi · completed_epochs / epochs)) / 2``.
+    """
+    t = completed_epochs
+    if config.scheduler == "multistep":
+        return config.gamma ** sum(1 for m in config.resolved_milestones() if m <= t)
+    if config.scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t / config.epochs))
+    return 1.0
+
+
+def _mix_seed(*values: int) -> int:
+    """A 63-bit generator seed derived from a tuple of integers (numpy SeedSequence)."""
+    state = np.random.SeedSequence([int(v) for v in values]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, ctx: DistContext | None = None) -> Tensor:
+    """Training-sample order of ``epoch`` (1-based): ``randperm(n)`` from a generator seeded
+    with ``(seed, epoch)``. Under DDP the permutation is padded (wrapping around) to a multiple
+    of the world size and each rank takes its rank-strided share."""
+    gen = torch.Generator().manual_seed(_mix_seed(seed, epoch))
+    perm = torch.randperm(n, generator=gen)
+    if ctx is not None and ctx.enabled:
+        total = -(-n // ctx.world_size) * ctx.world_size
+        perm = torch.cat([perm, perm[: total - n]])[ctx.rank :: ctx.world_size]
+    return perm
+
+
+# ------------------------------------------------------------------------------ model pieces
+
+
+class _FeaturesAndLogits(nn.Module):
+    """``x -> (features, logits)``: the module DDP wraps (the UFM penalty needs ``h``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.model.features(x)
+        return h, self.model.classifier(h)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with two parameter groups: the backbone (``config.backbone_weight_decay()``) and the
+    classifier (``config.classifier_weight_decay()``, 0 in UFM-penalty mode)."""
+    classifier = list(model.classifier.parameters())
+    ids = {id(p) for p in classifier}
+    backbone = [p for p in model.parameters() if id(p) not in ids]
+    groups = [
+        {"params": backbone, "weight_decay": config.backbone_weight_decay(), "name": "backbone"},
+        {
+            "params": classifier,
+            "weight_decay": config.classifier_weight_decay(),
+            "name": "classifier",
+        },
+    ]
+    return torch.optim.SGD(
+        [g for g in groups if g["params"]],
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+    )
+
+
+def ufm_penalty(model: nn.Module, features: Tensor, config: TrainConfig, n_train: int) -> Tensor:
+    """``λ_W/2 ||W||² + λ_b/2 ||b||² + λ_H/2 · (N/B) ||H_batch||²`` (the stochastic estimate of
+    the UFM regulariser ``λ_H/2 ||H||²`` over all N training features)."""
+    w = model.classifier.weight
+    scale = n_train / features.shape[0]
+    penalty = 0.5 * config.lambda_w * w.pow(2).sum()
+    penalty = penalty + 0.5 * config.lambda_h * scale * features.float().pow(2).sum()
+    if model.classifier.bias is not None:
+        penalty = penalty + 0.5 * config.lambda_b * model.classifier.bias.pow(2).sum()
+    return penalty
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was requested but CUDA is not available; use cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None):  # noqa: ANN202 - context manager
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global state on purpose
+    random.seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError, IndexError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------ start-up plan
+
+
+@dataclass
+class _Plan:
+    """What to do with the run directory: start fresh, resume, or return a finished run."""
+
+    action: str  # "fresh" | "resume" | "done"
+    checkpoint_epoch: int = 0
+    saved: dict[str, Any] | None = None
+    clear: bool = False
+
+
+def _checkpoint_epoch(files: RunFiles) -> int:
+    if not files.checkpoint.is_file():
+        return 0
+    state = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
+    return int(state["epoch"])
+
+
+def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -> _Plan:
+    """Decide how to start (read-only, so every DDP rank reaches the same decision)."""
+    if files.root.exists() and not files.root.is_dir():
+        raise FileExistsError(f"{files.root} exists and is not a directory; choose another --out")
+    if overwrite or not files.config.is_file():
+        return _Plan("fresh", clear=True)
+    saved = read_json(files.config)
+    diffs = config_differences(saved, config)
+    done = files.done.is_file()
+    same_epochs = int(saved.get("epochs", -1)) == config.epochs
+    if not resume:
+        if not diffs and done and same_epochs:
+            return _Plan("done", config.epochs, saved)
+        what = f"a different config ({'; '.join(diffs)})" if diffs else "a run"
+        if not diffs and not same_epochs:
+            what = f"a run of {saved.get('epochs')} epochs"
+        raise FileExistsError(
+            f"{files.root} already holds {what}; use --resume to continue it "
+            "or --overwrite to start over (or choose another --out)"
+        )
+    if diffs:
+        raise ValueError(
+            f"cannot resume {files.root}: the config differs in {'; '.join(diffs)}. Only "
+            "--epochs may change when resuming; use --overwrite to start over"
+        )
+    ckpt = _checkpoint_epoch(files)
+    if done and ckpt == 0 and same_epochs:
+        return _Plan("done", config.epochs, saved)
+    if ckpt > config.epochs:
+        raise ValueError(
+            f"cannot resume {files.root} with --epochs {config.epochs}: it has already trained "
+            f"{ckpt} epochs; pass --epochs >= {ckpt}"
+        )
+    if done and ckpt == config.epochs:
+        return _Plan("done", config.epochs, saved)
+    if ckpt == 0:
+        return _Plan("fresh", saved=saved, clear=True)
+    return _Plan("resume", ckpt, saved)
+
+
+def _apply_plan(files: RunFiles, plan: _Plan) -> None:
+    """Rank 0: clear an old run or cut the metrics log back to the checkpoint."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    if plan.clear:
+        files.clear()
+    if plan.action == "resume":
+        for path in (files.done, files.summary, files.final, files.predictions):
+            path.unlink(missing_ok=True)
+        rewrite_rows(files, plan.checkpoint_epoch)
+
+
+def _finished_result(files: RunFiles, config: TrainConfig) -> RunResult:
+    summary = read_json(files.summary) if files.summary.is_file() else {}
+    rows = read_rows(files.metrics)
+    return RunResult(files.root, config, rows, True, config.epochs, True, summary)
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class _Run:
+    """Everything built for one run."""
+
+    config: TrainConfig
+    files: RunFiles
+    ctx: DistContext
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.SGD
+    loss_fn: nn.Module
+    evaluator: Evaluator
+    autocast: Any
+    channels_last: bool
+    local_batch: int
+    x_train: Tensor
+    y_train: Tensor
+    ufm: dict[str, Any] | None
+    progress: Progress = field(init=False)
+    last_eval: EvalResult | None = None
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> RunResult:
+    """Train one model as described by ``config``, writing the run directory ``out_dir``.
+
+    ``resume=True`` continues a stopped run from ``checkpoints/last.pt`` (only ``epochs`` and
+    ``threads`` may differ from the saved config; a larger ``epochs`` extends a finished run;
+    a finished run is returned as it is). ``overwrite=True`` discards a previous run in
+    ``out_dir``. Without either, a directory holding a run refuses (``FileExistsError``) unless
+    it is the same, finished run. ``quiet=True`` prints nothing.
+
+    Raises ``ValueError`` for bad options, :class:`TrainingDivergedError` when the loss becomes
+    NaN/Inf. Under ``torchrun`` (``WORLD_SIZE > 1``) trains with DistributedDataParallel; only
+    rank 0 writes files.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other; pick one")
+    config.validate()
+    if config.bf16 and config.device == "cpu":
+        raise ValueError("--bf16 autocast needs a CUDA device; drop --bf16 or use --device cuda")
+    files = RunFiles(Path(out_dir))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(config.device, local_rank)
+    if config.bf16 and device.type != "cuda":
+        raise ValueError("--bf16 autocast needs a CUDA device, and none is available")
+    ctx = setup_distributed(device.type == "cuda")
+    try:
+        with _num_threads(config.threads):
+            return _train(config, files, ctx, device, resume, overwrite, quiet)
+    finally:
+        ctx.close()
+
+
+def _train(
+    config: TrainConfig,
+    files: RunFiles,
+    ctx: DistContext,
+    device: torch.device,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> RunResult:
+    plan = _plan(files, config, resume, overwrite)
+    if plan.action == "done":
+        return _finished_result(files, config)
+    ctx.barrier()  # every rank has read the directory before rank 0 changes it
+    if ctx.is_main:
+        _apply_plan(files, plan)
+    ctx.barrier()
+
+    run = _build(config, files, ctx, device)
+    start = 0
+    if plan.action == "resume":
+        start = _load_checkpoint(run)
+    if ctx.is_main:
+        _write_config(run, plan, start)
+    run.progress = Progress(config.epochs, start, quiet=quiet or not ctx.is_main)
+    try:
+        if start:
+            run.progress.message(f"resuming {files.root} after epoch {start}")
+        for epoch in range(start + 1, config.epochs + 1):
+            _epoch(run, epoch)
+        return _finish(run, start)
+    finally:
+        run.progress.close()
+
+
+def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch.device) -> _Run:
+    data = load_dataset(
+        config.dataset,
+        config.data_dir,
+        per_class=config.per_class,
+        seed=config.seed,
+        num_classes=config.synthetic_classes,
+        synthetic_dim=config.synthetic_dim,
+        synthetic_train_per_class=config.synthetic_train_per_class,
+        synthetic_test_per_class=config.synthetic_test_per_class,
+    )
+    if config.augment and len(data.input_shape) != 3:
+        raise ValueError(f"--augment needs image data; {config.dataset} holds flat vectors")
+    if config.batch_size % ctx.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} must be divisible by the number of processes "
+            f"({ctx.world_size}): it is the global batch, split evenly over the ranks"
+        )
+    _seed_everything(config.seed)  # the model initialisation is the first random draw
+    model = build_model(
+        config.model,
+        data.num_classes,
+        data.input_shape,
+        width=config.width,
+        depth=config.depth,
+        bias=config.bias,
+    ).to(device)
+    channels_last = config.channels_last
+    if channels_last is None:
+        is_conv = len(data.input_shape) == 3 and config.model != "mlp"
+        channels_last = is_conv and device.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    loss_fn = get_loss(config.loss, data.num_classes, config.smoothing)
+    net: nn.Module = _FeaturesAndLogits(model)
+    if ctx.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    autocast = (
+        functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+        if config.bf16
+        else contextlib.nullcontext
+    )
+    shard_train, shard_test = ctx.shard(data.num_train), ctx.shard(data.num_test)
+    evaluator = Evaluator(
+        x_train=data.x_train[shard_train].contiguous().to(device),
+        y_train=data.y_train[shard_train].contiguous().to(device),
+        x_test=data.x_test[shard_test].contiguous().to(device),
+        y_test=data.y_test[shard_test].contiguous().to(device),
+        num_test=data.num_test,
+        num_classes=data.num_classes,
+        loss_fn=loss_fn,
+        ctx=ctx,
+        autocast=autocast,
+        channels_last=channels_last,
+    )
+    x_train = evaluator.x_train if not ctx.enabled else data.x_train.to(device)
+    y_train = evaluator.y_train if not ctx.enabled else data.y_train.to(device)
+    return _Run(
+        config=config,
+        files=files,
+        ctx=ctx,
+        device=device,
+        data=data,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        evaluator=evaluator,
+        autocast=autocast,
+        channels_last=bool(channels_last),
+        local_batch=config.batch_size // ctx.world_size,
+        x_train=x_train,
+        y_train=y_train,
+        ufm=_ufm_prediction(config, data),
+    )
+
+
+def _ufm_prediction(config: TrainConfig, data: DataBundle) -> dict[str, Any] | None:
+    """Closed-form UFM minimizer for this run's N, K, λ's and δ (UFM-penalty mode only)."""
+    if not config.ufm_penalties:
+        return None
+    from nclab.ufm import closed_form
+
+    n_per_class = max(1, round(data.num_train / data.num_classes))
+    cf = closed_form(
+        data.num_classes,
+        n_per_class,
+        config.lambda_w,
+        config.lambda_h,
+        config.smoothing if config.loss == "ls" else 0.0,
+        config.lambda_b,
+    )
+    return cf.as_dict()
+
+
+# ------------------------------------------------------------------------------ one epoch
+
+
+def _epoch(run: _Run, epoch: int) -> None:
+    config = run.config
+    t0 = time.perf_counter()
+    lr = config.lr * lr_factor(config, epoch - 1)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    _train_one_epoch(run, epoch)
+    timing = {"epoch": epoch, "train": time.perf_counter() - t0, "eval_forward": 0.0}
+    timing["metrics"] = 0.0
+    row = None
+    if epoch % config.eval_every == 0 or epoch == config.epochs:
+        run.last_eval = _evaluate(run, epoch)
+        timing["eval_forward"] = run.last_eval.timings["forward"]
+        timing["metrics"] = run.last_eval.timings["metrics"]
+        row = {"epoch": epoch, "lr": lr, **run.last_eval.metrics}
+        if run.ufm is not None:
+            row["ufm_w_norm"] = run.ufm["w_norm"]
+            row["ufm_h_norm"] = run.ufm["h_norm"]
+        row["seconds"] = time.perf_counter() - t0
+    t_io = time.perf_counter()
+    if run.ctx.is_main and row is not None:
+        append_row(run.files, row)
+    if run.ctx.is_main and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
+        _save_checkpoint(run, epoch)
+    timing["io"] = time.perf_counter() - t_io
+    timing["total"] = time.perf_counter() - t0
+    run.timings.append(timing)
+    run.progress.epoch_done(epoch, row)
+
+
+def _evaluate(run: _Run, epoch: int) -> EvalResult:
+    """Evaluate the model after ``epoch`` (rank 0's BatchNorm statistics on every rank)."""
+    run.ctx.broadcast_buffers(run.model)
+    try:
+        return run.evaluator(run.model)
+    except NonFiniteFeaturesError:
+        raise TrainingDivergedError(
+            epoch, 0, float("nan"), _last_checkpoint_epoch(run), run.files.checkpoint
+        ) from None
+
+
+def _train_one_epoch(run: _Run, epoch: int) -> None:
+    config, ctx = run.config, run.ctx
+    order = epoch_permutation(config.seed, epoch, run.data.num_train, ctx).to(run.device)
+    aug_gen = torch.Generator().manual_seed(_mix_seed(config.seed, epoch, 1 + ctx.rank))
+    bs = run.local_batch
+    steps = -(-int(order.shape[0]) // bs)
+    run.net.train()
+    for step in run.progress.batches(range(steps), steps, epoch):
+        idx = order[step * bs : (step + 1) * bs]
+        xb, yb = run.x_train[idx], run.y_train[idx]
+        if config.augment:
+            xb = augment_batch(xb, aug_gen)
+        if run.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with run.autocast():
+            h, logits = run.net(xb)
+        loss = run.loss_fn(logits.float(), yb)
+        if config.ufm_penalties:
+            loss = loss + ufm_penalty(run.model, h, config, run.data.num_train)
+        if ctx.any(not bool(torch.isfinite(loss))):
+            value = float(loss.detach())
+            raise TrainingDivergedError(
+                epoch, step + 1, value, _last_checkpoint_epoch(run), run.files.checkpoint
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+
+
+def _last_checkpoint_epoch(run: _Run) -> int:
+    return _checkpoint_epoch(run.files) if run.files.checkpoint.is_file() else 0
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def _save_checkpoint(run: _Run, epoch: int) -> None:
+    state = {
+        "epoch": epoch,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": {"name": run.config.scheduler, "completed_epochs": epoch},
+        "rng": _rng_state(),
+        "config": run.config.to_dict(),
+        "num_classes": run.data.num_classes,
+        "input_shape": list(run.data.input_shape),
+    }
+    atomic_write(run.files.checkpoint, lambda f: torch.save(state, f))
+
+
+def _load_checkpoint(run: _Run) -> int:
+    state = torch.load(run.files.checkpoint, map_location="cpu", weights_only=False)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+def load_model(run_dir: str | os.PathLike[str], which: str = "final") -> nn.Module:
+    """Rebuild the model of a run directory from ``final.pt`` (``which="final"``) or
+    ``checkpoints/last.pt`` (``which="last"``), on CPU, in eval mode."""
+    files = RunFiles(Path(run_dir))
+    path = {"final": files.final, "last": files.checkpoint}.get(which)
+    if path is None:
+        raise ValueError(f"which must be 'final' or 'last', got {which!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a (finished) run?")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    model = build_model(
+        cfg["model"],
+        int(state["num_classes"]),
+        tuple(state["input_shape"]),
+        width=cfg.get("width"),
+        depth=cfg.get("depth"),
+        bias=cfg.get("bias", True),
+    )
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "nclab": __version__,
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_config(run: _Run, plan: _Plan, start: int) -> None:
+    config, data = run.config, run.data
+    previous = plan.saved or {}
+    resumed = list(previous.get("resumed", [])) if plan.action == "resume" else []
+    if plan.action == "resume":
+        resumed.append({"after_epoch": start, "time": _now(), "epochs": config.epochs})
+    doc: dict[str, Any] = {
+        **config.to_dict(),
+        "resolved": {
+            "device": str(run.device),
+            "world_size": run.ctx.world_size,
+            "batch_size_per_rank": run.local_batch,
+            "weight_decay_backbone": config.backbone_weight_decay(),
+            "weight_decay_classifier": config.classifier_weight_decay(),
+            "milestones": config.resolved_milestones(),
+            "channels_last": run.channels_last,
+            "threads": torch.get_num_threads(),
+        },
+        "num_classes": data.num_classes,
+        "train_size": data.num_train,
+        "test_size": data.num_test,
+        "input_shape": list(data.input_shape),
+        "class_names": list(data.class_names),
+        "feature_dim": int(run.model.classifier.in_features),
+        "num_parameters": count_parameters(run.model),
+        "versions": _versions(),
+        "hostname": socket.gethostname(),
+        "start_time": previous.get("start_time", _now()) if plan.action == "resume" else _now(),
+        "resumed": resumed,
+    }
+    if run.ufm is not None:
+        doc["ufm"] = run.ufm
+        doc["ufm_w_norm"] = run.ufm["w_norm"]
+        doc["ufm_h_norm"] = run.ufm["h_norm"]
+    write_json(run.files.config, doc)
+
+
+def _first_perfect_epoch(rows: list[dict[str, Any]]) -> int | None:
+    for row in rows:
+        if row.get("train_acc") is not None and row["train_acc"] >= 1.0:
+            return int(row["epoch"])
+    return None
+
+
+def _finish(run: _Run, start: int) -> RunResult:
+    """Final model, test predictions, summary and the DONE marker (rank 0)."""
+    files, config = run.files, run.config
+    if run.last_eval is None:  # resumed at the last epoch: re-evaluate the final model
+        run.last_eval = _evaluate(run, config.epochs)
+    rows = read_rows(files.metrics) if run.ctx.is_main else []
+    summary: dict[str, Any] = {}
+    if run.ctx.is_main:
+        final_state = {
+            "model": run.model.state_dict(),
+            "config": config.to_dict(),
+            "num_classes": run.data.num_classes,
+            "input_shape": list(run.data.input_shape),
+            "epoch": config.epochs,
+        }
+        atomic_write(files.final, lambda f: torch.save(final_state, f))
+        logits = run.last_eval.test_logits.float().numpy()
+        labels = run.last_eval.test_labels.long().numpy()
+        atomic_write(
+            files.predictions, lambda f: np.savez(f, test_logits=logits, test_labels=labels)
+        )
+        summary = {
+            "completed": True,
+            "epochs": config.epochs,
+            "first_epoch_train_acc_100": _first_perfect_epoch(rows),
+            "final": rows[-1] if rows else {},
+            "seconds_total": sum(float(r.get("seconds") or 0.0) for r in rows),
+            "finished": _now(),
+        }
+        if run.ufm is not None:
+            summary["ufm"] = run.ufm
+        write_json(files.summary, summary)
+        atomic_write(files.done, lambda f: f.write(f"completed {_now()}\n".encode()))
+        run.progress.message(f"done: {files.root}")
+    run.ctx.barrier()
+    return RunResult(files.root, config, rows, True, start, False, summary, run.timings)

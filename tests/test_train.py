@@ -1,0 +1,584 @@
+"""Tests of nclab.train (one training run) and the `nclab train` command.
+
+Every training run here is a tiny MLP on the seeded ``synthetic`` Gaussian mixture, so each
+takes a fraction of a second; the SIGKILL and DDP tests start subprocesses (a few seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nclab import cli
+from nclab.calibration import expected_calibration_error
+from nclab.data import load_dataset
+from nclab.losses import get_loss
+from nclab.metrics import NCAccumulator
+from nclab.train import (
+    RunFiles,
+    TrainConfig,
+    TrainingDivergedError,
+    build_optimizer,
+    epoch_permutation,
+    load_model,
+    lr_factor,
+    read_rows,
+    train,
+    ufm_penalty,
+)
+from nclab.train import loop as train_loop
+from nclab.train.distributed import DistContext
+from nclab.train.evaluate import (
+    Evaluator,
+    class_sums,
+    means_basis,
+    ncc_tallies,
+    projected_statistics,
+)
+from nclab.train.rundir import rewrite_rows
+from nclab.ufm import closed_form
+
+REQUIRED_KEYS = (
+    "epoch lr train_loss train_acc test_loss test_acc ece nc1 cdnv nc2_w nc2_h nc2_wh nc3 nc4 "
+    "ncc_acc w_norm h_norm test_nc1 test_ncc_acc seconds train_ce train_error test_error"
+).split()
+NC_KEYS = (
+    "nc1 cdnv nc2_h nc2_w nc2_wh nc3 nc4 ncc_acc equinorm_h equinorm_w equiangle_h equiangle_w "
+    "maxangle_h maxangle_w w_norm h_norm"
+).split()
+
+# A tiny, fast problem: 5 classes in 48 dimensions, 60 training samples per class.
+TINY = dict(
+    dataset="synthetic",
+    synthetic_classes=5,
+    synthetic_dim=48,
+    synthetic_train_per_class=60,
+    synthetic_test_per_class=20,
+    model="mlp",
+    width=64,
+    depth=2,
+    batch_size=50,
+    lr=0.1,
+    threads=1,
+)
+
+
+def tiny(**overrides: object) -> TrainConfig:
+    return TrainConfig(**{**TINY, **overrides})
+
+
+def strip_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def run_cli(argv: list[str]) -> int:
+    return cli.main(["train", *argv])
+
+
+# ---------------------------------------------------------------------------- full run
+
+
+def test_tiny_run_reaches_full_train_accuracy_with_all_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(tiny(epochs=12, scheduler="cosine"), out, quiet=True)
+
+    assert result.completed and not result.reused
+    rows = read_rows(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == list(range(1, 13))
+    assert result.rows == rows
+    for row in rows:
+        missing = set(REQUIRED_KEYS + NC_KEYS + [f"test_{k}" for k in NC_KEYS]) - set(row)
+        assert not missing, missing
+        for key, value in row.items():
+            assert value is not None and math.isfinite(value), (key, value)
+    assert rows[-1]["train_acc"] == 1.0
+    assert result.first_perfect_epoch is not None and result.first_perfect_epoch <= 12
+    assert rows[-1]["train_error"] == 0.0
+    assert rows[-1]["nc1"] < rows[0]["nc1"]  # features collapse as training proceeds
+    assert rows[0]["lr"] == pytest.approx(0.1) and rows[-1]["lr"] < rows[0]["lr"]
+
+    files = RunFiles(out)
+    for path in (files.checkpoint, files.final, files.predictions, files.done, files.summary):
+        assert path.is_file(), path
+    config = json.loads(files.config.read_text())
+    assert config["loss"] == "ce" and config["seed"] == 0 and config["epochs"] == 12
+    assert set(config["versions"]) == {"python", "torch", "numpy", "nclab"}
+    assert config["hostname"] and config["start_time"] and config["resolved"]["device"] == "cpu"
+    assert config["train_size"] == 300 and config["num_classes"] == 5
+    summary = json.loads(files.summary.read_text())
+    assert summary["completed"] is True
+    assert summary["first_epoch_train_acc_100"] == result.first_perfect_epoch
+
+    # metrics.csv mirrors metrics.jsonl
+    csv_lines = files.metrics_csv.read_text().splitlines()
+    assert len(csv_lines) == 1 + len(rows)
+    assert csv_lines[0].split(",")[:3] == ["epoch", "lr", "train_loss"]
+
+    # predictions.npz holds the final model's test logits: same ECE and accuracy as logged
+    with np.load(files.predictions) as pred:
+        logits, labels = pred["test_logits"], pred["test_labels"]
+    assert logits.shape == (100, 5) and labels.shape == (100,)
+    assert expected_calibration_error(logits, labels) == pytest.approx(rows[-1]["ece"], abs=1e-9)
+    assert (logits.argmax(1) == labels).mean() == pytest.approx(rows[-1]["test_acc"])
+
+    # final.pt rebuilds the final model, whose train accuracy is the logged one
+    model = load_model(out)
+    data = load_dataset("synthetic", **_synthetic_kwargs())
+    with torch.no_grad():
+        acc = (model(data.x_train).argmax(1) == data.y_train).float().mean().item()
+    assert acc == rows[-1]["train_acc"]
+
+
+def _synthetic_kwargs() -> dict:
+    return dict(
+        num_classes=TINY["synthetic_classes"],
+        synthetic_dim=TINY["synthetic_dim"],
+        synthetic_train_per_class=TINY["synthetic_train_per_class"],
+        synthetic_test_per_class=TINY["synthetic_test_per_class"],
+        seed=0,
+    )
+
+
+def test_ce_and_ls_with_the_same_seed_share_initialisation_and_data_order(tmp_path: Path):
+    # with a negligible learning rate the final weights are the initial ones, and the BN running
+    # statistics depend on the batches seen: equal models mean equal init and equal data order
+    ce = train(tiny(epochs=1, lr=1e-12), tmp_path / "ce", quiet=True)
+    ls = train(tiny(epochs=1, lr=1e-12, loss="ls", smoothing=0.2), tmp_path / "ls", quiet=True)
+    other = train(tiny(epochs=1, lr=1e-12, seed=1), tmp_path / "other", quiet=True)
+    a, b = load_model(tmp_path / "ce").state_dict(), load_model(tmp_path / "ls").state_dict()
+    c = load_model(tmp_path / "other").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-9)
+    assert any(not torch.allclose(a[k].float(), c[k].float()) for k in a)
+    # the LS run logs its own objective as train_loss, and plain CE as train_ce
+    assert ls.final["train_loss"] > ls.final["train_ce"]
+    assert ce.final["train_loss"] == pytest.approx(ce.final["train_ce"], rel=1e-6)
+    assert ls.final["train_ce"] == pytest.approx(ce.final["train_ce"], rel=1e-6)
+    assert other.final["train_ce"] != pytest.approx(ce.final["train_ce"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def test_resume_after_stop_equals_uninterrupted_run(tmp_path: Path) -> None:
+    cfg6 = tiny(epochs=6, scheduler="multistep", milestones=[4])
+    full = train(cfg6, tmp_path / "full", quiet=True)
+
+    part = tmp_path / "part"
+    first = train(tiny(epochs=3, scheduler="multistep", milestones=[4]), part, quiet=True)
+    assert first.completed and len(first.rows) == 3 and (part / "DONE").exists()
+    resumed = train(cfg6, part, resume=True, quiet=True)
+    assert resumed.start_epoch == 3 and not resumed.reused
+    assert strip_seconds(read_rows(part / "metrics.jsonl")) == strip_seconds(full.rows)
+    config = json.loads((part / "config.json").read_text())
+    assert config["epochs"] == 6 and config["resumed"][0]["after_epoch"] == 3
+
+    # resuming a complete run is a no-op that returns its result
+    again = train(cfg6, part, resume=True, quiet=True)
+    assert again.reused and strip_seconds(again.rows) == strip_seconds(full.rows)
+    # so is starting the same finished run again
+    assert train(cfg6, part, quiet=True).reused
+    # final weights are identical too
+    a, b = load_model(tmp_path / "full").state_dict(), load_model(part).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) -> None:
+    epochs = 8
+    argv = [
+        "--dataset", "synthetic", "--synthetic-classes", "5", "--synthetic-dim", "48",
+        "--synthetic-train-per-class", "200", "--synthetic-test-per-class", "20",
+        "--width", "64", "--depth", "2", "--batch-size", "20", "--lr", "0.05",
+        "--scheduler", "cosine", "--epochs", str(epochs), "--threads", "1", "--seed", "3",
+    ]  # fmt: skip
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nclab.cli", "train", *argv, "--out", str(out), "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(read_rows(metrics)) >= 2:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (out / "DONE").exists()
+    done_before = len(read_rows(metrics))
+    assert 2 <= done_before < epochs
+    # simulate a kill in the middle of writing a row, too
+    with metrics.open("a") as f:
+        f.write('{"epoch": 99, "train_loss": 0.')
+
+    assert run_cli([*argv, "--out", str(out), "--resume", "--quiet"]) == 0
+    rows = read_rows(metrics)
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    assert len(metrics.read_text().splitlines()) == epochs  # the partial line is gone
+
+    assert run_cli([*argv, "--out", str(tmp_path / "straight"), "--quiet"]) == 0
+    assert strip_seconds(rows) == strip_seconds(read_rows(tmp_path / "straight/metrics.jsonl"))
+
+
+def test_rewrite_rows_keeps_complete_rows_up_to_checkpoint(tmp_path: Path) -> None:
+    files = RunFiles(tmp_path)
+    lines = [json.dumps({"epoch": e, "x": e}) for e in (1, 2, 2, 3, 4)]
+    files.metrics.write_text("\n".join(lines) + "\n" + '{"epoch": 5, "x"')
+    assert [r["epoch"] for r in read_rows(files.metrics)] == [1, 2, 2, 3, 4]
+    kept = rewrite_rows(files, max_epoch=3)
+    assert [r["epoch"] for r in kept] == [1, 2, 3]
+    assert [r["epoch"] for r in read_rows(files.metrics)] == [1, 2, 3]
+    assert files.metrics_csv.read_text().splitlines()[0] == "epoch,x"
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def test_existing_run_refuses_unless_resume_or_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny(epochs=1), out, quiet=True)
+    with pytest.raises(FileExistsError, match=r"lr: 0\.1 -> 0\.2.*--resume.*--overwrite"):
+        train(tiny(epochs=1, lr=0.2), out, quiet=True)
+    with pytest.raises(ValueError, match=r"cannot resume .*lr: 0\.1 -> 0\.2"):
+        train(tiny(epochs=1, lr=0.2), out, resume=True, quiet=True)
+    with pytest.raises(FileExistsError, match="a run of 1 epochs"):
+        train(tiny(epochs=2), out, quiet=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(tiny(epochs=1), out, resume=True, overwrite=True)
+    # the refusals left the run untouched
+    assert len(read_rows(out / "metrics.jsonl")) == 1 and (out / "DONE").exists()
+
+    result = train(tiny(epochs=2, lr=0.2), out, overwrite=True, quiet=True)
+    assert result.start_epoch == 0 and [r["epoch"] for r in result.rows] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.2
+    assert len(read_rows(out / "metrics.jsonl")) == 2
+    with pytest.raises(ValueError, match="already trained 2 epochs"):
+        train(tiny(epochs=1, lr=0.2), out, resume=True, quiet=True)
+
+    # the CLI reports the refusal as one line with exit code 2
+    argv = ["--dataset", "synthetic", "--epochs", "1", "--out", str(out), "--quiet"]
+    assert run_cli(argv) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lr": -0.1}, "lr must be > 0"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"momentum": 1.0}, r"momentum must lie in \[0, 1\)"),
+        ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+        ({"scheduler": "linear"}, "unknown scheduler 'linear'"),
+        ({"milestones": [5, 3]}, "milestones must be strictly increasing"),
+        ({"milestones": [0, 3]}, "milestones must be epochs >= 1"),
+        ({"gamma": 0.0}, "gamma must be > 0"),
+        ({"loss": "ls", "smoothing": 1.0}, r"δ must lie in \[0, 1\)"),
+        ({"loss": "ce", "smoothing": 0.1}, "does not take a smoothing value"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"model": "vit"}, "unknown model 'vit'"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"eval_every": 0}, "eval_every must be an integer >= 1"),
+        ({"per_class": -5}, "per_class must be an integer >= 1"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"ufm_penalties": True, "lambda_w": 0.0}, "needs lambda_w > 0"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov momentum needs momentum > 0"),
+    ],
+)
+def test_invalid_options_raise_clear_errors(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny(**options)
+
+
+def test_bad_runtime_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bf16"):
+        train(tiny(bf16=True, device="cpu"), tmp_path / "a", quiet=True)
+    with pytest.raises(ValueError, match="--augment needs image data"):
+        train(tiny(augment=True), tmp_path / "b", quiet=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(tiny(dataset=f"npz:{tmp_path / 'missing.npz'}"), tmp_path / "c", quiet=True)
+    assert not (tmp_path / "a" / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_cli_config_file_with_command_line_override(tmp_path: Path, capsys) -> None:
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(
+        "dataset: synthetic\nsynthetic-classes: 4\nsynthetic_dim: 16\nwidth: 24\n"
+        "epochs: 5\nlr: 1e-2\nbatch_size: 40\nscheduler: constant\n"
+    )
+    out = tmp_path / "run"
+    rc = run_cli(["--config", str(config_file), "--epochs", "2", "--out", str(out), "--quiet"])
+    assert rc == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 2  # command line wins
+    assert saved["lr"] == 0.01 and saved["width"] == 24 and saved["batch_size"] == 40  # file
+    assert saved["synthetic_classes"] == 4 and saved["scheduler"] == "constant"
+    assert saved["momentum"] == 0.9  # neither: the default
+    assert [r["epoch"] for r in read_rows(out / "metrics.jsonl")] == [1, 2]
+    assert capsys.readouterr().out == ""  # --quiet
+
+    # a JSON file works too, and a run's own config.json can be reused
+    rc = run_cli(["--config", str(out / "config.json"), "--out", str(tmp_path / "again")])
+    assert rc == 0
+    assert "complete" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert {k: again[k] for k in ("lr", "width", "epochs")} == {
+        "lr": 0.01,
+        "width": 24,
+        "epochs": 2,
+    }
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset": "synthetic", "learning_rate": 0.1}))
+    assert run_cli(["--config", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) ['learning_rate']" in err and err.count("\n") == 1
+
+
+def test_cli_help_documents_every_option(capsys) -> None:
+    with pytest.raises(SystemExit):
+        run_cli(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in TrainConfig.__dataclass_fields__:
+        assert "--" + f.replace("_", "-") in text, f
+    for flag in ("--config", "--out", "--resume", "--overwrite", "--quiet"):
+        assert flag in text
+    assert "(default: 128)" in text and "(default: fashion-mnist)" in text
+
+
+def test_default_out_dir_names_dataset_model_loss_seed() -> None:
+    from nclab.commands.train import default_out_dir
+
+    assert default_out_dir(tiny(loss="ls", smoothing=0.1, seed=2)) == "runs/synthetic-mlp-ls-s2"
+    npz = TrainConfig(dataset="npz:/data/my set.npz")
+    assert default_out_dir(npz) == "runs/npz-_data_my_set.npz-mlp-ce-s0"
+
+
+def test_progress_lines_when_not_a_terminal_and_silence_when_quiet(tmp_path: Path, capsys):
+    train(tiny(epochs=2), tmp_path / "a")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2 lr 0.1 train_loss")
+    train(tiny(epochs=2), tmp_path / "b", quiet=True)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+# ---------------------------------------------------------------------------- divergence
+
+
+class _NaNAfter(torch.nn.Module):
+    """Wraps a loss; the ``after``-th call made with gradients enabled returns NaN."""
+
+    def __init__(self, inner: torch.nn.Module, after: int) -> None:
+        super().__init__()
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.inner(logits, targets)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls >= self.after:
+                return loss * float("nan")
+        return loss
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # 300 samples / batch 50 = 6 steps per epoch: call 16 is epoch 3, step 4
+    monkeypatch.setattr(
+        train_loop, "get_loss", lambda *a, **k: _NaNAfter(get_loss(*a, **k), after=16)
+    )
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="at epoch 3, step 4") as info:
+        train(tiny(epochs=5), out, quiet=True)
+    assert (info.value.epoch, info.value.step, info.value.checkpoint_epoch) == (3, 4, 2)
+    assert "after epoch 2" in str(info.value)
+    assert [r["epoch"] for r in read_rows(out / "metrics.jsonl")] == [1, 2]
+    assert not (out / "DONE").exists()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] == 2
+    model = load_model(out, which="last")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # the CLI prints one line and exits with code 3 (1000 samples / 125 = 8 steps per epoch)
+    argv = ["--dataset", "synthetic", "--epochs", "5", "--batch-size", "125"]
+    rc = run_cli([*argv, "--out", str(tmp_path / "cli"), "--quiet"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert err.startswith("nclab train: training diverged") and "at epoch 2, step 8;" in err
+    assert err.count("\n") == 1
+
+
+def test_absurd_learning_rate_diverges_in_epoch_one(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step \d+; no checkpoint"):
+        train(tiny(epochs=2, lr=1e10), tmp_path / "run", quiet=True)
+
+
+# ---------------------------------------------------------------------------- UFM mode
+
+
+def test_ufm_penalty_mode_logs_closed_form_and_drops_classifier_decay(tmp_path: Path) -> None:
+    cfg = tiny(epochs=3, ufm_penalties=True, loss="ls", smoothing=0.1, lambda_w=5e-4,
+               lambda_h=4e-4, lambda_b=1e-3)  # fmt: skip
+    result = train(cfg, tmp_path / "ufm", quiet=True)
+    expected = closed_form(5, 60, 5e-4, 4e-4, 0.1, 1e-3)
+    for row in result.rows:
+        assert row["ufm_w_norm"] == pytest.approx(expected.w_norm)
+        assert row["ufm_h_norm"] == pytest.approx(expected.h_norm)
+        assert all(v is not None and math.isfinite(v) for v in row.values())
+        assert row["w_norm"] > 0 and row["h_norm"] > 0
+    saved = json.loads((tmp_path / "ufm" / "config.json").read_text())
+    assert saved["ufm_w_norm"] == pytest.approx(expected.w_norm)
+    assert saved["resolved"]["weight_decay_classifier"] == 0.0
+    assert saved["resolved"]["weight_decay_backbone"] == 0.0  # --weight-decay not given
+
+    model = load_model(tmp_path / "ufm")
+    groups = {g["name"]: g for g in build_optimizer(model, cfg).param_groups}
+    assert groups["classifier"]["weight_decay"] == 0.0 and groups["backbone"]["weight_decay"] == 0
+    classifier_ids = {id(p) for p in model.classifier.parameters()}
+    assert {id(p) for p in groups["classifier"]["params"]} == classifier_ids
+
+    explicit = tiny(ufm_penalties=True, weight_decay=1e-3)
+    groups = {g["name"]: g for g in build_optimizer(model, explicit).param_groups}
+    assert groups["backbone"]["weight_decay"] == 1e-3 and groups["classifier"]["weight_decay"] == 0
+    normal = {g["name"]: g for g in build_optimizer(model, tiny()).param_groups}
+    assert normal["classifier"]["weight_decay"] == 5e-4 == normal["backbone"]["weight_decay"]
+
+
+def test_ufm_penalty_value() -> None:
+    model = train_loop.build_model("mlp", 3, (4,), width=5, depth=1)
+    h = torch.randn(8, 5)
+    cfg = tiny(ufm_penalties=True, lambda_w=0.1, lambda_h=0.2, lambda_b=0.3)
+    w, b = model.classifier.weight, model.classifier.bias
+    expected = 0.05 * (w**2).sum() + 0.1 * (100 / 8) * (h**2).sum() + 0.15 * (b**2).sum()
+    assert ufm_penalty(model, h, cfg, n_train=100).item() == pytest.approx(expected.item())
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def test_lr_schedules() -> None:
+    multi = tiny(epochs=10, scheduler="multistep", milestones=[3, 6], gamma=0.5)
+    assert [lr_factor(multi, t) for t in (0, 2, 3, 5, 6, 9)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert tiny(epochs=8, scheduler="multistep").resolved_milestones() == [4, 6]
+    cosine = tiny(epochs=4, scheduler="cosine")
+    expected = [(1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
+    assert [lr_factor(cosine, t) for t in range(4)] == pytest.approx(expected)
+    assert expected[2] == pytest.approx(0.5)
+    assert lr_factor(tiny(scheduler="constant"), 7) == 1.0
+
+
+def test_epoch_permutation_is_seeded_and_shards_cover_the_data() -> None:
+    a = epoch_permutation(0, 1, 11)
+    assert torch.equal(a, epoch_permutation(0, 1, 11))
+    assert not torch.equal(a, epoch_permutation(0, 2, 11))
+    assert not torch.equal(a, epoch_permutation(1, 1, 11))
+    shards = [epoch_permutation(0, 1, 11, DistContext(rank=r, world_size=3)) for r in range(3)]
+    assert {len(s) for s in shards} == {4}  # padded to 12, split evenly
+    assert set(torch.cat(shards).tolist()) == set(range(11))
+
+
+def test_evaluator_recomputes_features_when_not_kept(tmp_path: Path) -> None:
+    result = train(tiny(epochs=1), tmp_path / "run", quiet=True)
+    model = load_model(tmp_path / "run")
+    data = load_dataset("synthetic", **_synthetic_kwargs())
+    loss = get_loss("ce", 5)
+
+    def evaluate(limit: int) -> dict:
+        ev = Evaluator(data.x_train, data.y_train, data.x_test, data.y_test, data.num_test, 5,
+                       loss, DistContext(), keep_limit_bytes=limit, batch_size=64)  # fmt: skip
+        return ev(model).metrics
+
+    kept, recomputed = evaluate(2**30), evaluate(0)
+    assert kept == pytest.approx(recomputed, rel=1e-9)
+    logged = {k: v for k, v in result.final.items() if k not in ("epoch", "lr", "seconds")}
+    assert kept == pytest.approx(logged, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize(("k", "d", "spread"), [(6, 40, 1.0), (6, 40, 1e-4), (10, 4, 0.5)])
+def test_projected_statistics_give_the_streaming_metrics(k: int, d: int, spread: float) -> None:
+    """The kept-features path (scatter restricted to the class-mean span) gives the same NC
+    metrics as NCAccumulator fed sample by sample, also near collapse (tiny spread around
+    far-away means) and for d < K - 1 (the span is all of R^d)."""
+    gen = torch.Generator().manual_seed(k * d)
+    y = torch.arange(k).repeat(50)[torch.randperm(50 * k, generator=gen)]
+    mu = 5.0 + torch.randn(k, d, generator=gen)
+    h = (mu[y] + spread * torch.randn(50 * k, d, generator=gen)).float()
+    logits = torch.randn(50 * k, k, generator=gen)
+    w, b = torch.randn(k, d, generator=gen), torch.randn(k, generator=gen)
+    counts, sums = class_sums(h, y, k)
+    means = sums / counts[:, None]
+    stats = projected_statistics(h, y, k, means_basis(means))
+    acc = NCAccumulator(k, d)
+    acc.load_state_dict({"num_classes": k, "dim": d, **{n: v.numpy() for n, v in stats.items()},
+                         **ncc_tallies(h, y, logits, means)})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # d < K - 1 warns in both paths
+        fast = acc.compute(w, b).as_dict()
+        ref_acc = NCAccumulator(k, d).update(h, y)
+        ref = ref_acc.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
+    assert fast == pytest.approx(ref, rel=1e-8, abs=1e-12)
+    assert fast["nc1"] > 0
+
+
+# ---------------------------------------------------------------------------- DDP
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    argv = [
+        "--dataset", "synthetic", "--synthetic-classes", "5", "--synthetic-dim", "48",
+        "--synthetic-train-per-class", "61", "--synthetic-test-per-class", "21",
+        "--width", "64", "--depth", "2", "--batch-size", "50", "--lr", "0.1",
+        "--epochs", "2", "--threads", "1", "--device", "cpu",
+    ]  # fmt: skip
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "nclab.cli", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*cmd, *argv, "--out", str(out), "--quiet"], env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    rows = read_rows(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    config = json.loads((out / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2 and config["resolved"]["batch_size_per_rank"] == 25
+    with np.load(out / "predictions.npz") as pred:
+        assert pred["test_logits"].shape == (105, 5)
+        np.testing.assert_array_equal(pred["test_labels"], np.repeat(np.arange(5), 21))
+
+    single = train(tiny(epochs=1, synthetic_train_per_class=61, synthetic_test_per_class=21),
+                   tmp_path / "single", quiet=True)  # fmt: skip
+    assert set(rows[-1]) == set(single.final)
+    # the sharded evaluation covers the whole train/test sets: a single-process evaluation
+    # of the saved final model gives the same numbers
+    data = load_dataset("synthetic", **{**_synthetic_kwargs(), "synthetic_train_per_class": 61,
+                                         "synthetic_test_per_class": 21})  # fmt: skip
+    ev = Evaluator(data.x_train, data.y_train, data.x_test, data.y_test, data.num_test, 5,
+                   get_loss("ce", 5), DistContext())  # fmt: skip
+    metrics = ev(load_model(out)).metrics
+    for key in ("train_acc", "train_loss", "nc1", "nc2_wh", "ncc_acc", "test_acc", "ece",
+                "test_nc1", "test_ncc_acc"):  # fmt: skip
+        assert rows[-1][key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
