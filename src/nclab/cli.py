@@ -11,7 +11,7 @@ from nclab import __version__
 
 # command name -> (module under nclab.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("compare", "Main job: train CE and label smoothing side by side and write a report."),
+    "compare": ("compare", "Main job: CE vs label smoothing side by side, then a report."),
     "train": ("train", "Train one classifier with per-epoch neural-collapse tracking."),
     "ufm": ("ufm", "Unconstrained feature model: closed form, solver, conditioning, convergence."),
     "report": ("report", "Rebuild the HTML/Markdown report from existing run directories."),
