@@ -13,14 +13,17 @@ if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz >/dev/null 
   fi
 fi
 
+# pip on some machines warns about absent local index folders; keep the output readable.
+pipq() { .venv/bin/python -m pip install -q "$@" 2> >(grep -v "is neither a file nor a directory" >&2); }
+
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-    .venv/bin/python -m pip install -q "torch>=2.1,<2.15"
+    pipq "torch>=2.1,<2.15"
   else
-    .venv/bin/python -m pip install -q torch==2.13.0   # CPU build
+    pipq torch==2.13.0   # CPU build
   fi
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+pipq -e ".[dev]"
