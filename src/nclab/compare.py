@@ -89,13 +89,13 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         "quick",
-        "about 2-3 minutes on 2 CPU cores: Fashion-MNIST, 100 images per class (1,000), MLP "
+        "about 2-3 minutes on 2 CPU cores: Fashion-MNIST, 300 images per class (3,000), MLP "
         "784-256x4-10 (BatchNorm), SGD lr 0.05, momentum 0.9, weight decay 2e-3, batch 64, "
         "cosine schedule, 150 epochs; every run reaches 100% training accuracy with a long "
         "terminal phase",
         dict(
             dataset="fashion-mnist",
-            per_class=100,
+            per_class=300,
             model="mlp",
             width=256,
             depth=4,
