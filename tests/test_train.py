@@ -41,6 +41,7 @@ from nclab.train import loop as train_loop
 from nclab.train.distributed import DistContext
 from nclab.train.evaluate import (
     Evaluator,
+    NonFiniteFeaturesError,
     class_sums,
     means_basis,
     ncc_tallies,
@@ -582,3 +583,25 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     for key in ("train_acc", "train_loss", "nc1", "nc2_wh", "ncc_acc", "test_acc", "ece",
                 "test_nc1", "test_ncc_acc"):  # fmt: skip
         assert rows[-1][key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
+
+
+def test_non_finite_values_in_evaluation_are_a_divergence(tmp_path: Path) -> None:
+    """NaN in the classifier or in the features found during evaluation raises the evaluator's
+    divergence error on both the kept-features and the streaming path (never a ValueError
+    about bad user input)."""
+    train(tiny(epochs=1), tmp_path / "run", quiet=True)
+    data = load_dataset("synthetic", **_synthetic_kwargs())
+    loss = get_loss("ce", 5)
+    for limit in (2**30, 0):
+        ev = Evaluator(data.x_train, data.y_train, data.x_test, data.y_test, data.num_test, 5,
+                       loss, DistContext(), keep_limit_bytes=limit, batch_size=64)  # fmt: skip
+        model = load_model(tmp_path / "run")
+        with torch.no_grad():
+            model.classifier.weight[0, 0] = float("nan")
+        with pytest.raises(NonFiniteFeaturesError, match="classifier weight"):
+            ev(model)
+        model = load_model(tmp_path / "run")
+        with torch.no_grad():  # NaN features: poison the first hidden layer
+            next(p for p in model.parameters() if p.dim() == 2).fill_(float("nan"))
+        with pytest.raises(NonFiniteFeaturesError, match="features"):
+            ev(model)

@@ -226,6 +226,9 @@ class Evaluator:
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
         t0 = time.perf_counter()
+        for name, param in model.classifier.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                raise NonFiniteFeaturesError(f"the classifier {name} contains NaN or Inf values")
         train = self._pass(model, self.x_train, self.y_train, "train")
         test = self._pass(model, self.x_test, self.y_test, "test")
         t1 = time.perf_counter()
@@ -311,6 +314,8 @@ class Evaluator:
             if out.features is not None:
                 out.features[rows] = h
             else:
+                if not bool(torch.isfinite(h).all()):  # the accumulator would raise ValueError
+                    raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf")
                 t = time.perf_counter()
                 out.acc.update(h, yb)
                 out.metric_seconds += time.perf_counter() - t
