@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default="quick",
         choices=list(PRESETS),
-        help="named setting: " + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
+        help="named setting: "
+        + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()).replace("%", "%%"),
     )
     parser.add_argument(
         "--smoothing",
