@@ -270,6 +270,9 @@ def test_existing_run_refuses_unless_resume_or_overwrite(tmp_path: Path) -> None
     assert len(read_rows(out / "metrics.jsonl")) == 2
     with pytest.raises(ValueError, match="already trained 2 epochs"):
         train(tiny(epochs=1, lr=0.2), out, resume=True, quiet=True)
+    # where the dataset files are found is not part of the run's identity
+    moved = train(tiny(epochs=3, lr=0.2, data_dir=str(tmp_path)), out, resume=True, quiet=True)
+    assert [r["epoch"] for r in moved.rows] == [1, 2, 3]
 
     # the CLI reports the refusal as one line with exit code 2
     argv = ["--dataset", "synthetic", "--epochs", "1", "--out", str(out), "--quiet"]

@@ -26,9 +26,10 @@ __all__ = [
 SCHEDULERS = ("multistep", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
-#: Fields that may differ between a stopped run and its resumption: ``epochs`` (extending a run)
-#: and ``threads`` (a performance knob that does not change what is computed).
-COMPARABLE_EXCEPT = frozenset({"epochs", "threads"})
+#: Fields that may differ between a stopped run and its resumption: ``epochs`` (extending a run),
+#: ``threads`` (a performance knob) and ``data_dir`` (where the same files are found; moving a
+#: dataset folder does not change what is computed).
+COMPARABLE_EXCEPT = frozenset({"epochs", "threads", "data_dir"})
 
 #: Weight decay used for every parameter when ``weight_decay`` is left unset (outside UFM mode).
 DEFAULT_WEIGHT_DECAY = 5e-4
