@@ -608,3 +608,14 @@ def test_non_finite_values_in_evaluation_are_a_divergence(tmp_path: Path) -> Non
             next(p for p in model.parameters() if p.dim() == 2).fill_(float("nan"))
         with pytest.raises(NonFiniteFeaturesError, match="features"):
             ev(model)
+
+
+def test_run_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Atomically written files are readable like any other file the process creates."""
+    out = tmp_path / "run"
+    train(tiny(epochs=1), out, quiet=True)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = plain.stat().st_mode & 0o777
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "checkpoints/last.pt"):
+        assert (out / name).stat().st_mode & 0o777 == expected, name

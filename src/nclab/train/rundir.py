@@ -102,6 +102,12 @@ class RunFiles:
 # ---------------------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` atomically: ``write(f)`` into a temporary file in the same directory,
     fsync it, then ``os.replace`` it over ``path`` (readers see the old or the new file, never
@@ -109,6 +115,9 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (colleagues on a
+        # shared cluster can read the run).
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
