@@ -619,3 +619,21 @@ def test_run_files_get_the_usual_permissions(tmp_path: Path) -> None:
     expected = plain.stat().st_mode & 0o777
     for name in ("config.json", "metrics.jsonl", "metrics.csv", "checkpoints/last.pt"):
         assert (out / name).stat().st_mode & 0o777 == expected, name
+
+
+def test_fused_ncc_tallies_equal_the_separate_pass() -> None:
+    """The NCC/NC4 tallies computed inside projected_statistics (on the class-centred chunk)
+    equal ncc_tallies' direct distances, against the split's own means and other means."""
+    gen = torch.Generator().manual_seed(3)
+    k, d, n = 7, 24, 700
+    y = torch.arange(k).repeat(n // k)
+    h = (torch.randn(k, d, generator=gen)[y] + 0.8 * torch.randn(n, d, generator=gen)).float()
+    logits = torch.randn(n, k, generator=gen)
+    counts, sums = class_sums(h, y, k)
+    own = sums / counts[:, None]
+    other = own + 0.3 * torch.randn(k, d, generator=gen, dtype=torch.float64)
+    for ref in (own, other):
+        fused = projected_statistics(h, y, k, means_basis(own), ncc=(ref, logits))
+        direct = ncc_tallies(h, y, logits, ref)
+        assert {name: fused[name] for name in direct} == direct
+        assert 0 < direct["ncc_correct"] < n and 0 < direct["nc4_mismatch"] < n

@@ -151,28 +151,52 @@ def projected_statistics(
     num_classes: int,
     basis: Tensor,
     totals: tuple[Tensor, Tensor] | None = None,
-) -> dict[str, Tensor]:
+    ncc: tuple[Tensor, Tensor] | None = None,
+) -> dict[str, Tensor | int]:
     """Sufficient statistics of ``(h, y)`` for :class:`~nclab.metrics.NCAccumulator`, float64:
     exact ``counts``, ``sums`` and ``class_scatter`` (Σ ||h_i - μ_k||² per class), and the
     within-class ``scatter`` projected on the rows of ``basis`` (r, d):
     ``Bᵀ (B Zᵀ Z Bᵀ) B = P S P`` with ``Z = H - μ_y`` (rows centred on their class mean) and
-    ``P = Bᵀ B``. ``totals``: ``class_sums(h, y, num_classes)`` if already computed."""
+    ``P = Bᵀ B``. ``totals``: ``class_sums(h, y, num_classes)`` if already computed.
+
+    ``ncc = (reference_means, logits)`` adds the tallies of :func:`ncc_tallies` in the same
+    pass: with ``c`` the mean of the reference means ``ν_k`` and ``m_k = ν_k - c``, the NCC
+    scores ``||m_k||² - 2 m_k·(h - c)`` need ``m_k·(h - c) = m_k·z + m_k·(μ_y - c)``, i.e. one
+    more (K x d) product on the centred chunk ``z`` that is already in float64."""
     counts, sums = class_sums(h, y, num_classes) if totals is None else totals
     means = sums / counts.clamp(min=1.0)[:, None]
     class_scatter = torch.zeros(num_classes, dtype=torch.float64, device=h.device)
-    gram = torch.zeros(basis.shape[0], basis.shape[0], dtype=torch.float64, device=h.device)
+    r = basis.shape[0]
+    gram = torch.zeros(r, r, dtype=torch.float64, device=h.device)
+    rows = basis
+    if ncc is not None:
+        ref, logits = ncc
+        m = ref - ref.mean(dim=0)
+        offset = m @ (means - ref.mean(dim=0)).T  # (K, K): m_k · (μ_l - c)
+        sq = (m * m).sum(dim=1)
+        rows = torch.cat([basis, m])
+        correct = mismatch = 0
     scratch = _Scratch(h.shape[1], h.device)
     for s in _chunks(h.shape[0]):
         z = scratch.centred(h[s], y[s], means)
-        p = basis @ z.T  # (r, chunk)
-        gram += p @ p.T
+        p = rows @ z.T  # (r [+ K], chunk)
+        gram += p[:r] @ p[:r].T
+        if ncc is not None:
+            dots = p[r:].add_(offset[:, y[s]])  # m_k · (h - c)
+            pred = dots.mul_(-2.0).add_(sq[:, None]).argmin(dim=0)
+            correct += int((pred == y[s]).sum())
+            mismatch += int((pred != logits[s].argmax(dim=1)).sum())
         class_scatter.index_add_(0, y[s], z.square_().sum(dim=1))
-    return {
+    out: dict[str, Tensor | int] = {
         "counts": counts,
         "sums": sums,
         "class_scatter": class_scatter,
         "scatter": basis.T @ gram @ basis,
     }
+    if ncc is not None:
+        n = int(h.shape[0])
+        out.update(ncc_total=n, ncc_correct=correct, nc4_total=n, nc4_mismatch=mismatch)
+    return out
 
 
 def ncc_tallies(h: Tensor, y: Tensor, logits: Tensor, means: Tensor) -> dict[str, int]:
@@ -349,9 +373,10 @@ class Evaluator:
         accs = []
         for h, y, logits, local, means in splits:
             basis = means_basis(means)
-            stats = projected_statistics(h, y, self.num_classes, basis, local)
-            state = {k: v.cpu().numpy() for k, v in stats.items()}
-            state.update(ncc_tallies(h, y, logits, train_means))
+            stats = projected_statistics(
+                h, y, self.num_classes, basis, local, ncc=(train_means, logits)
+            )
+            state = {k: v.cpu().numpy() if isinstance(v, Tensor) else v for k, v in stats.items()}
             acc = NCAccumulator(self.num_classes, int(h.shape[1]))
             acc.load_state_dict({"num_classes": self.num_classes, "dim": acc.dim, **state})
             accs.append(acc.all_reduce())
