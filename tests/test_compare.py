@@ -12,7 +12,7 @@ import pytest
 
 import nclab.train
 from nclab.cli import main
-from nclab.compare import CompareConfig, compare, plan_runs, validate_smoothings
+from nclab.compare import PRESETS, CompareConfig, compare, plan_runs, validate_smoothings
 
 RUNS = ("ce_seed0", "ls0.1_seed0")
 
@@ -188,7 +188,7 @@ def test_plan_runs_settings_and_overrides(tmp_path):
     assert all(r.path == tmp_path / "runs" / r.name for r in runs)
     assert {
         (r.config.epochs, r.config.width, r.config.dataset, r.config.per_class) for r in runs
-    } == {(3, 64, "fashion-mnist", 100)}
+    } == {(3, 64, "fashion-mnist", PRESETS["quick"].train["per_class"])}  # overrides + preset
     assert [(r.config.loss, r.config.smoothing) for r in runs[::2]] == [
         ("ce", 0.0),
         ("ls", 0.05),
