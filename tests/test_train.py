@@ -44,7 +44,6 @@ from nclab.train.evaluate import (
     NonFiniteFeaturesError,
     class_sums,
     means_basis,
-    ncc_tallies,
     projected_statistics,
 )
 from nclab.train.rundir import rewrite_rows
@@ -533,10 +532,10 @@ def test_projected_statistics_give_the_streaming_metrics(k: int, d: int, spread:
     w, b = torch.randn(k, d, generator=gen), torch.randn(k, generator=gen)
     counts, sums = class_sums(h, y, k)
     means = sums / counts[:, None]
-    stats = projected_statistics(h, y, k, means_basis(means))
+    stats = projected_statistics(h, y, k, means_basis(means), ncc=(means, logits))
+    state = {n: v.numpy() if isinstance(v, torch.Tensor) else v for n, v in stats.items()}
     acc = NCAccumulator(k, d)
-    acc.load_state_dict({"num_classes": k, "dim": d, **{n: v.numpy() for n, v in stats.items()},
-                         **ncc_tallies(h, y, logits, means)})  # fmt: skip
+    acc.load_state_dict({"num_classes": k, "dim": d, **state})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # d < K - 1 warns in both paths
         fast = acc.compute(w, b).as_dict()
@@ -623,7 +622,8 @@ def test_run_files_get_the_usual_permissions(tmp_path: Path) -> None:
 
 def test_fused_ncc_tallies_equal_the_separate_pass() -> None:
     """The NCC/NC4 tallies computed inside projected_statistics (on the class-centred chunk)
-    equal ncc_tallies' direct distances, against the split's own means and other means."""
+    equal NCAccumulator.update_ncc's direct distances, against the split's own means and
+    against other means (test features scored with train means)."""
     gen = torch.Generator().manual_seed(3)
     k, d, n = 7, 24, 700
     y = torch.arange(k).repeat(n // k)
@@ -634,6 +634,6 @@ def test_fused_ncc_tallies_equal_the_separate_pass() -> None:
     other = own + 0.3 * torch.randn(k, d, generator=gen, dtype=torch.float64)
     for ref in (own, other):
         fused = projected_statistics(h, y, k, means_basis(own), ncc=(ref, logits))
-        direct = ncc_tallies(h, y, logits, ref)
-        assert {name: fused[name] for name in direct} == direct
+        direct = NCAccumulator(k, d).update_ncc(h, y, means=ref.numpy(), logits=logits).tallies
+        assert {name: fused[name] for name in direct} == {n: int(v) for n, v in direct.items()}
         assert 0 < direct["ncc_correct"] < n and 0 < direct["nc4_mismatch"] < n

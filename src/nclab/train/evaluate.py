@@ -47,7 +47,6 @@ __all__ = [
     "NonFiniteFeaturesError",
     "class_sums",
     "means_basis",
-    "ncc_tallies",
     "projected_statistics",
 ]
 
@@ -159,10 +158,11 @@ def projected_statistics(
     ``Bᵀ (B Zᵀ Z Bᵀ) B = P S P`` with ``Z = H - μ_y`` (rows centred on their class mean) and
     ``P = Bᵀ B``. ``totals``: ``class_sums(h, y, num_classes)`` if already computed.
 
-    ``ncc = (reference_means, logits)`` adds the tallies of :func:`ncc_tallies` in the same
-    pass: with ``c`` the mean of the reference means ``ν_k`` and ``m_k = ν_k - c``, the NCC
-    scores ``||m_k||² - 2 m_k·(h - c)`` need ``m_k·(h - c) = m_k·z + m_k·(μ_y - c)``, i.e. one
-    more (K x d) product on the centred chunk ``z`` that is already in float64."""
+    ``ncc = (reference_means, logits)`` adds the nearest-class-mean tallies of
+    :meth:`~nclab.metrics.NCAccumulator.update_ncc` (``ncc_*``, ``nc4_*``) in the same pass:
+    with ``c`` the mean of the reference means ``ν_k`` and ``m_k = ν_k - c``, the NCC scores
+    ``||m_k||² - 2 m_k·(h - c)`` need ``m_k·(h - c) = m_k·z + m_k·(μ_y - c)``, i.e. one more
+    (K x d) product on the centred chunk ``z`` that is already in float64."""
     counts, sums = class_sums(h, y, num_classes) if totals is None else totals
     means = sums / counts.clamp(min=1.0)[:, None]
     class_scatter = torch.zeros(num_classes, dtype=torch.float64, device=h.device)
@@ -197,23 +197,6 @@ def projected_statistics(
         n = int(h.shape[0])
         out.update(ncc_total=n, ncc_correct=correct, nc4_total=n, nc4_mismatch=mismatch)
     return out
-
-
-def ncc_tallies(h: Tensor, y: Tensor, logits: Tensor, means: Tensor) -> dict[str, int]:
-    """Nearest-class-mean tallies against ``means`` (float64): ``ncc_correct`` (NCC prediction
-    = label) and ``nc4_mismatch`` (NCC prediction ≠ classifier argmax), out of ``len(y)``."""
-    centre = means.mean(dim=0)
-    m = means - centre
-    sq = (m * m).sum(dim=1)
-    scratch = _Scratch(h.shape[1], h.device)
-    correct = mismatch = 0
-    for s in _chunks(h.shape[0]):
-        scores = (m @ scratch.shifted(h[s], centre).T).mul_(-2.0).add_(sq[:, None])  # (K, chunk)
-        pred = scores.argmin(dim=0)
-        correct += int((pred == y[s]).sum())
-        mismatch += int((pred != logits[s].argmax(dim=1)).sum())
-    n = int(h.shape[0])
-    return {"ncc_total": n, "ncc_correct": correct, "nc4_total": n, "nc4_mismatch": mismatch}
 
 
 # ------------------------------------------------------------------------------ evaluator
