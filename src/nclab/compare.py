@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nclab.train.config import TrainConfig, config_differences
+from nclab.train.rundir import read_rows
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult
@@ -317,11 +318,7 @@ def _worker_init(threads: int) -> None:
 
 
 def _outcome_from_dir(run: PlannedRun, status: str, seconds: float) -> RunOutcome:
-    rows = [
-        json.loads(line)
-        for line in (run.path / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    rows = read_rows(run.path / "metrics.jsonl")
     final = rows[-1].get("train_acc") if rows else None
     perfect = next((int(r["epoch"]) for r in rows if r.get("train_acc") == 1.0), None)
     return RunOutcome(run.name, run.path, status, seconds, final, perfect)
