@@ -637,3 +637,36 @@ def test_fused_ncc_tallies_equal_the_separate_pass() -> None:
         direct = NCAccumulator(k, d).update_ncc(h, y, means=ref.numpy(), logits=logits).tallies
         assert {name: fused[name] for name in direct} == {n: int(v) for n, v in direct.items()}
         assert 0 < direct["ncc_correct"] < n and 0 < direct["nc4_mismatch"] < n
+
+
+@pytest.mark.parametrize(
+    ("model", "width", "channels_last"), [("cnn", 4, None), ("resnet18", 4, False)]
+)
+def test_conv_models_train_on_images_with_augmentation_and_resume(
+    tmp_path: Path, model: str, width: int, channels_last: bool | None
+) -> None:
+    """Conv nets on a small image dataset (npz, 3x12x12) with augmentation: every metric key is
+    logged and finite, channels-last (the CPU default for conv nets) or not, and a resumed run
+    reproduces the uninterrupted one (augmentation is seeded per epoch)."""
+    gen = np.random.default_rng(0)
+    k, per_class = 4, 12
+    proto = gen.uniform(0, 255, size=(k, 3, 12, 12))
+
+    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(k), n)
+        x = np.clip(proto[y] + gen.normal(0, 40, size=(len(y), 3, 12, 12)), 0, 255)
+        return x.astype(np.uint8), y
+
+    x_train, y_train = images(per_class)
+    x_test, y_test = images(5)
+    path = tmp_path / "images.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    config = dict(dataset=f"npz:{path}", model=model, width=width, batch_size=16, lr=0.05,
+                  augment=True, channels_last=channels_last, threads=1, epochs=3)  # fmt: skip
+    whole = train(TrainConfig(**config), tmp_path / "whole", quiet=True)
+    assert [r["epoch"] for r in whole.rows] == [1, 2, 3]
+    for key in REQUIRED_KEYS + NC_KEYS:
+        assert key in whole.final and math.isfinite(whole.final[key]), key
+    train(TrainConfig(**{**config, "epochs": 1}), tmp_path / "split", quiet=True)
+    resumed = train(TrainConfig(**config), tmp_path / "split", resume=True, quiet=True)
+    assert strip_seconds(resumed.rows) == strip_seconds(whole.rows)
