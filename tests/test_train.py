@@ -670,3 +670,20 @@ def test_conv_models_train_on_images_with_augmentation_and_resume(
     train(TrainConfig(**{**config, "epochs": 1}), tmp_path / "split", quiet=True)
     resumed = train(TrainConfig(**config), tmp_path / "split", resume=True, quiet=True)
     assert strip_seconds(resumed.rows) == strip_seconds(whole.rows)
+
+
+def test_last_batch_of_one_sample_joins_the_previous_batch(tmp_path: Path, monkeypatch) -> None:
+    """N = 5 * 61 = 305 = 4 * 76 + 1: a one-sample last batch would crash BatchNorm in training
+    mode; it is folded into the previous batch, and the epoch still sees all 305 samples."""
+    seen: list[int] = []
+    original = train_loop.ufm_penalty
+
+    def record(model, h, cfg, n_train):  # called once per step in UFM-penalty mode
+        seen.append(int(h.shape[0]))
+        return original(model, h, cfg, n_train)
+
+    monkeypatch.setattr(train_loop, "ufm_penalty", record)
+    config = tiny(synthetic_train_per_class=61, batch_size=76, epochs=1, ufm_penalties=True)
+    result = train(config, tmp_path / "r", quiet=True)
+    assert seen == [76, 76, 76, 77]
+    assert math.isfinite(result.final["train_loss"])

@@ -563,11 +563,15 @@ def _train_one_epoch(run: _Run, epoch: int) -> None:
     config, ctx = run.config, run.ctx
     order = epoch_permutation(config.seed, epoch, run.data.num_train, ctx).to(run.device)
     aug_gen = torch.Generator().manual_seed(_mix_seed(config.seed, epoch, 1 + ctx.rank))
-    bs = run.local_batch
-    steps = -(-int(order.shape[0]) // bs)
+    bs, n = run.local_batch, int(order.shape[0])
+    steps = -(-n // bs)
+    if steps > 1 and n % bs == 1:
+        # A last batch of one sample breaks BatchNorm in training mode ("expected more than 1
+        # value per channel"); it joins the previous batch, so every sample is still used.
+        steps -= 1
     run.net.train()
     for step in run.progress.batches(range(steps), steps, epoch):
-        idx = order[step * bs : (step + 1) * bs]
+        idx = order[step * bs : (step + 1) * bs if step < steps - 1 else n]
         xb, yb = run.x_train[idx], run.y_train[idx]
         if config.augment:
             xb = augment_batch(xb, aug_gen)
