@@ -422,3 +422,22 @@ def test_interrupted_and_resumed_logs(tmp_path):
     assert data.final("nc1") == 123.0
     assert not data.complete
     assert any("not valid JSON" in w for w in data.warnings)
+
+
+def test_theory_panel_gd_curves_only_for_small_k(tmp_path):
+    """K = 4 gets GD curves for each δ; K = 100 (e.g. CIFAR-100) gets the closed form and a note
+    saying how to compute its curves, instead of minutes of GD in the trivial regime."""
+    from nclab.report.theory import MAX_CONVERGENCE_CLASSES, theory_panel
+
+    small = theory_panel([load_run(make_run(tmp_path / "a", loss="ce", smoothing=0.0, seed=0))])
+    assert small.num_classes == K and len(small.curves) == 1 and small.curves[0].nc1.size > 0
+
+    run = make_run(tmp_path / "b", loss="ce", smoothing=0.0, seed=0)
+    (run / "predictions.npz").unlink()
+    raw = json.loads((run / "config.json").read_text())
+    raw["config"]["num_classes"] = 100
+    (run / "config.json").write_text(json.dumps(raw))
+    big = theory_panel([load_run(run)])
+    assert big.num_classes == 100 > MAX_CONVERGENCE_CLASSES
+    assert big.curves == [] and any("nclab ufm convergence -K 100" in n for n in big.notes)
+    assert big.at_runs[0]["logit_gap"] > 0

@@ -152,6 +152,12 @@ def theory_panel(
     return panel
 
 
+#: Largest K for the report's GD curves: the default small UFM (n = 50, λ = 5e-3, step 2) is in
+#: the collapse regime and converges in seconds for K up to about this; K = 100 would be trivial
+#: (β >= (1-δ)/K) and ~100x costlier per iteration.
+MAX_CONVERGENCE_CLASSES = 20
+
+
 def _add_convergence(
     panel: TheoryPanel, k: int, deltas: list[float], max_iters: int | None
 ) -> None:
@@ -160,6 +166,13 @@ def _add_convergence(
         from nclab.ufm import CONVERGENCE_DEFAULTS, convergence
     except ImportError:
         panel.notes.append("nclab.ufm.convergence is not available: GD curves omitted")
+        return
+    if k > MAX_CONVERGENCE_CLASSES:
+        panel.notes.append(
+            f"GD curves are computed for K <= {MAX_CONVERGENCE_CLASSES} only (K = {k} would take "
+            "minutes and needs its own λ and step): run `nclab ufm convergence -K "
+            f"{k} --lambda-w ... --lambda-h ... --lr ... --plot FILE` for them"
+        )
         return
     settings = dict(CONVERGENCE_DEFAULTS)
     settings.update(num_classes=k, smoothings=tuple(deltas))
