@@ -1,0 +1,398 @@
+"""NC tracking for any PyTorch training loop: :class:`NCTracker`.
+
+A researcher who trains with their own loop gets the same run directory as ``nclab train``::
+
+    from nclab.track import NCTracker
+
+    tracker = NCTracker("runs/my_ls", model=model, layer=model.fc, train=train_eval_loader,
+                        test=test_loader, num_classes=10, loss="ls", smoothing=0.1, seed=0)
+    for epoch in range(1, epochs + 1):
+        ...                                            # the user's own training
+        tracker.log_epoch(epoch, lr=lr, running_loss=avg_loss)
+    tracker.finish()
+
+and ``nclab report runs/my_ce runs/my_ls`` builds the report from it. The evaluation is the one
+``nclab train`` runs (:class:`nclab.train.evaluate.Evaluator`), the files are written by the
+same atomic writers (:mod:`nclab.train.rundir`), so a row has the same keys and, for the same
+weights and data, the same values as a row of ``nclab train``. See ``docs/integrations.md``.
+
+How the user's model is evaluated: the input of ``layer`` (the final ``nn.Linear``) is the
+feature vector ``h``, captured by a forward pre-hook during ``model(x)`` (as
+:func:`nclab.metrics.collect` does), and the logits are ``layer(h)``; the first evaluation
+checks that these equal ``model(x)``. The ``train`` and ``test`` loaders are read once, at the
+first evaluation, into tensors on the model's device (as ``nclab train`` holds its data), so
+pass loaders without random augmentation, and subsets when the full sets do not fit.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nclab import __version__
+from nclab.losses import get_loss
+from nclab.train.distributed import DistContext
+from nclab.train.evaluate import Evaluator
+from nclab.train.rundir import (
+    RunFiles,
+    append_row,
+    atomic_write,
+    read_json,
+    rewrite_rows,
+    write_json,
+)
+
+__all__ = ["NCTracker"]
+
+#: Keys of ``config.json`` that the tracker sets itself (``config=`` may not override them).
+_TRACKER_KEYS = ("loss", "smoothing", "seed", "num_classes")
+
+
+class _LayerInputModel(nn.Module):
+    """The user's model seen as nclab's ``FeatureClassifier``: ``features(x)`` is the input of
+    ``layer`` during ``model(x)`` (flattened to (B, d)); ``classifier`` is ``layer``."""
+
+    def __init__(self, model: nn.Module, layer: nn.Linear) -> None:
+        super().__init__()
+        self.model = model
+        self.classifier = layer
+        self.check_output = True  # the first batch checks model(x) == layer(h)
+
+    def features(self, x: Tensor) -> Tensor:
+        captured: list[Tensor] = []
+        handle = self.classifier.register_forward_pre_hook(
+            lambda _module, inputs: captured.append(inputs[0])
+        )
+        try:
+            output = self.model(x)
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError(
+                "the given layer was not called during model(x); pass the classifier module "
+                "whose input is the feature vector (e.g. layer=model.fc)"
+            )
+        h = captured[-1].flatten(1)
+        if self.check_output:
+            self.check_output = False
+            logits = self.classifier(h)
+            if not (
+                isinstance(output, Tensor)
+                and output.shape == logits.shape
+                and torch.allclose(output.float(), logits.float(), rtol=1e-4, atol=1e-5)
+            ):
+                raise ValueError(
+                    "model(x) is not layer(features): pass as layer the last module of the "
+                    "model, the nn.Linear that produces its logits"
+                )
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+def _dist_context(device: torch.device) -> DistContext:
+    """Rank and world size of an initialised ``torch.distributed`` group (else one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return DistContext()
+    nccl = dist.get_backend() == "nccl"
+    return DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=(device.index or 0) if device.type == "cuda" else 0,
+        comm_device=device if nccl else torch.device("cpu"),
+    )
+
+
+def _read_split(
+    batches: Iterable[Any], name: str, device: torch.device, ctx: DistContext
+) -> tuple[Tensor, Tensor, int]:
+    """All ``(x, y)`` batches of a loader as two tensors on ``device``: this rank's
+    rank-strided shard (every row under one process), and the total row count."""
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    total = 0
+    for batch in batches:
+        if not isinstance(batch, list | tuple) or len(batch) < 2:
+            raise ValueError(
+                f"the {name} loader must yield (inputs, labels) pairs, got {type(batch).__name__}"
+            )
+        x, y = torch.as_tensor(batch[0]), torch.as_tensor(batch[1]).long().reshape(-1)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"a {name} batch has {x.shape[0]} inputs but {y.shape[0]} labels; the loader "
+                "must yield (inputs, labels) of equal length"
+            )
+        keep = torch.arange(total, total + len(y)) % ctx.world_size == ctx.rank
+        total += len(y)
+        xs.append(x[keep].to(device))
+        ys.append(y[keep].to(device))
+    if total == 0:
+        raise ValueError(f"the {name} loader yielded no samples")
+    return torch.cat(xs), torch.cat(ys), total
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class NCTracker:
+    """Evaluate a model after each epoch of any training loop and write an ``nclab`` run
+    directory (``config.json``, ``metrics.jsonl``/``.csv``, ``predictions.npz``, ``DONE``).
+
+    Parameters
+    ----------
+    run_dir:
+        Output directory. A directory that already holds a run is refused unless
+        ``overwrite=True`` (start over) or ``resume=True`` (continue it: rows from the first
+        epoch logged now on are replaced).
+    model, layer:
+        The model and its final ``nn.Linear`` (``model(x) == layer(h)``; ``h``, the input of
+        ``layer``, is the feature vector). A ``DistributedDataParallel`` model is unwrapped.
+    train, test:
+        DataLoaders (or any iterables) of ``(inputs, labels)`` batches, without augmentation:
+        the training set as evaluated for NC1-NC4 and the test set. Under DDP pass the full
+        sets on every rank; each rank evaluates its rank-strided shard.
+    num_classes, loss, smoothing, seed:
+        K; the training loss (``ce``, ``ls``, ``focal``, ``mse``; :func:`nclab.losses.get_loss`)
+        and δ, which give the ``train_loss``/``test_loss`` columns and the report's grouping
+        (CE vs LS δ); the seed (the report's repeats).
+    config:
+        Further JSON-able settings recorded in ``config.json`` (optimiser, model name, ...).
+    tensorboard:
+        Also write every logged scalar as TensorBoard events in ``run_dir``
+        (needs ``pip install nclab[tensorboard]``).
+
+    Under ``torch.distributed`` every rank must call :meth:`log_epoch` and :meth:`finish`;
+    statistics are reduced over the ranks and rank 0 writes the files.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        model: nn.Module,
+        layer: nn.Module,
+        train: Iterable[Any],
+        test: Iterable[Any],
+        num_classes: int,
+        loss: str = "ce",
+        smoothing: float = 0.0,
+        seed: int = 0,
+        config: Mapping[str, Any] | None = None,
+        tensorboard: bool = False,
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> None:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"layer must be the model's final nn.Linear (e.g. model.fc), got "
+                f"{type(layer).__name__}"
+            )
+        if not any(m is layer for m in model.modules()):
+            raise ValueError("layer is not a module of model; pass e.g. layer=model.fc")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if layer.out_features != num_classes:
+            raise ValueError(
+                f"layer has {layer.out_features} outputs but num_classes is {num_classes}"
+            )
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other; pick one")
+        self.loss_fn = get_loss(loss, num_classes, smoothing)  # raises on a bad loss or δ
+        extra = dict(config or {})
+        clash = [k for k in _TRACKER_KEYS if k in extra]
+        if clash:
+            raise ValueError(
+                f"config must not set {', '.join(clash)}: pass them as NCTracker arguments"
+            )
+        self.model, self.layer = model, layer
+        self.train_batches, self.test_batches = train, test
+        self.num_classes = num_classes
+        self.settings: dict[str, Any] = {
+            "loss": str(loss).lower(),
+            "smoothing": float(smoothing),
+            "seed": int(seed),
+            **extra,
+        }
+        self.files = RunFiles(Path(run_dir))
+        self._check_run_dir(overwrite, resume)
+        self.overwrite, self.resume = overwrite, resume
+        self.tensorboard = tensorboard
+        self._writer: Any = None
+        self._evaluator: Evaluator | None = None
+        self._adapter = _LayerInputModel(model, layer)
+        self._ctx = DistContext()
+        self._last: Any = None
+        self._last_time = time.perf_counter()
+        self._started = False
+        self.rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ run directory
+
+    def _check_run_dir(self, overwrite: bool, resume: bool) -> None:
+        root = self.files.root
+        if root.exists() and not root.is_dir():
+            raise FileExistsError(f"{root} exists and is not a directory; choose another run_dir")
+        if not self.files.config.is_file() or overwrite:
+            return
+        if not resume:
+            raise FileExistsError(
+                f"{root} already holds a run; pass resume=True to continue it or "
+                "overwrite=True to start over (or choose another run_dir)"
+            )
+        saved = read_json(self.files.config)
+        differ = [k for k in ("loss", "smoothing", "seed") if saved.get(k) != self.settings[k]]
+        if differ:
+            raise ValueError(
+                f"cannot resume {root}: it was tracked with a different "
+                f"{', '.join(differ)}; use overwrite=True to start over"
+            )
+
+    def _start(self, first_epoch: int) -> None:
+        """Read the data, build the evaluator, prepare the directory (rank 0)."""
+        first = next(iter(self.model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        self._ctx = _dist_context(device)
+        x_train, y_train, n_train = _read_split(self.train_batches, "train", device, self._ctx)
+        x_test, y_test, n_test = _read_split(self.test_batches, "test", device, self._ctx)
+        for name, y in (("train", y_train), ("test", y_test)):
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ValueError(
+                    f"the {name} labels must lie in [0, {self.num_classes - 1}] "
+                    f"(num_classes={self.num_classes})"
+                )
+        self._evaluator = Evaluator(
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_test,
+            y_test=y_test,
+            num_test=n_test,
+            num_classes=self.num_classes,
+            loss_fn=self.loss_fn,
+            ctx=self._ctx,
+        )
+        if self._ctx.is_main:
+            self._prepare_files(first_epoch, n_train, n_test, device)
+            if self.tensorboard:
+                from nclab.train.tensorboard import ScalarWriter
+
+                self._writer = ScalarWriter(self.files.root)
+        self._ctx.barrier()
+        self._started = True
+
+    def _prepare_files(self, first_epoch: int, n_train: int, n_test: int, device: Any) -> None:
+        files = self.files
+        files.root.mkdir(parents=True, exist_ok=True)
+        previous = read_json(files.config) if self.resume and files.config.is_file() else {}
+        if self.resume and previous:
+            for path in (files.done, files.summary, files.predictions):
+                path.unlink(missing_ok=True)
+            self.rows = rewrite_rows(files, first_epoch - 1)
+        else:
+            files.clear()
+        doc = {
+            **self.settings,
+            "source": "nclab.track.NCTracker",
+            "num_classes": self.num_classes,
+            "train_size": n_train,
+            "test_size": n_test,
+            "feature_dim": int(self.layer.in_features),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_class": type(self.model).__name__,
+            "tensorboard": bool(self.tensorboard),
+            "resolved": {"device": str(device), "world_size": self._ctx.world_size},
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "nclab": __version__,
+            },
+            "hostname": socket.gethostname(),
+            "start_time": previous.get("start_time", _now()),
+        }
+        write_json(files.config, doc)
+
+    # ------------------------------------------------------------------ per epoch
+
+    def evaluate(self) -> dict[str, float | None]:
+        """Evaluate the model now (eval mode; each module's mode is restored afterwards) and
+        return the metrics of a row (without ``epoch``, ``lr``, ``seconds``)."""
+        if self._evaluator is None:
+            raise RuntimeError("call log_epoch first: the evaluation data are read there")
+        modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            self._ctx.broadcast_buffers(self.model)
+            self._last = self._evaluator(self._adapter)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        return dict(self._last.metrics)
+
+    def log_epoch(self, epoch: int, *, lr: float | None = None, **extra: Any) -> dict[str, Any]:
+        """Evaluate the model after ``epoch`` and append a row to ``metrics.jsonl``.
+
+        The row holds ``epoch``, ``lr``, every metric of ``nclab train``'s rows, the extra
+        keyword arguments (numbers or None) and ``seconds`` (wall time since the previous call
+        or the tracker's creation). An extra key that the evaluation also produces (say
+        ``train_loss``: ``nclab train`` logs the eval-mode loss over the training set) keeps the
+        evaluated value, and yours is logged as ``user_<key>``. Returns the row (on every rank).
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise ValueError(f"epoch must be an integer >= 1, got {epoch!r}")
+        if self.rows and epoch <= int(self.rows[-1]["epoch"]):
+            raise ValueError(
+                f"epoch {epoch} was already logged (last: {self.rows[-1]['epoch']}); "
+                "log increasing epochs"
+            )
+        if not self._started:
+            self._start(epoch)
+        metrics = self.evaluate()
+        row: dict[str, Any] = {"epoch": epoch, "lr": None if lr is None else float(lr), **metrics}
+        for key, value in extra.items():
+            if value is not None and not isinstance(value, int | float):
+                value = float(value)  # 0-d tensors, numpy scalars; raises for anything else
+            row[f"user_{key}" if key in row or key == "seconds" else key] = value
+        now = time.perf_counter()
+        row["seconds"] = now - self._last_time
+        self._last_time = now
+        if self._ctx.is_main:
+            append_row(self.files, row)
+            if self._writer is not None:
+                self._writer.write_row(row)
+        self.rows.append(row)
+        return row
+
+    def finish(self) -> None:
+        """Write ``predictions.npz`` (test logits and labels of the last :meth:`log_epoch`'s
+        evaluation, as ``nclab train`` writes those of its final model) and ``DONE``."""
+        if self._evaluator is None:
+            raise RuntimeError("nothing was logged: call log_epoch at least once before finish")
+        if self._ctx.is_main:
+            logits = self._last.test_logits.float().numpy()
+            labels = self._last.test_labels.long().numpy()
+            atomic_write(
+                self.files.predictions,
+                lambda f: np.savez(f, test_logits=logits, test_labels=labels),
+            )
+            atomic_write(self.files.done, lambda f: f.write(f"completed {_now()}\n".encode()))
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        self._ctx.barrier()

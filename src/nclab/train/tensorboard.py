@@ -1,0 +1,53 @@
+"""TensorBoard events for the metrics rows (``nclab train --tensorboard``, ``NCTracker``).
+
+Every numeric value of a ``metrics.jsonl`` row (all keys but ``epoch``) becomes a scalar
+with the row's ``epoch`` as the step and the row's key as the tag, written by PyTorch's own
+:class:`torch.utils.tensorboard.SummaryWriter` into the run directory, next to
+``metrics.jsonl`` (``tensorboard --logdir RUN_DIR``). It needs the ``tensorboard`` package:
+``pip install nclab[tensorboard]``. A resumed run adds a new event file; TensorBoard shows the
+union of the files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+__all__ = ["ScalarWriter", "tensorboard_available"]
+
+
+def tensorboard_available() -> bool:
+    """True when the ``tensorboard`` package (needed by the writer) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class ScalarWriter:
+    """Write metrics rows as TensorBoard scalars in ``log_dir``."""
+
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        if not tensorboard_available():
+            raise ValueError(
+                "TensorBoard output needs the tensorboard package: pip install "
+                "'nclab[tensorboard]' (or drop --tensorboard)"
+            )
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """One scalar per finite number in ``row`` at step ``row["epoch"]``, then flush (a
+        reader sees each epoch as soon as it is logged)."""
+        step = int(row["epoch"])
+        for key, value in row.items():
+            if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value):
+                self._writer.add_scalar(key, value, global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self._writer.close()
