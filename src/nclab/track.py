@@ -216,6 +216,10 @@ class NCTracker:
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other; pick one")
         self.loss_fn = get_loss(loss, num_classes, smoothing)  # raises on a bad loss or δ
+        if tensorboard:
+            from nclab.train.tensorboard import require_tensorboard
+
+            require_tensorboard()
         extra = dict(config or {})
         clash = [k for k in _TRACKER_KEYS if k in extra]
         if clash:

@@ -68,6 +68,8 @@ _HELP: dict[str, str] = {
     "threads": "torch intra-op threads (unset: torch's default)",
     "eval_every": "evaluate every this many epochs (the last epoch is always evaluated)",
     "checkpoint_every": "write checkpoints/last.pt every this many epochs (and at the end)",
+    "tensorboard": "also write every logged scalar as TensorBoard events in --out "
+    "(needs pip install 'nclab[tensorboard]')",
 }
 
 _METAVAR: dict[str, str] = {

@@ -27,9 +27,9 @@ SCHEDULERS = ("multistep", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Fields that may differ between a stopped run and its resumption: ``epochs`` (extending a run),
-#: ``threads`` (a performance knob) and ``data_dir`` (where the same files are found; moving a
-#: dataset folder does not change what is computed).
-COMPARABLE_EXCEPT = frozenset({"epochs", "threads", "data_dir"})
+#: ``threads`` (a performance knob), ``data_dir`` (where the same files are found; moving a
+#: dataset folder does not change what is computed) and ``tensorboard`` (an extra output).
+COMPARABLE_EXCEPT = frozenset({"epochs", "threads", "data_dir", "tensorboard"})
 
 #: Weight decay used for every parameter when ``weight_decay`` is left unset (outside UFM mode).
 DEFAULT_WEIGHT_DECAY = 5e-4
@@ -87,6 +87,7 @@ class TrainConfig:
     threads: int | None = None
     eval_every: int = 1
     checkpoint_every: int = 1
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.milestones is not None:

@@ -342,6 +342,7 @@ class _Run:
     y_train: Tensor
     ufm: dict[str, Any] | None
     progress: Progress = field(init=False)
+    scalars: Any = None  # nclab.train.tensorboard.ScalarWriter with --tensorboard (rank 0)
     last_eval: EvalResult | None = None
     timings: list[dict[str, float]] = field(default_factory=list)
 
@@ -371,6 +372,10 @@ def train(
     config.validate()
     if config.bf16 and config.device == "cpu":
         raise ValueError("--bf16 autocast needs a CUDA device; drop --bf16 or use --device cuda")
+    if config.tensorboard:
+        from nclab.train.tensorboard import require_tensorboard
+
+        require_tensorboard()  # before any file changes
     files = RunFiles(Path(out_dir))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _resolve_device(config.device, local_rank)
@@ -408,6 +413,10 @@ def _train(
     if ctx.is_main:
         _write_config(run, plan, start)
     run.progress = Progress(config.epochs, start, quiet=quiet or not ctx.is_main)
+    if config.tensorboard and ctx.is_main:
+        from nclab.train.tensorboard import ScalarWriter
+
+        run.scalars = ScalarWriter(files.root)
     try:
         if start:
             run.progress.message(f"resuming {files.root} after epoch {start}")
@@ -416,6 +425,8 @@ def _train(
         return _finish(run, start)
     finally:
         run.progress.close()
+        if run.scalars is not None:
+            run.scalars.close()
 
 
 def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch.device) -> _Run:
@@ -540,6 +551,8 @@ def _epoch(run: _Run, epoch: int) -> None:
     t_io = time.perf_counter()
     if run.ctx.is_main and row is not None:
         append_row(run.files, row)
+        if run.scalars is not None:
+            run.scalars.write_row(row)
     if run.ctx.is_main and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
         _save_checkpoint(run, epoch)
     timing["io"] = time.perf_counter() - t_io

@@ -14,25 +14,26 @@ import math
 import os
 from typing import Any
 
-__all__ = ["ScalarWriter", "tensorboard_available"]
+__all__ = ["ScalarWriter", "require_tensorboard"]
 
 
-def tensorboard_available() -> bool:
-    """True when the ``tensorboard`` package (needed by the writer) is installed."""
+def require_tensorboard() -> None:
+    """Raise ValueError, saying how to install it, when the ``tensorboard`` package (needed
+    by :class:`torch.utils.tensorboard.SummaryWriter`) is missing."""
     import importlib.util
 
-    return importlib.util.find_spec("tensorboard") is not None
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "TensorBoard output needs the tensorboard package: pip install "
+            "'nclab[tensorboard]' (or drop --tensorboard)"
+        )
 
 
 class ScalarWriter:
     """Write metrics rows as TensorBoard scalars in ``log_dir``."""
 
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
-        if not tensorboard_available():
-            raise ValueError(
-                "TensorBoard output needs the tensorboard package: pip install "
-                "'nclab[tensorboard]' (or drop --tensorboard)"
-            )
+        require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=str(log_dir))

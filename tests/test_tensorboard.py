@@ -1,0 +1,123 @@
+"""TensorBoard output of `nclab train --tensorboard` and of NCTracker(tensorboard=True): the event
+files, read back with TensorBoard's own reader, hold every logged scalar of metrics.jsonl."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from nclab import cli
+from nclab.data import load_dataset
+from nclab.models import build_model
+from nclab.track import NCTracker
+from nclab.train import read_rows
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    EventAccumulator,
+)
+
+TINY_ARGS = [
+    "--dataset", "synthetic", "--synthetic-classes", "4", "--synthetic-dim", "16",
+    "--synthetic-train-per-class", "30", "--synthetic-test-per-class", "10",
+    "--width", "32", "--depth", "2", "--batch-size", "40", "--lr", "0.1", "--threads", "1",
+    "--quiet",
+]  # fmt: skip
+
+
+def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of every event file in ``run_dir``."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def assert_events_match_rows(run_dir: Path) -> None:
+    rows = read_rows(run_dir / "metrics.jsonl")
+    scalars = read_scalars(run_dir)
+    expected_tags = {
+        k for row in rows for k, v in row.items() if k != "epoch" and isinstance(v, int | float)
+    }
+    assert set(scalars) == expected_tags
+    for row in rows:
+        for key, value in row.items():
+            if key == "epoch" or not isinstance(value, int | float):
+                continue
+            # TensorBoard stores scalars as float32
+            assert scalars[key][row["epoch"]] == pytest.approx(value, rel=1e-6, abs=1e-30), key
+    assert all(len(steps) == len(rows) for steps in scalars.values())
+
+
+def test_train_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY_ARGS, "--epochs", "3", "--tensorboard", "--out", str(out)]) == 0
+    assert list(out.glob("events.out.tfevents.*"))
+    assert_events_match_rows(out)
+    assert {"nc1", "test_acc", "ece", "lr", "seconds"} <= set(read_scalars(out))
+
+    # a run started without --tensorboard can be resumed with it (an output, not the run's
+    # identity); the events then hold the epochs trained with it
+    plain = tmp_path / "plain"
+    assert cli.main(["train", *TINY_ARGS, "--epochs", "2", "--out", str(plain)]) == 0
+    assert not list(plain.glob("events.out.tfevents.*"))
+    argv = ["train", *TINY_ARGS, "--epochs", "3", "--tensorboard", "--resume", "--out", str(plain)]
+    assert cli.main(argv) == 0
+    assert set(read_scalars(plain)["nc1"]) == {3}
+
+
+def test_tracker_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
+    data = load_dataset(
+        "synthetic",
+        num_classes=3,
+        synthetic_dim=8,
+        synthetic_train_per_class=20,
+        synthetic_test_per_class=10,
+    )
+    torch.manual_seed(0)
+    model = build_model("mlp", 3, data.input_shape, width=16, depth=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=16)
+    test = DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=16)
+    tracker = NCTracker(
+        tmp_path / "run",
+        model=model,
+        layer=model.classifier,
+        train=train,
+        test=test,
+        num_classes=3,
+        tensorboard=True,
+    )
+    for epoch in (1, 2):
+        for x, y in train:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        tracker.log_epoch(epoch, lr=0.1, grad_steps=epoch * 4, missing=None)
+    tracker.finish()
+    assert_events_match_rows(tmp_path / "run")
+    scalars = read_scalars(tmp_path / "run")
+    assert scalars["grad_steps"] == {1: 4.0, 2: 8.0} and "missing" not in scalars
+    assert all(math.isfinite(v) for s in scalars.values() for v in s.values())
+
+
+def test_missing_tensorboard_is_a_clear_error_before_any_file(tmp_path: Path, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else real(name, *a),
+    )
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY_ARGS, "--epochs", "1", "--tensorboard", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'nclab[tensorboard]'" in err and "Traceback" not in err
+    assert not out.exists()
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="tensorboard package"):
+        NCTracker(out, model=model, layer=model, train=[], test=[], num_classes=2, tensorboard=True)
