@@ -1,0 +1,149 @@
+"""PyTorch Lightning callback: NC tracking of a ``LightningModule`` (``pip install 'nclab[lightning]'``).
+
+:class:`NCCallback` wraps :class:`nclab.track.NCTracker`: at the end of every training epoch it
+evaluates the module (eval mode, no gradients, each submodule's mode restored) on the given
+train and test loaders, appends the row to the run directory (the layout of ``nclab train``,
+so ``nclab report`` reads it) and logs the same numbers, prefixed ``nc/``, through
+``LightningModule.log_dict`` to Lightning's own loggers (and ``trainer.callback_metrics``, so
+a ``ModelCheckpoint`` can monitor ``nc/nc1``). When fitting ends it writes
+``predictions.npz`` and ``DONE``. Under DDP every rank evaluates its shard and rank 0 writes.
+
+Uses the ``lightning`` package (``lightning.pytorch``), or ``pytorch_lightning`` when only that
+is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+try:
+    from lightning.pytorch import Callback, LightningModule, Trainer
+except ImportError:  # pragma: no cover - the older package name
+    try:
+        from pytorch_lightning import Callback, LightningModule, Trainer
+    except ImportError:
+        raise ImportError(
+            "nclab.integrations.lightning needs PyTorch Lightning: pip install 'nclab[lightning]'"
+        ) from None
+
+from nclab.track import NCTracker
+
+__all__ = ["NCCallback"]
+
+
+def _resolve_layer(module: nn.Module, layer: str | nn.Module | None) -> nn.Module:
+    """``layer`` itself, the submodule at a dotted path (``"model.fc"``), or (None) the last
+    ``nn.Linear`` registered in ``module``."""
+    if isinstance(layer, nn.Module):
+        return layer
+    if isinstance(layer, str):
+        try:
+            return module.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(
+                f"the LightningModule has no submodule {layer!r}; pass the dotted path of its "
+                "final nn.Linear, e.g. layer='model.fc'"
+            ) from None
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the LightningModule has no nn.Linear; pass layer= (its classifier)")
+    return linears[-1]
+
+
+class NCCallback(Callback):
+    """Track neural collapse during ``Trainer.fit``.
+
+    ``run_dir``, ``train``, ``test``, ``num_classes``, ``loss``, ``smoothing``, ``seed``,
+    ``config``, ``tensorboard``, ``overwrite`` and ``resume`` are those of
+    :class:`~nclab.track.NCTracker` (``model`` is the LightningModule, whose ``forward``
+    must return the logits). ``layer``: the final ``nn.Linear``, as a module or a dotted path
+    in the LightningModule (default: its last registered ``nn.Linear``). ``every_n_epochs``:
+    evaluate every n-th epoch (and the last). The row's ``lr`` is the first optimizer's lr at the
+    start of the epoch. ``log_to_lightning``: also log the row through
+    ``LightningModule.log_dict`` with ``prefix``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        train: Iterable[Any],
+        test: Iterable[Any],
+        num_classes: int,
+        layer: str | nn.Module | None = None,
+        loss: str = "ce",
+        smoothing: float = 0.0,
+        seed: int = 0,
+        config: Mapping[str, Any] | None = None,
+        tensorboard: bool = False,
+        overwrite: bool = False,
+        resume: bool = False,
+        every_n_epochs: int = 1,
+        log_to_lightning: bool = True,
+        prefix: str = "nc/",
+    ) -> None:
+        super().__init__()
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int):
+            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
+        self.run_dir = run_dir
+        self.layer = layer
+        self.every_n_epochs = every_n_epochs
+        self.log_to_lightning = log_to_lightning
+        self.prefix = prefix
+        self._options: dict[str, Any] = dict(
+            train=train,
+            test=test,
+            num_classes=num_classes,
+            loss=loss,
+            smoothing=smoothing,
+            seed=seed,
+            config=config,
+            tensorboard=tensorboard,
+            overwrite=overwrite,
+            resume=resume,
+        )
+        self.tracker: NCTracker | None = None
+        self._epoch_lr: float | None = None
+        self.last_row: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        layer = _resolve_layer(pl_module, self.layer)
+        self.tracker = NCTracker(self.run_dir, model=pl_module, layer=layer, **self._options)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the lr this epoch trains with (an epoch-wise scheduler has stepped by epoch end)
+        self._epoch_lr = None
+        if trainer.optimizers:
+            self._epoch_lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.tracker is None:  # pragma: no cover - Lightning calls on_fit_start first
+            return
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if epoch % self.every_n_epochs and not last:
+            return
+        row = self.tracker.log_epoch(epoch, lr=self._epoch_lr)
+        self.last_row = row
+        if self.log_to_lightning:
+            values = {
+                f"{self.prefix}{key}": float(value)
+                for key, value in row.items()
+                if key != "epoch"
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            }
+            # every rank holds the same reduced row: no further synchronisation needed
+            pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.tracker is not None and self.tracker.rows:
+            self.tracker.finish()

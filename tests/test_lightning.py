@@ -1,0 +1,145 @@
+"""NCCallback: NC tracking of a tiny LightningModule trained by Lightning's Trainer on CPU."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pytest.importorskip("lightning")
+import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+
+from nclab.data import load_dataset  # noqa: E402
+from nclab.integrations.lightning import NCCallback  # noqa: E402
+from nclab.models import build_model  # noqa: E402
+from nclab.report.runs import load_run  # noqa: E402
+from nclab.track import NCTracker  # noqa: E402
+from nclab.train import read_rows  # noqa: E402
+
+
+class TinyModule(pl.LightningModule):
+    def __init__(self, input_shape: tuple[int, ...], smoothing: float) -> None:
+        super().__init__()
+        self.net = build_model("mlp", 4, input_shape, width=32, depth=2)
+        self.smoothing = smoothing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y, label_smoothing=self.smoothing)
+        self.log("running_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)]
+
+
+def test_callback_tracks_every_epoch_and_logs_to_lightning(tmp_path: Path) -> None:
+    data = load_dataset(
+        "synthetic",
+        num_classes=4,
+        synthetic_dim=16,
+        synthetic_train_per_class=30,
+        synthetic_test_per_class=15,
+    )
+    train_set = TensorDataset(data.x_train, data.y_train)
+    test_set = TensorDataset(data.x_test, data.y_test)
+    gen = torch.Generator().manual_seed(0)
+    fit_loader = DataLoader(train_set, batch_size=20, shuffle=True, generator=gen)
+    eval_train = DataLoader(train_set, batch_size=64)
+    eval_test = DataLoader(test_set, batch_size=64)
+
+    torch.manual_seed(0)
+    module = TinyModule(data.input_shape, smoothing=0.1)
+    callback = NCCallback(
+        tmp_path / "run",
+        train=eval_train,
+        test=eval_test,
+        num_classes=4,
+        layer="net.classifier",
+        loss="ls",
+        smoothing=0.1,
+        seed=0,
+        config={"framework": "lightning"},
+    )
+    trainer = pl.Trainer(
+        max_epochs=5,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path / "logs", name="tiny"),
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, fit_loader)
+
+    run_dir = tmp_path / "run"
+    rows = read_rows(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    # the lr the epoch trained with: StepLR halves it after epochs 2 and 4
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+    assert (run_dir / "DONE").is_file() and (run_dir / "predictions.npz").is_file()
+    run = load_run(run_dir)
+    assert run.complete and run.group.label == "LS δ=0.1" and run.config["framework"] == "lightning"
+    assert rows[-1]["nc1"] < rows[0]["nc1"]
+    assert module.training  # Lightning's mode after fit is left as it was
+
+    # the last row is the tracker's evaluation of the final weights
+    fresh = NCTracker(
+        tmp_path / "check",
+        model=module,
+        layer=module.net.classifier,
+        train=eval_train,
+        test=eval_test,
+        num_classes=4,
+        loss="ls",
+        smoothing=0.1,
+    ).log_epoch(5)
+    for key in ("train_acc", "train_loss", "test_acc", "ece", "nc1", "nc2_wh", "nc3", "test_nc1"):
+        assert rows[-1][key] == pytest.approx(fresh[key], rel=1e-9), key
+    with np.load(run_dir / "predictions.npz") as pred:
+        with torch.no_grad():
+            module.eval()
+            logits = module(data.x_test).numpy()
+        np.testing.assert_allclose(pred["test_logits"], logits, rtol=1e-5, atol=1e-6)
+
+    # Lightning's own logger got the same numbers under nc/
+    (metrics_csv,) = (tmp_path / "logs" / "tiny").rglob("metrics.csv")
+    with metrics_csv.open() as f:
+        logged = [r for r in csv.DictReader(f) if r.get("nc/nc1")]
+    assert len(logged) == 5
+    for mine, theirs in zip(rows, logged, strict=True):
+        assert float(theirs["epoch"]) == mine["epoch"] - 1  # Lightning counts epochs from 0
+        for key in ("nc1", "test_acc", "ece", "lr"):
+            assert float(theirs[f"nc/{key}"]) == pytest.approx(mine[key], rel=1e-6), key
+    assert "nc/nc1" in trainer.callback_metrics
+
+
+def test_callback_rejects_a_missing_layer_path(tmp_path: Path) -> None:
+    module = TinyModule((8,), smoothing=0.0)
+    batches = [(torch.randn(8, 8), torch.arange(8) % 4)]
+    callback = NCCallback(tmp_path / "run", train=batches, test=batches, num_classes=4, layer="fc")
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ValueError, match="no submodule 'fc'"):
+        trainer.fit(module, DataLoader(TensorDataset(*batches[0]), batch_size=4))
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        NCCallback(tmp_path / "x", train=batches, test=batches, num_classes=4, every_n_epochs=0)
