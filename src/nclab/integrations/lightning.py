@@ -1,4 +1,4 @@
-"""PyTorch Lightning callback: NC tracking of a ``LightningModule`` (``pip install 'nclab[lightning]'``).
+"""PyTorch Lightning callback for NC tracking (``pip install 'nclab[lightning]'``).
 
 :class:`NCCallback` wraps :class:`nclab.track.NCTracker`: at the end of every training epoch it
 evaluates the module (eval mode, no gradients, each submodule's mode restored) on the given
