@@ -151,6 +151,8 @@ class CompareConfig:
     overwrite: bool = False
     report: bool = True
     quiet: bool = False
+    launcher: str = "local"  # or "submitit" (nclab.launch)
+    slurm: Any = None  # nclab.launch.SlurmOptions for the submitit launcher (None: defaults)
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], int, i
     )
     seeds = _validate_seeds(preset.seeds if cfg.seeds is None else cfg.seeds)
     jobs = default_jobs(preset) if cfg.jobs is None else cfg.jobs
+    if cfg.launcher not in ("local", "submitit"):
+        raise ValueError(f"unknown launcher {cfg.launcher!r}; use local or submitit")
     if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
         raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(jobs))
@@ -345,7 +349,15 @@ def _train_all(
     threads: int,
     on_done: Callable[[PlannedRun, str, dict], None],
 ) -> None:
-    """Train ``todo`` ((run, status) pairs) with ``jobs`` workers (in-process for one job)."""
+    """Train ``todo`` ((run, status) pairs) with ``jobs`` workers (in-process for one job),
+    or as cluster jobs with ``cfg.launcher == "submitit"``."""
+    if cfg.launcher == "submitit":
+        from nclab.launch import SlurmOptions, run_with_submitit
+
+        slurm = cfg.slurm or SlurmOptions()
+        folder = Path(slurm.folder) if slurm.folder else Path(cfg.out) / "slurm"
+        run_with_submitit(todo, slurm, folder, cfg.overwrite, _train_worker, on_done)
+        return
     if jobs == 1 or len(todo) == 1:
         for run, status in todo:
             info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, cfg.quiet)
@@ -414,8 +426,13 @@ def compare(cfg: CompareConfig) -> CompareResult:
         cfg,
         f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"
         f", seeds {', '.join(map(str, seeds))}: {len(todo)} run(s) to train, "
-        f"{len(runs) - len(todo)} reused, {min(jobs, max(1, len(todo)))} job(s) x "
-        f"{threads} thread(s) -> {out}",
+        f"{len(runs) - len(todo)} reused, "
+        + (
+            "one submitit job each"
+            if cfg.launcher == "submitit"
+            else f"{min(jobs, max(1, len(todo)))} job(s) x {threads} thread(s)"
+        )
+        + f" -> {out}",
     )
 
     def on_done(run: PlannedRun, status: str, info: dict) -> None:
@@ -462,6 +479,7 @@ def _write_manifest(
         "seeds": seeds,
         "jobs": jobs,
         "threads_per_job": threads,
+        "launcher": cfg.launcher,
         "overrides": cfg.train,
         "seconds": seconds,
         "runs": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 from typing import Any
 
 from nclab.compare import MANAGED_FIELDS, PRESETS
@@ -110,6 +111,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-report", action="store_true", help="train only")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    cluster = parser.add_argument_group(
+        "launching past one machine", "see docs/integrations.md (default: local worker processes)"
+    )
+    cluster.add_argument(
+        "--launcher",
+        choices=("local", "submitit"),
+        default="local",
+        help="local: --jobs worker processes here; submitit: one SLURM job per run through "
+        "submitit (pip install 'nclab[submitit]'), waited for, then the report",
+    )
+    cluster.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one `nclab train` command per run still to train, for any scheduler, and "
+        "exit; then `nclab report OUT` collects the results",
+    )
+    cluster.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
+    cluster.add_argument(
+        "--slurm-time", type=int, default=24 * 60, metavar="MINUTES", help="time limit per job"
+    )
+    cluster.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job")
+    cluster.add_argument(
+        "--slurm-cpus", type=int, metavar="N", help="CPUs per job (also the run's torch threads)"
+    )
+    cluster.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per job")
+    cluster.add_argument(
+        "--slurm-folder", metavar="DIR", help="submitit's job scripts and logs (unset: OUT/slurm)"
+    )
+    cluster.add_argument(
+        "--slurm-cluster",
+        choices=("auto", "slurm", "local", "debug"),
+        default="auto",
+        help="submitit executor: auto (SLURM when sbatch is found), slurm, local (jobs as "
+        "processes on this machine, for a dry run), debug (in this process)",
+    )
     group = parser.add_argument_group(
         "training options", "override the preset (same meaning as in `nclab train`)"
     )
@@ -136,7 +172,17 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print where the report is."""
     from nclab.compare import CompareConfig, compare
+    from nclab.launch import SlurmOptions, comparison_commands
 
+    slurm = SlurmOptions(
+        partition=args.slurm_partition,
+        time_minutes=args.slurm_time,
+        gpus=args.slurm_gpus,
+        cpus=args.slurm_cpus,
+        mem_gb=args.slurm_mem_gb,
+        folder=args.slurm_folder,
+        cluster=args.slurm_cluster,
+    )
     cfg = CompareConfig(
         preset=args.preset,
         smoothings=args.smoothing,
@@ -148,7 +194,18 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         report=not args.no_report,
         quiet=args.quiet,
+        launcher=args.launcher,
+        slurm=slurm,
     )
+    if args.print_commands:
+        commands, reused = comparison_commands(cfg)
+        for command in commands:
+            print(command)
+        if reused and not args.quiet:
+            print(f"# already complete, reused: {', '.join(reused)}", file=sys.stderr)
+        if not args.quiet:
+            print(f"# then: nclab report {cfg.out}", file=sys.stderr)
+        return 0
     result = compare(cfg)
     if not args.quiet:
         print(f"done in {result.seconds:.1f} s")
