@@ -153,6 +153,19 @@ def _executor(options: SlurmOptions, folder: Path) -> Any:
     return executor
 
 
+def _job_error(err: Exception) -> str:
+    """The one line that says why a job failed: the last line of the job's traceback inside
+    submitit's ``FailedJobError`` text, else the first line of the error (a job cut off by
+    its time limit, say)."""
+    text = str(err).strip()
+    marker = "-" * 22
+    if text.count(marker) >= 2:
+        trace = text.split(marker)[1].strip().splitlines()
+        if trace:
+            return trace[-1].strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def run_with_submitit(
     todo: Sequence[tuple[PlannedRun, str]],
     options: SlurmOptions,
@@ -180,9 +193,8 @@ def run_with_submitit(
             try:
                 info = job.result()
             except Exception as err:
-                last = str(err).strip().splitlines()[-1:] or [type(err).__name__]
                 raise RuntimeError(
-                    f"run {run.name} failed in job {job.job_id}: {last[0]} (log: "
+                    f"run {run.name} failed in job {job.job_id}: {_job_error(err)} (log: "
                     f"{job.paths.stderr}); start the comparison again to resume the runs"
                 ) from None
             finished.add(job.job_id)
