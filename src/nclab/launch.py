@@ -37,8 +37,8 @@ __all__ = [
 ]
 
 LAUNCHERS = ("local", "submitit")
-#: submitit executors: ``auto`` (SLURM when ``sbatch`` is found), ``slurm``, ``local``
-#: (processes on this machine) and ``debug`` (in this process).
+#: submitit executors: ``auto`` (SLURM when ``sbatch`` is found, else an error), ``slurm``,
+#: ``local`` (every job at once as a process on this machine) and ``debug`` (in this process).
 CLUSTERS = ("auto", "slurm", "local", "debug")
 
 
@@ -129,14 +129,16 @@ def _executor(options: SlurmOptions, folder: Path) -> Any:
         raise ValueError(
             "--launcher submitit needs submitit: pip install 'nclab[submitit]'"
         ) from None
-    cluster = None if options.cluster == "auto" else options.cluster
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    except RuntimeError as err:  # no executor available (auto, and no sbatch)
-        raise ValueError(
-            f"submitit found no SLURM cluster here ({err}); run nclab compare on a SLURM login "
-            "node, or pass --slurm-cluster local to run the jobs as processes on this machine"
-        ) from None
+    cluster = options.cluster
+    if cluster == "auto":
+        # submitit itself would fall back to running every job at once on this machine
+        if submitit.AutoExecutor.which() != "slurm":
+            raise ValueError(
+                "submitit finds no SLURM cluster here (no sbatch): run nclab compare on a SLURM "
+                "login node, or pass --slurm-cluster local to run the jobs as processes here"
+            )
+        cluster = "slurm"
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params: dict[str, Any] = {
         "timeout_min": options.time_minutes,
         "nodes": 1,

@@ -143,8 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--slurm-cluster",
         choices=("auto", "slurm", "local", "debug"),
         default="auto",
-        help="submitit executor: auto (SLURM when sbatch is found), slurm, local (jobs as "
-        "processes on this machine, for a dry run), debug (in this process)",
+        help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
+        "(all jobs at once as processes on this machine, for a dry run), debug (in this process)",
     )
     group = parser.add_argument_group(
         "training options", "override the preset (same meaning as in `nclab train`)"
