@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 pytest.importorskip("lightning")
 import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+from test_track import synthetic  # noqa: E402
 
-from nclab.data import load_dataset  # noqa: E402
 from nclab.integrations.lightning import NCCallback  # noqa: E402
 from nclab.models import build_model  # noqa: E402
 from nclab.report.runs import load_run  # noqa: E402
@@ -44,13 +44,7 @@ class TinyModule(pl.LightningModule):
 
 
 def test_callback_tracks_every_epoch_and_logs_to_lightning(tmp_path: Path) -> None:
-    data = load_dataset(
-        "synthetic",
-        num_classes=4,
-        synthetic_dim=16,
-        synthetic_train_per_class=30,
-        synthetic_test_per_class=15,
-    )
+    data = synthetic(4, 16, 30, 15)
     train_set = TensorDataset(data.x_train, data.y_train)
     test_set = TensorDataset(data.x_test, data.y_test)
     gen = torch.Generator().manual_seed(0)

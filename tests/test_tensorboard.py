@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_track import synthetic
 from torch.utils.data import DataLoader, TensorDataset
 
 from nclab import cli
-from nclab.data import load_dataset
 from nclab.models import build_model
 from nclab.track import NCTracker
 from nclab.train import read_rows
@@ -71,13 +71,7 @@ def test_train_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
 
 
 def test_tracker_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
-    data = load_dataset(
-        "synthetic",
-        num_classes=3,
-        synthetic_dim=8,
-        synthetic_train_per_class=20,
-        synthetic_test_per_class=10,
-    )
+    data = synthetic(3, 8, 20, 10)
     torch.manual_seed(0)
     model = build_model("mlp", 3, data.input_shape, width=16, depth=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import tiny  # the tiny synthetic problem of the nclab train tests
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -38,34 +39,28 @@ from nclab.train import (
     train,
 )
 
-TINY = dict(
-    dataset="synthetic",
-    synthetic_classes=5,
-    synthetic_dim=48,
-    synthetic_train_per_class=60,
-    synthetic_test_per_class=20,
-    model="mlp",
-    width=64,
-    depth=2,
-    batch_size=50,
-    lr=0.1,
-    threads=1,
-    epochs=8,
-)
+EPOCHS = 8
 
 
-def tiny(**overrides: object) -> TrainConfig:
-    return TrainConfig(**{**TINY, **overrides})
+def synthetic(classes: int, dim: int, train_per_class: int, test_per_class: int, seed: int = 0):
+    """The seeded synthetic Gaussian mixture of nclab.data (shared by the integration tests)."""
+    return load_dataset(
+        "synthetic",
+        num_classes=classes,
+        synthetic_dim=dim,
+        synthetic_train_per_class=train_per_class,
+        synthetic_test_per_class=test_per_class,
+        seed=seed,
+    )
 
 
 def tiny_data(config: TrainConfig):
-    return load_dataset(
-        "synthetic",
-        num_classes=config.synthetic_classes,
-        synthetic_dim=config.synthetic_dim,
-        synthetic_train_per_class=config.synthetic_train_per_class,
-        synthetic_test_per_class=config.synthetic_test_per_class,
-        seed=config.seed,
+    return synthetic(
+        config.synthetic_classes,
+        config.synthetic_dim,
+        config.synthetic_train_per_class,
+        config.synthetic_test_per_class,
+        config.seed,
     )
 
 
@@ -123,13 +118,13 @@ def plain_loop(config: TrainConfig, out: Path, **tracker_options) -> NCTracker:
 def test_tracked_plain_loop_rows_equal_nclab_train_and_build_the_report(tmp_path: Path) -> None:
     runs = {}
     for name, options in (("ce", {}), ("ls", {"loss": "ls", "smoothing": 0.2})):
-        config = tiny(**options)
+        config = tiny(epochs=EPOCHS, **options)
         plain_loop(config, tmp_path / "track" / name)
         reference = train(config, tmp_path / "train" / name, quiet=True)
         runs[name] = (read_rows(tmp_path / "track" / name / "metrics.jsonl"), reference.rows)
 
     for name, (tracked, trained) in runs.items():
-        assert [r["epoch"] for r in tracked] == list(range(1, 9))
+        assert [r["epoch"] for r in tracked] == list(range(1, EPOCHS + 1))
         for mine, theirs in zip(tracked, trained, strict=True):
             # same keys as nclab train, plus the user's columns: the user's train_loss (the
             # running mean of the mini-batch losses) is kept apart from the evaluated one
@@ -342,13 +337,7 @@ def test_ddp_two_processes_reduce_statistics_and_rank0_writes(tmp_path: Path) ->
     config = json.loads((out / "config.json").read_text())
     assert config["resolved"]["world_size"] == 2 and config["train_size"] == 124
 
-    data = load_dataset(
-        "synthetic",
-        num_classes=4,
-        synthetic_dim=12,
-        synthetic_train_per_class=31,
-        synthetic_test_per_class=13,
-    )
+    data = synthetic(4, 12, 31, 13)
     torch.manual_seed(0)
     model = build_model("mlp", 4, data.input_shape, width=16, depth=2)
     train_loader, test_loader = loaders(data)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -58,57 +57,40 @@ def _resolve_layer(module: nn.Module, layer: str | nn.Module | None) -> nn.Modul
 class NCCallback(Callback):
     """Track neural collapse during ``Trainer.fit``.
 
-    ``run_dir``, ``train``, ``test``, ``num_classes``, ``loss``, ``smoothing``, ``seed``,
-    ``config``, ``tensorboard``, ``overwrite`` and ``resume`` are those of
-    :class:`~nclab.track.NCTracker` (``model`` is the LightningModule, whose ``forward``
-    must return the logits). ``layer``: the final ``nn.Linear``, as a module or a dotted path
-    in the LightningModule (default: its last registered ``nn.Linear``). ``every_n_epochs``:
-    evaluate every n-th epoch (and the last). The row's ``lr`` is the first optimizer's lr at the
-    start of the epoch. ``log_to_lightning``: also log the row through
-    ``LightningModule.log_dict`` with ``prefix``.
+    ``run_dir`` and the keyword arguments in ``tracker_options`` (``train``, ``test``,
+    ``num_classes``, ``loss``, ``smoothing``, ``seed``, ``config``, ``tensorboard``,
+    ``overwrite``, ``resume``) are those of :class:`~nclab.track.NCTracker`; its ``model`` is
+    the LightningModule, whose ``forward`` must return the logits. ``layer``: the final
+    ``nn.Linear``, as a module or a dotted path in the LightningModule (default: its last
+    registered ``nn.Linear``). ``every_n_epochs``: evaluate every n-th epoch (and the last).
+    The row's ``lr`` is the first optimizer's lr at the start of the epoch.
+    ``log_to_lightning``: also log the row through ``LightningModule.log_dict`` with ``prefix``.
     """
 
     def __init__(
         self,
         run_dir: str | os.PathLike[str],
         *,
-        train: Iterable[Any],
-        test: Iterable[Any],
-        num_classes: int,
         layer: str | nn.Module | None = None,
-        loss: str = "ce",
-        smoothing: float = 0.0,
-        seed: int = 0,
-        config: Mapping[str, Any] | None = None,
-        tensorboard: bool = False,
-        overwrite: bool = False,
-        resume: bool = False,
         every_n_epochs: int = 1,
         log_to_lightning: bool = True,
         prefix: str = "nc/",
+        **tracker_options: Any,
     ) -> None:
         super().__init__()
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int):
             raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
+        for name in ("model", "layer"):
+            if name in tracker_options:
+                raise ValueError(f"NCCallback sets the tracker's {name} itself; drop {name}=")
         self.run_dir = run_dir
         self.layer = layer
         self.every_n_epochs = every_n_epochs
         self.log_to_lightning = log_to_lightning
         self.prefix = prefix
-        self._options: dict[str, Any] = dict(
-            train=train,
-            test=test,
-            num_classes=num_classes,
-            loss=loss,
-            smoothing=smoothing,
-            seed=seed,
-            config=config,
-            tensorboard=tensorboard,
-            overwrite=overwrite,
-            resume=resume,
-        )
+        self._options = tracker_options
         self.tracker: NCTracker | None = None
         self._epoch_lr: float | None = None
         self.last_row: dict[str, Any] | None = None
