@@ -60,6 +60,12 @@ def test_train_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
     assert_events_match_rows(out)
     assert {"nc1", "test_acc", "ece", "lr", "seconds"} <= set(read_scalars(out))
 
+    # starting over removes the previous run's events
+    argv = ["train", *TINY_ARGS, "--epochs", "2", "--lr", "0.05", "--tensorboard", "--overwrite"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1
+    assert_events_match_rows(out)
+
     # a run started without --tensorboard can be resumed with it (an output, not the run's
     # identity); the events then hold the epochs trained with it
     plain = tmp_path / "plain"

@@ -256,6 +256,8 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     tracker.log_epoch(1)
     with pytest.raises(ValueError, match="already logged"):
         tracker.log_epoch(1)
+    with pytest.raises(ValueError, match=r"log_epoch\(grad=...\) must be a number or None"):
+        tracker.log_epoch(2, grad=torch.ones(3))
 
 
 def test_existing_run_dir_needs_resume_or_overwrite(tmp_path: Path) -> None:

@@ -297,7 +297,7 @@ class NCTracker:
             if self.tensorboard:
                 from nclab.train.tensorboard import ScalarWriter
 
-                self._writer = ScalarWriter(self.files.root)
+                self._writer = ScalarWriter(self.files.root, fresh=not self.rows)
         self._ctx.barrier()
         self._started = True
 
@@ -371,7 +371,12 @@ class NCTracker:
         row: dict[str, Any] = {"epoch": epoch, "lr": None if lr is None else float(lr), **metrics}
         for key, value in extra.items():
             if value is not None and not isinstance(value, int | float):
-                value = float(value)  # 0-d tensors, numpy scalars; raises for anything else
+                try:
+                    value = float(value)  # 0-d tensors, numpy scalars
+                except (TypeError, ValueError, RuntimeError):
+                    raise ValueError(
+                        f"log_epoch({key}=...) must be a number or None, got {type(value).__name__}"
+                    ) from None
             row[f"user_{key}" if key in row or key == "seconds" else key] = value
         now = time.perf_counter()
         row["seconds"] = now - self._last_time

@@ -416,7 +416,7 @@ def _train(
     if config.tensorboard and ctx.is_main:
         from nclab.train.tensorboard import ScalarWriter
 
-        run.scalars = ScalarWriter(files.root)
+        run.scalars = ScalarWriter(files.root, fresh=plan.action == "fresh")
     try:
         if start:
             run.progress.message(f"resuming {files.root} after epoch {start}")

@@ -4,14 +4,16 @@ Every numeric value of a ``metrics.jsonl`` row (all keys but ``epoch``) becomes 
 with the row's ``epoch`` as the step and the row's key as the tag, written by PyTorch's own
 :class:`torch.utils.tensorboard.SummaryWriter` into the run directory, next to
 ``metrics.jsonl`` (``tensorboard --logdir RUN_DIR``). It needs the ``tensorboard`` package:
-``pip install nclab[tensorboard]``. A resumed run adds a new event file; TensorBoard shows the
-union of the files.
+``pip install nclab[tensorboard]``. A run that starts over removes the event files of the
+previous one; a resumed run adds a new event file (TensorBoard shows the union of the files,
+so epochs trained after the last checkpoint of a killed run appear twice).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 __all__ = ["ScalarWriter", "require_tensorboard"]
@@ -29,12 +31,22 @@ def require_tensorboard() -> None:
         )
 
 
-class ScalarWriter:
-    """Write metrics rows as TensorBoard scalars in ``log_dir``."""
+#: File-name prefix of TensorBoard event files.
+EVENTS_PREFIX = "events.out.tfevents."
 
-    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+
+class ScalarWriter:
+    """Write metrics rows as TensorBoard scalars in ``log_dir``. ``fresh=True`` (a run that
+    starts over) first removes the event files of a previous run in ``log_dir``."""
+
+    def __init__(self, log_dir: str | os.PathLike[str], *, fresh: bool) -> None:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
+
+        if fresh:
+            for old in Path(log_dir).glob(EVENTS_PREFIX + "*"):
+                if old.is_file():
+                    old.unlink()
 
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
