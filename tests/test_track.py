@@ -244,6 +244,11 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
         NCTracker(tmp_path / "a", model=model, layer=model.fc, loss="hinge", **common)
     with pytest.raises(ValueError, match="must not set loss"):
         NCTracker(tmp_path / "a", model=model, layer=model.fc, config={"loss": "ls"}, **common)
+    with pytest.raises(ValueError, match="config\\['device'\\] is a device"):
+        NCTracker(
+            tmp_path / "a", model=model, layer=model.fc, config={"device": torch.device("cpu")},
+            **common,
+        )  # fmt: skip
     scaled = _Net(scale_output=2.0)
     tracker = NCTracker(tmp_path / "b", model=scaled, layer=scaled.fc, **common)
     with pytest.raises(ValueError, match="model\\(x\\) is not layer\\(features\\)"):

@@ -26,6 +26,7 @@ pass loaders without random augmentation, and subsets when the full sets do not 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -226,6 +227,14 @@ class NCTracker:
             raise ValueError(
                 f"config must not set {', '.join(clash)}: pass them as NCTracker arguments"
             )
+        for key, value in extra.items():
+            try:
+                json.dumps(value, default=lambda o: os.fspath(o))  # paths are written as text
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"config[{key!r}] is a {type(value).__name__}, which config.json cannot "
+                    "hold; give numbers, strings, lists or dicts of them"
+                ) from None
         self.model, self.layer = model, layer
         self.train_batches, self.test_batches = train, test
         self.num_classes = num_classes
