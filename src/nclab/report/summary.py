@@ -234,6 +234,7 @@ def _config_warnings(runs: Sequence[RunData]) -> list[str]:
         "data_dir",
         "checkpoint_every",
         "channels_last",
+        "tensorboard",
     }
     out = []
     for k in [k for k in _option_names(runs) if k not in ignore]:
