@@ -52,6 +52,13 @@ def test_print_commands_then_report_collects_the_runs(tmp_path: Path) -> None:
     assert len(commands) == len(runs) == 2
     assert not (out / "runs").exists()  # printing trains nothing
 
+    relative = comparison_commands(
+        CompareConfig(preset="quick", out="rel/cmp", train={"data_dir": "data"})
+    )[0]
+    _, args = parse_train_command(relative[0])
+    assert Path(args.out) == Path.cwd() / "rel/cmp/runs/ce_seed0"
+    assert Path(args.data_dir) == Path.cwd() / "data"
+
     for command in commands:  # what a scheduler would run, anywhere
         assert cli.main(shlex.split(command)[1:]) == 0
     for run in runs:

@@ -105,8 +105,8 @@ def train_command(
 def comparison_commands(cfg: CompareConfig, program: str = "nclab") -> tuple[list[str], list[str]]:
     """One ``nclab train`` command per run of the comparison ``cfg`` still to train, and the
     names of the runs already complete in ``cfg.out`` (reused, no command; all are trained
-    with ``cfg.overwrite``). Threads: ``cfg.threads`` (unset: torch's default where the
-    command runs)."""
+    with ``cfg.overwrite``). Paths (``--out``, ``--data-dir``) are absolute; threads:
+    ``cfg.threads`` (unset: torch's default where the command runs)."""
     from nclab.compare import plan_runs, run_state
 
     commands, reused = [], []
@@ -114,8 +114,12 @@ def comparison_commands(cfg: CompareConfig, program: str = "nclab") -> tuple[lis
         if not cfg.overwrite and run_state(run)[0] == "done":
             reused.append(run.name)
             continue
-        config = dataclasses.replace(run.config, threads=cfg.threads)
-        commands.append(train_command(config, run.path, program, overwrite=cfg.overwrite))
+        # absolute paths: a scheduler may start the command in another directory
+        data_dir = run.config.data_dir
+        data_dir = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+        config = dataclasses.replace(run.config, threads=cfg.threads, data_dir=data_dir)
+        path = run.path.resolve()
+        commands.append(train_command(config, path, program, overwrite=cfg.overwrite))
     return commands, reused
 
 
