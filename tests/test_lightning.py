@@ -120,6 +120,33 @@ def test_callback_tracks_every_epoch_and_logs_to_lightning(tmp_path: Path) -> No
     assert "nc/nc1" in trainer.callback_metrics
 
 
+def test_every_n_epochs_also_logs_the_last_completed_epoch(tmp_path: Path) -> None:
+    data = synthetic(4, 8, 10, 5)
+    batches = [(data.x_train, data.y_train)]
+    torch.manual_seed(0)
+    module = TinyModule(data.input_shape, smoothing=0.0)
+    for name, limits, epochs in (
+        ("max_epochs", {"max_epochs": 5}, [2, 4, 5]),
+        ("max_steps", {"max_epochs": -1, "max_steps": 3 * 2}, [2, 3]),  # 2 steps per epoch
+    ):
+        callback = NCCallback(
+            tmp_path / name, train=batches, test=batches, num_classes=4, every_n_epochs=2
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            logger=False,
+            callbacks=[callback],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **limits,
+        )
+        trainer.fit(module, DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=20))
+        rows = read_rows(tmp_path / name / "metrics.jsonl")
+        assert [r["epoch"] for r in rows] == epochs, name
+        assert (tmp_path / name / "DONE").is_file()
+
+
 def test_callback_rejects_a_missing_layer_path(tmp_path: Path) -> None:
     module = TinyModule((8,), smoothing=0.0)
     batches = [(torch.randn(8, 8), torch.arange(8) % 4)]

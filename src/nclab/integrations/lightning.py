@@ -62,7 +62,8 @@ class NCCallback(Callback):
     ``overwrite``, ``resume``) are those of :class:`~nclab.track.NCTracker`; its ``model`` is
     the LightningModule, whose ``forward`` must return the logits. ``layer``: the final
     ``nn.Linear``, as a module or a dotted path in the LightningModule (default: its last
-    registered ``nn.Linear``). ``every_n_epochs``: evaluate every n-th epoch (and the last).
+    registered ``nn.Linear``). ``every_n_epochs``: evaluate every n-th epoch and the last one
+    completed when fitting stops.
     The row's ``lr`` is the first optimizer's lr at the start of the epoch.
     ``log_to_lightning``: also log the row through ``LightningModule.log_dict`` with ``prefix``.
     """
@@ -109,7 +110,7 @@ class NCCallback(Callback):
         if self.tracker is None:  # pragma: no cover - Lightning calls on_fit_start first
             return
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
         if epoch % self.every_n_epochs and not last:
             return
         row = self.tracker.log_epoch(epoch, lr=self._epoch_lr)
@@ -127,5 +128,13 @@ class NCCallback(Callback):
             pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.tracker is not None and self.tracker.rows:
+        if self.tracker is None:  # pragma: no cover - Lightning calls on_fit_start first
+            return
+        completed = int(trainer.current_epoch)  # epochs completed when fitting stops
+        logged = int(self.tracker.rows[-1]["epoch"]) if self.tracker.rows else 0
+        if completed > logged:
+            # the last epoch fell between every_n_epochs (fit stopped by max_steps, early
+            # stopping, ...): log it here (Lightning's loggers no longer accept values now)
+            self.last_row = self.tracker.log_epoch(completed, lr=self._epoch_lr)
+        if self.tracker.rows:
             self.tracker.finish()
