@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shlex
 import shutil
 from pathlib import Path
@@ -101,6 +102,20 @@ def test_submitit_local_executor_trains_the_runs_and_builds_the_report(tmp_path:
     again = compare(cfg)
     assert [r.status for r in again.runs] == ["reused", "reused"]
     assert sorted(p.name for p in jobs_dir.glob("*_submitted.pkl")) == submitted
+
+
+def test_cli_submitit_launcher_with_the_in_process_executor(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("submitit")
+    out = tmp_path / "cmp"
+    argv = ["compare", "--preset", "smoke", "--epochs", "2", "--out", str(out), "--no-report"]
+    argv += ["--launcher", "submitit", "--slurm-cluster", "debug", "--slurm-cpus", "1"]
+    assert cli.main(argv) == 0
+    assert "one submitit job each" in capsys.readouterr().out
+    for name in ("ce_seed0", "ls0.1_seed0"):
+        assert (out / "runs" / name / "DONE").is_file()
+        config = json.loads((out / "runs" / name / "config.json").read_text())
+        assert config["threads"] == 1  # --slurm-cpus
+    assert json.loads((out / "compare.json").read_text())["launcher"] == "submitit"
 
 
 @pytest.mark.slow
