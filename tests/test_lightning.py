@@ -43,6 +43,22 @@ class TinyModule(pl.LightningModule):
         return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)]
 
 
+def cpu_trainer(callback: NCCallback, **options) -> pl.Trainer:
+    """A quiet one-process CPU Trainer with ``callback`` (no logger unless given)."""
+    options.setdefault("logger", False)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        **options,
+    )
+
+
 def test_callback_tracks_every_epoch_and_logs_to_lightning(tmp_path: Path) -> None:
     data = synthetic(4, 16, 30, 15)
     train_set = TensorDataset(data.x_train, data.y_train)
@@ -65,17 +81,7 @@ def test_callback_tracks_every_epoch_and_logs_to_lightning(tmp_path: Path) -> No
         seed=0,
         config={"framework": "lightning"},
     )
-    trainer = pl.Trainer(
-        max_epochs=5,
-        accelerator="cpu",
-        devices=1,
-        logger=CSVLogger(tmp_path / "logs", name="tiny"),
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = cpu_trainer(callback, max_epochs=5, logger=CSVLogger(tmp_path / "logs", "tiny"))
     trainer.fit(module, fit_loader)
 
     run_dir = tmp_path / "run"
@@ -132,15 +138,7 @@ def test_every_n_epochs_also_logs_the_last_completed_epoch(tmp_path: Path) -> No
         callback = NCCallback(
             tmp_path / name, train=batches, test=batches, num_classes=4, every_n_epochs=2
         )
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            logger=False,
-            callbacks=[callback],
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            **limits,
-        )
+        trainer = cpu_trainer(callback, **limits)
         trainer.fit(module, DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=20))
         rows = read_rows(tmp_path / name / "metrics.jsonl")
         assert [r["epoch"] for r in rows] == epochs, name
@@ -151,15 +149,7 @@ def test_callback_rejects_a_missing_layer_path(tmp_path: Path) -> None:
     module = TinyModule((8,), smoothing=0.0)
     batches = [(torch.randn(8, 8), torch.arange(8) % 4)]
     callback = NCCallback(tmp_path / "run", train=batches, test=batches, num_classes=4, layer="fc")
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = cpu_trainer(callback, max_epochs=1)
     with pytest.raises(ValueError, match="no submodule 'fc'"):
         trainer.fit(module, DataLoader(TensorDataset(*batches[0]), batch_size=4))
     with pytest.raises(ValueError, match="every_n_epochs"):
