@@ -445,7 +445,9 @@ def test_ufm_penalty_mode_logs_closed_form_and_drops_classifier_decay(tmp_path: 
     cfg = tiny(epochs=3, ufm_penalties=True, loss="ls", smoothing=0.1, lambda_w=5e-4,
                lambda_h=4e-4, lambda_b=1e-3)  # fmt: skip
     result = train(cfg, tmp_path / "ufm", quiet=True)
-    expected = closed_form(5, 60, 5e-4, 4e-4, 0.1, 1e-3)
+    expected = closed_form(
+        num_classes=5, n_per_class=60, lambda_w=5e-4, lambda_h=4e-4, smoothing=0.1, lambda_b=1e-3
+    )
     for row in result.rows:
         assert row["ufm_w_norm"] == pytest.approx(expected.w_norm)
         assert row["ufm_h_norm"] == pytest.approx(expected.h_norm)

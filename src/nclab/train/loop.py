@@ -505,12 +505,12 @@ def _ufm_prediction(config: TrainConfig, data: DataBundle) -> dict[str, Any] | N
 
     n_per_class = max(1, round(data.num_train / data.num_classes))
     cf = closed_form(
-        data.num_classes,
-        n_per_class,
-        config.lambda_w,
-        config.lambda_h,
-        config.smoothing if config.loss == "ls" else 0.0,
-        config.lambda_b,
+        num_classes=data.num_classes,
+        n_per_class=n_per_class,
+        lambda_w=config.lambda_w,
+        lambda_h=config.lambda_h,
+        smoothing=config.smoothing if config.loss == "ls" else 0.0,
+        lambda_b=config.lambda_b,
     )
     return cf.as_dict()
 
