@@ -151,6 +151,14 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """``rows`` as JSON with ``--json`` (every key), else as a table of ``columns``."""
+    if args.json:
+        _emit_json(rows)
+    else:
+        _print_table(rows, columns)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -170,16 +178,10 @@ def _emit_json(payload: Any) -> None:
 def _problem(args: argparse.Namespace, smoothing: float = 0.0) -> Any:
     """The :class:`nclab.ufm.UFMProblem` of the command line with label smoothing ``smoothing``."""
     from nclab.ufm import UFMProblem
+    from nclab.ufm.problem import PROBLEM_FIELDS
 
-    return UFMProblem(
-        num_classes=args.num_classes,
-        n_per_class=args.n_per_class,
-        lambda_w=args.lambda_w,
-        lambda_h=args.lambda_h,
-        lambda_b=args.lambda_b,
-        smoothing=smoothing,
-        dim=getattr(args, "dim", None),
-    )
+    given = {name: getattr(args, name) for name in PROBLEM_FIELDS if hasattr(args, name)}
+    return UFMProblem(**{**given, "smoothing": smoothing})
 
 
 def _label(delta: float) -> str:
@@ -214,29 +216,25 @@ def _floor(values: Any, floor: float = 1e-17) -> Any:
 
 
 # --------------------------------------------------------------------------- commands
+#: Table columns of each sub-command (``--json`` prints every key).
+_COLUMNS: dict[str, list[str]] = {
+    "closed-form": "smoothing regime beta threshold logit_gap w_norm h_norm p_true loss objective "
+    "kappa_logit".split(),
+    "solve": "smoothing regime method iterations objective objective_closed_form relative_gap "
+    "w_norm w_norm_closed_form h_norm h_norm_closed_form nc1 nc2_wh nc3 seconds".split(),
+    "condition": "smoothing regime method num_params p_true kappa_logit kappa_logit_numeric "
+    "lambda_max lambda_min_nonzero ratio lambda_min_excl_shift ratio_excl_shift w_ratio h_ratio "
+    "orbit_dim zero_modes other_zero_modes".split(),
+    "convergence": "smoothing regime lr iters_to_objective_tol iters_to_nc1_tol "
+    "final_objective_gap final_nc1 final_w_norm w_norm_closed_form seconds".split(),
+}
+
+
 def _run_closed_form(args: argparse.Namespace) -> int:
     from nclab.ufm import closed_form
 
     rows = [closed_form(_problem(args, d)).as_dict() for d in args.smoothing]
-    if args.json:
-        _emit_json(rows)
-        return 0
-    _print_table(
-        rows,
-        [
-            "smoothing",
-            "regime",
-            "beta",
-            "threshold",
-            "logit_gap",
-            "w_norm",
-            "h_norm",
-            "p_true",
-            "loss",
-            "objective",
-            "kappa_logit",
-        ],
-    )
+    _emit(args, rows, _COLUMNS["closed-form"])
     return 0
 
 
@@ -247,29 +245,7 @@ def _run_solve(args: argparse.Namespace) -> int:
     if args.method == "gd":
         options["lr"] = args.lr
     results = [SOLVERS[args.method](_problem(args, d), **options) for d in args.smoothing]
-    if args.json:
-        _emit_json([r.summary() for r in results])
-    else:
-        _print_table(
-            [r.summary() for r in results],
-            [
-                "smoothing",
-                "regime",
-                "method",
-                "iterations",
-                "objective",
-                "objective_closed_form",
-                "relative_gap",
-                "w_norm",
-                "w_norm_closed_form",
-                "h_norm",
-                "h_norm_closed_form",
-                "nc1",
-                "nc2_wh",
-                "nc3",
-                "seconds",
-            ],
-        )
+    _emit(args, [r.summary() for r in results], _COLUMNS["solve"])
     if args.plot:
         plt, fig, axes = _figure(2)
         for r in results:
@@ -315,28 +291,7 @@ def _run_condition(args: argparse.Namespace) -> int:
             ratio_excl_shift=r.ratio_excl_bias_shift,
         )
         flat.append(row)
-    _print_table(
-        flat,
-        [
-            "smoothing",
-            "regime",
-            "method",
-            "num_params",
-            "p_true",
-            "kappa_logit",
-            "kappa_logit_numeric",
-            "lambda_max",
-            "lambda_min_nonzero",
-            "ratio",
-            "lambda_min_excl_shift",
-            "ratio_excl_shift",
-            "w_ratio",
-            "h_ratio",
-            "orbit_dim",
-            "zero_modes",
-            "other_zero_modes",
-        ],
-    )
+    _print_table(flat, _COLUMNS["condition"])
     return 0
 
 
@@ -381,24 +336,7 @@ def _run_convergence(args: argparse.Namespace) -> int:
         tol_nc1=args.tol_nc1,
         seed=args.seed,
     )
-    if args.json:
-        _emit_json([r.summary() for r in results])
-    else:
-        _print_table(
-            [r.summary() for r in results],
-            [
-                "smoothing",
-                "regime",
-                "lr",
-                "iters_to_objective_tol",
-                "iters_to_nc1_tol",
-                "final_objective_gap",
-                "final_nc1",
-                "final_w_norm",
-                "w_norm_closed_form",
-                "seconds",
-            ],
-        )
+    _emit(args, [r.summary() for r in results], _COLUMNS["convergence"])
     if args.plot:
         plt, fig, axes = _figure(2)
         for r in results:

@@ -205,7 +205,6 @@ class _History:
 
 def _start(
     problem: UFMProblem,
-    *,
     max_iters: int,
     seed: int,
     init_scale: float,
@@ -300,15 +299,7 @@ def solve_gd(
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0 (got {lr!r})")
     t0 = time.perf_counter()
-    cf, x, grad, hist = _start(
-        problem,
-        max_iters=max_iters,
-        seed=seed,
-        init_scale=init_scale,
-        x0=x0,
-        record_every=record_every,
-        nc_fn=nc_fn,
-    )
+    cf, x, grad, hist = _start(problem, max_iters, seed, init_scale, x0, record_every, nc_fn)
     stop = (int(max_iters), False, "max_iters reached")
     for it in range(1, int(max_iters) + 1):
         x = x - lr * grad
@@ -354,15 +345,7 @@ def solve_lbfgs(
 
     problem = as_problem(problem, problem_fields)
     t0 = time.perf_counter()
-    cf, x, _, hist = _start(
-        problem,
-        max_iters=max_iters,
-        seed=seed,
-        init_scale=init_scale,
-        x0=x0,
-        record_every=record_every,
-        nc_fn=nc_fn,
-    )
+    cf, x, _, hist = _start(problem, max_iters, seed, init_scale, x0, record_every, nc_fn)
     counter = {"it": 0}
     cache: dict[str, Any] = {"x": None, "g": None}
 
