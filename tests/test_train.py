@@ -194,6 +194,7 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) -> None:
     epochs = 8
     argv = [
