@@ -335,7 +335,8 @@ def test_cli_config_file_with_command_line_override(tmp_path: Path, capsys) -> N
     saved = json.loads((out / "config.json").read_text())
     assert saved["epochs"] == 2  # command line wins
     assert saved["lr"] == 0.01 and saved["width"] == 24 and saved["batch_size"] == 40  # file
-    assert saved["synthetic_classes"] == 4 and saved["scheduler"] == "constant"
+    assert saved["scheduler"] == "constant"
+    assert saved["dataset"] == "synthetic:k=4,d=16,n=100,test=100"  # deprecated keys folded in
     assert saved["momentum"] == 0.9  # neither: the default
     assert [r["epoch"] for r in read_rows(out / "metrics.jsonl")] == [1, 2]
     assert capsys.readouterr().out == ""  # --quiet
@@ -372,7 +373,8 @@ def test_cli_help_documents_every_option(capsys) -> None:
 def test_default_out_dir_names_dataset_model_loss_seed() -> None:
     from nclab.commands.train import default_out_dir
 
-    assert default_out_dir(tiny(loss="ls", smoothing=0.1, seed=2)) == "runs/synthetic-mlp-ls-s2"
+    expected = "runs/synthetic-k5-d48-n60-test20-mlp-ls-s2"
+    assert default_out_dir(tiny(loss="ls", smoothing=0.1, seed=2)) == expected
     npz = TrainConfig(dataset="npz:/data/my set.npz")
     assert default_out_dir(npz) == "runs/npz-_data_my_set.npz-mlp-ce-s0"
 

@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from nclab.commands import HelpFormatter
+
 HELP = "Unconstrained feature model: closed form, solver, conditioning, convergence."
 DESCRIPTION = (
     "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
@@ -69,7 +71,7 @@ def _add_problem(p: argparse.ArgumentParser, *, dim: bool, smoothing: Sequence[f
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ufm_command", metavar="SUBCOMMAND")
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     p = sub.add_parser(
         "closed-form",

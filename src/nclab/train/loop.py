@@ -424,10 +424,6 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         config.data_dir,
         per_class=config.per_class,
         seed=config.seed,
-        num_classes=config.synthetic_classes,
-        synthetic_dim=config.synthetic_dim,
-        synthetic_train_per_class=config.synthetic_train_per_class,
-        synthetic_test_per_class=config.synthetic_test_per_class,
     )
     if config.augment and len(data.input_shape) != 3:
         raise ValueError(f"--augment needs image data; {config.dataset} holds flat vectors")
