@@ -17,10 +17,11 @@ DESCRIPTION = (
     "or more δ, from the same initialisation and data order (one seed = one init and batch "
     "order), then write DIR/report/report.html (self-contained), summary.md, summary.json and "
     "PNG/PDF figures: convergence of errors and NC1-NC4, NC1 vs NC2, NC2 at matched NC1, "
-    "calibration before/after temperature scaling, norms, UFM theory, and computed verdicts on "
-    "the claims of Guo et al. (arXiv 2402.03979). Complete runs in --out are reused; "
-    "interrupted ones resume. The settings come from a preset (--preset); training options "
-    "override the preset's."
+    "calibration before/after temperature scaling, norms, UFM theory, and verdicts from paired "
+    "seeds (effect, 95% interval) on the claims of Guo, Andriopoulos, Zhao, Dong, Ling, Ross "
+    "(2024), 'Cross Entropy versus Label Smoothing: A Neural Collapse Perspective', arXiv "
+    "2402.03979. Complete runs in --out are reused; interrupted ones resume. Training options "
+    "override the preset's (see --preset)."
 )
 
 
@@ -48,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="SEED",
-        help="seeds (repeats; figures show the mean and a min-max band) (default: 0)",
+        help="seeds: CE and LS runs of one seed share initialisation and data order and are "
+        "compared as pairs; 3 or more make the verdicts more than indicative (default: the "
+        "preset's; quick and paper: 0 1 2, smoke: 0)",
     )
     parser.add_argument(
         "--out",
@@ -81,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "training options",
         "override the preset; same meaning as in `nclab train`; an option neither given nor "
-        "set by the preset has the default `nclab train --help` shows",
+        "set by the preset has the default `nclab train --help` shows; with --dataset the "
+        "preset's --per-class and --test-per-class do not apply",
     )
     add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
 
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"done in {result.seconds:.1f} s")
         if result.report is not None:
             for v in result.report.summary.verdicts:
-                print(f"  ({v.claim}) {v.statement}: {v.status}")
+                print(f"  ({v.claim}) {v.statement}: {v.verdict}")
             print(f"report: {result.report.html}")
             print(f"summary: {result.report.markdown}")
         print(f"runs: {result.out_dir / 'runs'}")

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nclab.train.config import SYNTHETIC_ALIASES, TrainConfig, options
@@ -67,7 +67,18 @@ def _mark(namespace: argparse.Namespace, dest: str) -> None:
     setattr(namespace, _EXPLICIT, explicit)
 
 
-def _value_type(field: dataclasses.Field[Any]) -> Any:
+def _value_type(field: dataclasses.Field[Any], parse: Callable[[Any], Any] | None) -> Any:
+    """argparse ``type`` of a field: its option's ``parse`` (a ``ValueError`` becomes argparse's
+    error message) or the converter of its annotation."""
+    if parse is not None:
+
+        def convert(text: str) -> Any:
+            try:
+                return parse(text)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        return convert
     annotation = str(field.type)
     if annotation.startswith("int") or annotation.startswith("list[int]"):
         return int
@@ -112,8 +123,9 @@ def add_config_options(
             continue
         if str(f.type).startswith("list"):
             kwargs["nargs"] = "+"
-        kwargs["metavar"] = opt.metavar or ("N" if _value_type(f) is int else name.upper())
-        group.add_argument(flag, action=_Store, type=_value_type(f), **kwargs)
+        kind = _value_type(f, opt.parse)
+        kwargs["metavar"] = opt.metavar or ("N" if kind is int else name.upper())
+        group.add_argument(flag, action=_Store, type=kind, **kwargs)
     for alias, key in SYNTHETIC_ALIASES.items():
         group.add_argument(
             "--" + alias.replace("_", "-"),

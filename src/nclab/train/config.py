@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "config_from_dict",
     "load_config_file",
     "options",
+    "parse_per_class",
 ]
 
 #: Weight decay used for every parameter when ``weight_decay`` is left unset (outside UFM mode).
@@ -51,6 +53,8 @@ class Option:
             the report does not require runs to agree on it.
         per_run: ``nclab compare`` sets it for each run (from ``--smoothing``, ``--seeds``,
             ``--jobs``); it is not a compare option and runs of one comparison differ in it.
+        parse: converts a value written on the command line or in a config file (default: by
+            the field's type); raises ``ValueError`` with what to write instead.
     """
 
     help: str
@@ -60,6 +64,22 @@ class Option:
     identity: bool = True
     knob: bool = False
     per_run: bool = False
+    parse: Callable[[Any], Any] | None = None
+
+
+def parse_per_class(value: Any) -> int | None:
+    """``per_class``/``test_per_class`` from a command line or file: a positive integer, or
+    ``all`` (None: every sample)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(
+                f"expected a positive integer or 'all' (every sample), got {value!r}"
+            ) from None
+    return value
 
 
 def option(default: Any, help: str, **schema: Any) -> Any:
@@ -86,6 +106,7 @@ class TrainConfig:
     compare's identity checks and the report's like-for-like check are generated from it.
     Defaults train the default MLP on Fashion-MNIST to 100% training accuracy.  The
     ``synthetic_*`` arguments are deprecated aliases folded into the ``dataset`` spec.
+    ``per_class``/``test_per_class`` also accept ``"all"`` (= None, every sample).
     """
 
     # data
@@ -106,8 +127,19 @@ class TrainConfig:
     )
     per_class: int | None = option(
         None,
-        "keep this many training samples per class (class-balanced, seeded)",
+        "keep this many training samples per class (class-balanced, seeded), or 'all'",
+        metavar="N|all",
         unset="all",
+        parse=parse_per_class,
+    )
+    test_per_class: int | None = option(
+        None,
+        "evaluate the per-epoch test metrics on a fixed class-balanced subset of this many test "
+        "samples per class (the same for every seed and loss; the final epoch always uses the "
+        "whole test set), or 'all'",
+        metavar="N|all",
+        unset="the whole test set every epoch",
+        parse=parse_per_class,
     )
     augment: bool = option(False, "random crop (4-pixel padding) + horizontal flip on images")
     # model
@@ -223,7 +255,7 @@ class TrainConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_every", self.eval_every)
         _positive_int("checkpoint_every", self.checkpoint_every)
-        for name in ("per_class", "width", "depth", "threads"):
+        for name in ("per_class", "test_per_class", "width", "depth", "threads"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value)
@@ -406,7 +438,11 @@ _FLOAT_FIELDS = frozenset(
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Numbers written as strings (YAML reads ``1e-3`` as a string) become floats."""
+    """A value from a config file: the option's own ``parse`` (``per_class: all`` becomes None);
+    numbers written as strings (YAML reads ``1e-3`` as a string) become floats."""
+    parse = options()[name][1].parse if name in options() else None
+    if parse is not None:
+        return parse(value)
     if name in _FLOAT_FIELDS and isinstance(value, str):
         try:
             return float(value)
