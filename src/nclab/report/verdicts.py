@@ -380,14 +380,10 @@ def claim_final(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
         r1 = _pair_values(ce, group.runs, _log_ratio("nc1"))
         r2 = _pair_values(ce, group.runs, _log_ratio("nc2_wh"))
         both = {s: None if r1[s] is None or r2[s] is None else max(r1[s], r2[s]) for s in r1}
-        measures = [
-            paired(FINAL_COLLAPSE, both),
-            paired(Measure("final_nc1", "log10 final nc1 ratio", "log10 ratio", decides=False), r1),
-            paired(
-                Measure("final_nc2_wh", "log10 final nc2_wh ratio", "log10 ratio", decides=False),
-                r2,
-            ),  # fmt: skip
-        ]
+        measures = [paired(FINAL_COLLAPSE, both)]
+        for key, ratios in (("nc1", r1), ("nc2_wh", r2)):
+            m = Measure(f"final_{key}", f"log10 final {key} ratio", "log10 ratio", decides=False)
+            measures.append(paired(m, ratios))
         for key in ("nc3", "nc4"):
             m = Measure(f"final_{key}", f"final {key} (observation)", "", decides=False)
             final = lambda r, k=key: _finite_or_none(r.final(k))  # noqa: E731
