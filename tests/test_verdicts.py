@@ -23,6 +23,7 @@ from nclab.report.paired import (
     INCONCLUSIVE,
     UNDETERMINED,
     Measure,
+    differences,
     paired,
     sig,
     t_interval,
@@ -169,7 +170,7 @@ def test_interval_equals_scipy():
     ref = stats.ttest_rel(ls, ce).confidence_interval(0.95)
     assert (low, high) == pytest.approx((ref.low, ref.high), rel=1e-12)
     m = Measure("x", "x", "u")
-    result = paired(m, dict(enumerate(ce)), dict(enumerate(ls)))
+    result = paired(m, differences(dict(enumerate(ce)), dict(enumerate(ls))))
     assert result.effect == pytest.approx(float(np.mean(ls - ce)), rel=1e-12)
     assert (result.ci_low, result.ci_high) == pytest.approx((ref.low, ref.high), rel=1e-12)
 

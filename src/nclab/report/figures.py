@@ -9,6 +9,7 @@ positive value when the data also contain zeros, e.g. a training error that reac
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -518,7 +519,7 @@ def forest_figure(summary: ReportSummary) -> Figure | None:
         ax.set_yticklabels([f"{d.label}\n{d.verdict}" for d in reversed(rows)], fontsize=7)
         ax.set_ylim(-0.6, len(rows) - 0.4)
         ax.set_xlabel(f"LS − CE: {measure.unit}", fontsize=8)
-        ax.set_title(f"({v.claim}) {measure.description}", fontsize=8)
+        ax.set_title(textwrap.fill(f"({v.claim}) {measure.description}", 48), fontsize=8)
         ax.grid(alpha=0.3, lw=0.5, axis="x")
     for ax in axes[len(verdicts) :]:
         ax.set_visible(False)

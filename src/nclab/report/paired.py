@@ -40,6 +40,7 @@ __all__ = [
     "PairedResult",
     "combine_measures",
     "computed",
+    "differences",
     "paired",
     "sig",
     "t_interval",
@@ -183,42 +184,31 @@ class PairedResult:
         }
 
 
-def paired(
-    measure: Measure,
-    ce: Mapping[int, float | None],
-    ls: Mapping[int, float | None],
-    *,
-    difference: Mapping[int, float | None] | None = None,
-    note: str = "",
-) -> PairedResult:
-    """Compare ``ls[seed]`` with ``ce[seed]`` over the seeds both have.
+def differences(
+    ce: Mapping[int, float | None], ls: Mapping[int, float | None]
+) -> dict[int, float | None]:
+    """``ls[s] - ce[s]`` for every seed ``s`` both have (None where either value is missing)."""
+    return {
+        s: None if ce[s] is None or ls[s] is None else float(ls[s]) - float(ce[s])
+        for s in sorted(set(ce) & set(ls))
+    }
 
-    ``difference`` gives the per-seed differences directly (for measures that are already
-    relative, e.g. a curve-level log ratio); otherwise ``d_s = ls[s] - ce[s]``. A None or
-    non-finite value makes that seed's difference undefined."""
-    seeds = tuple(sorted(set(ce) & set(ls))) if difference is None else tuple(sorted(difference))
-    diffs: list[float | None] = []
-    for s in seeds:
-        if difference is not None:
-            d = difference[s]
-        else:
-            a, b = ce[s], ls[s]
-            d = None if a is None or b is None else float(b) - float(a)
-        diffs.append(d if d is not None and math.isfinite(d) else None)
+
+def paired(measure: Measure, per_seed: Mapping[int, float | None], note: str = "") -> PairedResult:
+    """Judge the paired differences ``per_seed[seed] = m(LS) - m(CE)`` (module docstring). A
+    None or non-finite difference makes that seed undefined."""
+    seeds = tuple(sorted(per_seed))
+    diffs = tuple(
+        None if per_seed[s] is None or not math.isfinite(per_seed[s]) else float(per_seed[s])
+        for s in seeds
+    )
     defined = [d for d in diffs if d is not None]
     outcomes = tuple(measure.side(d) if d is not None else UNDETERMINED for d in diffs)
     if not defined:
         return PairedResult(
-            measure,
-            seeds,
-            tuple(diffs),
-            outcomes,
-            None,
-            None,
-            None,
-            UNDETERMINED,
+            measure, seeds, diffs, outcomes, None, None, None, UNDETERMINED,
             note or "no seed with a defined difference",
-        )
+        )  # fmt: skip
     effect = float(np.mean(defined))
     low = high = None
     if len(defined) >= 2:
@@ -232,7 +222,7 @@ def paired(
         status = FAILS
     else:
         status = INCONCLUSIVE
-    return PairedResult(measure, seeds, tuple(diffs), outcomes, effect, low, high, status, note)
+    return PairedResult(measure, seeds, diffs, outcomes, effect, low, high, status, note)
 
 
 def computed(measure: Measure, difference: float | None, note: str = "") -> PairedResult:

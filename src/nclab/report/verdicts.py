@@ -54,6 +54,7 @@ from nclab.report.paired import (
     PairedResult,
     combine_measures,
     computed,
+    differences,
     paired,
 )
 from nclab.report.runs import RunData
@@ -280,6 +281,11 @@ def _per_seed(runs: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: 
     return {seed: fn(run) for seed, run in _by_seed(runs).items()}
 
 
+def _run_differences(ce: Sequence[RunData], ls: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
+    """``fn(ls run) - fn(ce run)`` for every seed both settings have."""
+    return differences(_per_seed(ce, fn), _per_seed(ls, fn))
+
+
 def _pair_values(ce: Sequence[RunData], ls: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
     """``fn(ce_run, ls_run)`` for every seed both settings have."""
     a, b = _by_seed(ce), _by_seed(ls)
@@ -336,15 +342,13 @@ def claim_sooner(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
     """Claim (a) (module docstring)."""
     out = []
     for group in ls:
-        measures = [
-            paired(CURVE_NC1, {}, {}, difference=_pair_values(ce, group.runs, nc1_curve_gap))
-        ]
+        measures = [paired(CURVE_NC1, _pair_values(ce, group.runs, nc1_curve_gap))]
         for name, (_, _, description) in MILESTONES.items():
             m = Measure(f"epochs_{name}", description, "epochs", "lower", decides=False)
             diffs = _pair_values(ce, group.runs, _milestone_difference(name))
             never = [s for s, d in diffs.items() if d is None]
             note = f"neither reaches it in seed(s) {', '.join(map(str, never))}" if never else ""
-            measures.append(paired(m, {}, {}, difference=diffs, note=note))
+            measures.append(paired(m, diffs, note))
         out.append(_delta(group, measures))
     return _claim("a", ce, out)
 
@@ -376,30 +380,14 @@ def claim_final(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
         r1 = _pair_values(ce, group.runs, _log_ratio("nc1"))
         r2 = _pair_values(ce, group.runs, _log_ratio("nc2_wh"))
         both = {s: None if r1[s] is None or r2[s] is None else max(r1[s], r2[s]) for s in r1}
-        measures = [
-            paired(FINAL_COLLAPSE, {}, {}, difference=both),
-            paired(
-                Measure("final_nc1", "log10 final nc1 ratio", "log10 ratio", decides=False),
-                {},
-                {},
-                difference=r1,
-            ),
-            paired(
-                Measure("final_nc2_wh", "log10 final nc2_wh ratio", "log10 ratio", decides=False),
-                {},
-                {},
-                difference=r2,
-            ),
-        ]
+        measures = [paired(FINAL_COLLAPSE, both)]
+        for key, ratios in (("nc1", r1), ("nc2_wh", r2)):
+            m = Measure(f"final_{key}", f"log10 final {key} ratio", "log10 ratio", decides=False)
+            measures.append(paired(m, ratios))
         for key in ("nc3", "nc4"):
             m = Measure(f"final_{key}", f"final {key} (observation)", "", decides=False)
-            measures.append(
-                paired(
-                    m,
-                    _per_seed(ce, lambda r, k=key: _finite_or_none(r.final(k))),
-                    _per_seed(group.runs, lambda r, k=key: _finite_or_none(r.final(k))),
-                )
-            )
+            final = lambda r, k=key: _finite_or_none(r.final(k))  # noqa: E731
+            measures.append(paired(m, _run_differences(ce, group.runs, final)))
         out.append(_delta(group, measures))
     return _claim("b", ce, out)
 
@@ -433,7 +421,7 @@ def claim_matched(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
     for group in ls:
         diffs = _pair_values(ce, group.runs, matched_gap)
         note = "" if any(d is not None for d in diffs.values()) else "no NC1 range shared with CE"
-        out.append(_delta(group, [paired(MATCHED, {}, {}, difference=diffs, note=note)]))
+        out.append(_delta(group, [paired(MATCHED, diffs, note)]))
     return _claim("c", ce, out)
 
 
@@ -467,8 +455,8 @@ def claim_calibration(
     out = []
     for group in ls:
         measures = [
-            paired(ECE_RAW, _per_seed(ce, get(0)), _per_seed(group.runs, get(0))),
-            paired(ECE_TS, _per_seed(ce, get(1)), _per_seed(group.runs, get(1))),
+            paired(ECE_RAW, _run_differences(ce, group.runs, get(0))),
+            paired(ECE_TS, _run_differences(ce, group.runs, get(1))),
         ]
         out.append(_delta(group, measures))
     return _claim("d", ce, out)
@@ -500,8 +488,7 @@ def claim_generalization(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimV
     """Claim (e) (module docstring)."""
     out = []
     for group in ls:
-        acc_ce = _per_seed(ce, final_test_accuracy)
-        result = paired(ACCURACY, acc_ce, _per_seed(group.runs, final_test_accuracy))
+        result = paired(ACCURACY, _run_differences(ce, group.runs, final_test_accuracy))
         out.append(_delta(group, [result], note=f"margin {ACCURACY_MARGIN:g} points"))
     return _claim("e", ce, out)
 
