@@ -479,7 +479,9 @@ def config_differences(
 ) -> list[str]:
     """Names of the options whose values differ between a saved config dict and ``current``,
     as ``"name: saved -> current"`` strings (options in ``ignore`` are skipped).  A config saved
-    with the deprecated ``synthetic_*`` options compares by the dataset spec they stand for."""
+    with the deprecated ``synthetic_*`` options compares by the dataset spec they stand for; an
+    option the saved config lacks (added to nclab after the run started) counts as its default,
+    which is what that run used, so adding an option does not orphan existing runs."""
     saved = dict(saved)
     aliases = {alias: saved.pop(alias, None) for alias in SYNTHETIC_ALIASES}
     if "dataset" in saved:
@@ -489,13 +491,10 @@ def config_differences(
             pass  # a saved value that no longer parses simply differs
     now = current.to_dict()
     out = []
-    for name in _field_names():
-        if name in ignore:
-            continue
-        before = saved.get(name, dataclasses.MISSING)
-        if before is dataclasses.MISSING or _normal(before) != _normal(now[name]):
-            shown = "(missing)" if before is dataclasses.MISSING else repr(before)
-            out.append(f"{name}: {shown} -> {now[name]!r}")
+    for name, (f, _) in options().items():
+        before = saved.get(name, f.default)
+        if name not in ignore and _normal(before) != _normal(now[name]):
+            out.append(f"{name}: {before!r} -> {now[name]!r}")
     return out
 
 
