@@ -18,6 +18,7 @@ from nclab.train.config import (
     COMPARABLE_EXCEPT,
     PER_RUN_FIELDS,
     SETTING_FIELDS,
+    SYNTHETIC_ALIASES,
     TrainConfig,
     config_differences,
     config_from_dict,
@@ -122,13 +123,8 @@ def test_bad_spec_is_one_clear_error(name, message):
 def test_old_synthetic_options_are_aliases_of_the_spec():
     full = "synthetic:k=5,d=48,n=60,test=20"
     assert synthetic_name(**parse_synthetic(full)) == full
-    old = TrainConfig(
-        dataset="synthetic",
-        synthetic_classes=5,
-        synthetic_dim=48,
-        synthetic_train_per_class=60,
-        synthetic_test_per_class=20,
-    )
+    aliases = dict(zip(SYNTHETIC_ALIASES, (5, 48, 60, 20), strict=True))
+    old = TrainConfig(dataset="synthetic", **aliases)
     assert old.dataset == full and TrainConfig(dataset=full) == old
     assert "synthetic_classes" not in old.to_dict()
     assert TrainConfig(dataset="synthetic").dataset == "synthetic:k=10,d=32,n=100,test=100"
@@ -136,13 +132,7 @@ def test_old_synthetic_options_are_aliases_of_the_spec():
         "synthetic:k=10,d=8,n=100,test=100"
     )
     # a run saved with the old options is the same run as the spec describes
-    saved = {**TrainConfig(dataset=full).to_dict(), "dataset": "synthetic"}
-    saved.update(
-        synthetic_classes=5,
-        synthetic_dim=48,
-        synthetic_train_per_class=60,
-        synthetic_test_per_class=20,
-    )
+    saved = {**TrainConfig(dataset=full).to_dict(), "dataset": "synthetic", **aliases}
     assert config_differences(saved, TrainConfig(dataset=full)) == []
     # the aliases still only concern the synthetic dataset, and may not contradict the spec
     assert TrainConfig(synthetic_classes=3).dataset == "fashion-mnist"

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nclab import names
+
 __all__ = [
     "DATASETS",
     "DataBundle",
@@ -40,15 +42,9 @@ __all__ = [
     "synthetic_name",
 ]
 
-DATASETS: tuple[str, ...] = (
-    "fashion-mnist",
-    "mnist",
-    "cifar10",
-    "cifar100",
-    "stl10",
-    "tiny-imagenet",
-    "synthetic",
-)
+#: Names :func:`load_dataset` accepts (plus ``npz:PATH`` and ``synthetic:k=..``); kept in the
+#: torch-free :mod:`nclab.names` so that ``--help`` can list them.
+DATASETS: tuple[str, ...] = names.DATASETS
 
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",

@@ -28,27 +28,8 @@ DESCRIPTION = (
 _EXPLICIT = "_explicit_options"
 
 
-class _Store(argparse.Action):
-    """``store`` that also records the option as given explicitly."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, values)
-        _mark(namespace, self.dest)
-
-
-class _StoreBool(argparse.BooleanOptionalAction):
-    """``--flag/--no-flag`` that also records the option as given explicitly (and, unlike
-    Python 3.11's, leaves the help text as given: the schema writes the default)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.help = kwargs.get("help")
+class _Explicit(argparse.Action):
+    """Mixin: the action also records its option as given explicitly (``--config`` merging)."""
 
     def __call__(
         self,
@@ -59,6 +40,19 @@ class _StoreBool(argparse.BooleanOptionalAction):
     ) -> None:
         super().__call__(parser, namespace, values, option_string)
         _mark(namespace, self.dest)
+
+
+class _Store(_Explicit, argparse._StoreAction):
+    """``store`` that also records the option as given explicitly."""
+
+
+class _StoreBool(_Explicit, argparse.BooleanOptionalAction):
+    """``--flag/--no-flag`` that also records the option as given explicitly (and, unlike
+    Python 3.11's, leaves the help text as given: the schema writes the default)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = kwargs.get("help")
 
 
 def _mark(namespace: argparse.Namespace, dest: str) -> None:

@@ -87,6 +87,9 @@ def option(default: Any, help: str, **schema: Any) -> Any:
     return dataclasses.field(default=default, metadata={"option": Option(help, **schema)})
 
 
+#: Schema of the sample-count options that also accept ``all``.
+_COUNT_OR_ALL: dict[str, Any] = {"metavar": "N|all", "parse": parse_per_class}
+
 #: The old ``synthetic_*`` options, kept for one release as aliases of the keys of the
 #: ``synthetic:k=K,d=D,n=N,test=M`` dataset spec (command line, config files, ``TrainConfig``).
 SYNTHETIC_ALIASES: dict[str, str] = {
@@ -128,18 +131,16 @@ class TrainConfig:
     per_class: int | None = option(
         None,
         "keep this many training samples per class (class-balanced, seeded), or 'all'",
-        metavar="N|all",
         unset="all",
-        parse=parse_per_class,
+        **_COUNT_OR_ALL,
     )
     test_per_class: int | None = option(
         None,
         "evaluate the per-epoch test metrics on a fixed class-balanced subset of this many test "
         "samples per class (the same for every seed and loss; the final epoch always uses the "
         "whole test set), or 'all'",
-        metavar="N|all",
         unset="the whole test set every epoch",
-        parse=parse_per_class,
+        **_COUNT_OR_ALL,
     )
     augment: bool = option(False, "random crop (4-pixel padding) + horizontal flip on images")
     # model
