@@ -96,16 +96,29 @@ def test_ls_has_smaller_gap_norms_and_confidence_than_ce() -> None:
         prev = ls
 
 
-@pytest.mark.parametrize(
-    "K,n,d,lam_w,lam_h,lam_b,delta",
-    [
-        (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.0),
-        (4, 3, 3, 1e-2, 2e-2, 1e-3, 0.1),
-        (5, 2, 6, 5e-3, 2e-2, 0.0, 0.2),
-        (3, 4, 2, 2e-2, 1e-2, 0.1, 0.05),
-        (2, 3, 3, 1e-2, 1e-2, 1e-3, 0.3),
-    ],
-)
+#: (K, n, d, lambda_W, lambda_H, lambda_b, delta) in the collapse regime: d = K-1 and d > K-1,
+#: lambda_b = 0 and > 0, CE and several delta.
+COLLAPSE_CASES = [
+    (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.0),
+    (4, 3, 3, 1e-2, 2e-2, 1e-3, 0.1),
+    (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.2),
+    (5, 2, 6, 5e-3, 2e-2, 0.0, 0.2),
+    (5, 4, 6, 5e-3, 2e-2, 0.0, 0.1),
+    (3, 4, 2, 2e-2, 1e-2, 0.1, 0.05),
+    (3, 5, 2, 2e-2, 5e-3, 0.1, 0.05),
+    (6, 2, 8, 3e-3, 3e-3, 1e-3, 0.3),
+    (2, 3, 3, 1e-2, 1e-2, 1e-3, 0.3),
+    (2, 4, 3, 1e-2, 1e-2, 1e-3, 0.0),
+]
+#: The same in the trivial regime (beta >= (1 - delta)/K: the minimizer is 0).
+TRIVIAL_CASES = [
+    (3, 2, 3, 0.3, 0.3, 1e-2, 0.0),
+    (4, 5, 4, 0.1, 0.1, 1e-3, 0.3),
+    (5, 3, 4, 0.2, 0.1, 0.0, 0.1),
+]
+
+
+@pytest.mark.parametrize("K,n,d,lam_w,lam_h,lam_b,delta", COLLAPSE_CASES)
 def test_minimizer_structure(K, n, d, lam_w, lam_h, lam_b, delta) -> None:
     """minimizer(): objective value, logit gap, p_true, NC1/ETF/self-duality, stationarity."""
     pr = ufm(K, n, lam_w, lam_h, delta, lam_b, d=d)
@@ -153,22 +166,7 @@ def test_simplex_etf() -> None:
 
 
 # --------------------------------------------------------------------------------- solvers
-@pytest.mark.parametrize(
-    "K,n,d,lam_w,lam_h,lam_b,delta",
-    [
-        # collapse regime
-        (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.0),
-        (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.2),
-        (5, 4, 6, 5e-3, 2e-2, 0.0, 0.1),
-        (3, 5, 2, 2e-2, 5e-3, 0.1, 0.05),
-        (6, 2, 8, 3e-3, 3e-3, 1e-3, 0.3),
-        (2, 4, 3, 1e-2, 1e-2, 1e-3, 0.0),
-        # trivial regime
-        (3, 2, 3, 0.3, 0.3, 1e-2, 0.0),
-        (4, 5, 4, 0.1, 0.1, 1e-3, 0.3),
-        (5, 3, 4, 0.2, 0.1, 0.0, 0.1),
-    ],
-)
+@pytest.mark.parametrize("K,n,d,lam_w,lam_h,lam_b,delta", COLLAPSE_CASES + TRIVIAL_CASES)
 def test_lbfgs_reaches_closed_form(K, n, d, lam_w, lam_h, lam_b, delta) -> None:
     pr = ufm(K, n, lam_w, lam_h, delta, lam_b, d=d)
     cf = closed_form(pr)
