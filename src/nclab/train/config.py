@@ -8,6 +8,7 @@ and loss registries import those modules lazily, inside :meth:`TrainConfig.valid
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -307,9 +308,21 @@ class TrainConfig:
 # ---------------------------------------------------------------------------- the schema
 
 
+@functools.cache
 def options() -> dict[str, tuple[dataclasses.Field[Any], Option]]:
-    """Every training option: name -> (dataclass field, :class:`Option`), in field order."""
-    return {f.name: (f, f.metadata["option"]) for f in dataclasses.fields(TrainConfig)}
+    """Every training option: name -> (dataclass field, :class:`Option`), in field order.
+
+    ``TypeError`` (at import, through the rules below) for a field declared without
+    :func:`option`, naming it."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if not isinstance(f.metadata.get("option"), Option):
+            raise TypeError(
+                f"TrainConfig.{f.name} has no option schema: declare it as "
+                f"{f.name}: ... = option(default, help, ...)"
+            )
+        out[f.name] = (f, f.metadata["option"])
+    return out
 
 
 def _names(keep: Any) -> frozenset[str]:
@@ -441,7 +454,7 @@ _FLOAT_FIELDS = frozenset(
 def _coerce(name: str, value: Any) -> Any:
     """A value from a config file: the option's own ``parse`` (``per_class: all`` becomes None);
     numbers written as strings (YAML reads ``1e-3`` as a string) become floats."""
-    parse = options()[name][1].parse if name in options() else None
+    parse = options()[name][1].parse if name in options() else None  # None: an alias
     if parse is not None:
         return parse(value)
     if name in _FLOAT_FIELDS and isinstance(value, str):
