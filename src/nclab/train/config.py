@@ -1,8 +1,11 @@
-"""Training configuration: the :class:`TrainConfig` dataclass, its validation and file loading.
+"""Training configuration: :class:`TrainConfig`, its option schema, validation and file loading.
 
-This module imports no heavy library at import time (torch, numpy), so the CLI can build
-``nclab train --help`` from the dataclass fields quickly. Name checks against the dataset, model
-and loss registries import those modules lazily, inside :meth:`TrainConfig.validate`.
+Each field is declared with :func:`option`, which stores an :class:`Option` (help, placeholder,
+choices, and the field's role: identity, knob, per-run) in the field's metadata; the
+``nclab train``/``nclab compare`` parsers and the rules of resume (:data:`COMPARABLE_EXCEPT`),
+compare (:data:`PER_RUN_FIELDS`) and the report (:data:`SETTING_FIELDS`) are derived from it.
+This module imports no heavy library at import time (torch, numpy), so ``--help`` is quick; the
+checks against the loss registry import it lazily, inside :meth:`TrainConfig.validate`.
 """
 
 from __future__ import annotations
