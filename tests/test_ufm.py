@@ -476,6 +476,14 @@ def test_cli_closed_form_and_solve(capsys) -> None:
          "1e-2", "--smoothing", "0.1", "--json"],
     )  # fmt: skip
     assert rows[0]["relative_gap"] <= 1e-9 and rows[0]["method"] == "lbfgs"
+    rows = _json_out(
+        capsys,
+        ["ufm", "solve", "-K", "3", "-n", "2", "-d", "3", "--method", "gd", "--lr", "5",
+         "--max-iters", "40", "--smoothing", "0.1", "--json"],
+    )  # fmt: skip
+    direct = solve_gd(ufm(3, 2, 5e-3, 5e-3, 0.1, d=3), lr=5.0, max_iters=40)
+    assert rows[0]["method"] == "gd" and rows[0]["iterations"] == 40
+    assert rows[0]["objective"] == pytest.approx(direct.objective, rel=1e-12)
     assert main(["ufm", "closed-form"]) == 0
     assert "kappa_logit" in capsys.readouterr().out
 
