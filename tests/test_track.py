@@ -55,13 +55,8 @@ def synthetic(classes: int, dim: int, train_per_class: int, test_per_class: int,
 
 
 def tiny_data(config: TrainConfig):
-    return synthetic(
-        config.synthetic_classes,
-        config.synthetic_dim,
-        config.synthetic_train_per_class,
-        config.synthetic_test_per_class,
-        config.seed,
-    )
+    """The data ``nclab train`` loads for ``config``."""
+    return load_dataset(config.dataset, per_class=config.per_class, seed=config.seed)
 
 
 def loaders(data, batch_size: int = 37) -> tuple[DataLoader, DataLoader]:
@@ -156,15 +151,13 @@ def test_tracked_plain_loop_rows_equal_nclab_train_and_build_the_report(tmp_path
     report = build_report(
         [tmp_path / "track" / "ce", tmp_path / "track" / "ls"], tmp_path / "report"
     )
-    assert [v.claim for v in report.summary.verdicts] == ["a", "b", "c", "d"]
-    assert all(v.status for v in report.summary.verdicts)
     reference = build_report(
         [tmp_path / "train" / "ce", tmp_path / "train" / "ls"], tmp_path / "report_train"
     )
-    # the same numbers give the same verdicts
-    assert [v.status for v in report.summary.verdicts] == [
-        v.status for v in reference.summary.verdicts
-    ]
+    # every claim gets a verdict, and the same numbers give the same verdicts
+    claims = [(v.claim, v.status, v.verdict) for v in report.summary.verdicts]
+    assert len(claims) >= 4 and all(status for _, status, _ in claims)
+    assert claims == [(v.claim, v.status, v.verdict) for v in reference.summary.verdicts]
     for paths in report.figures.values():
         for path in paths:
             assert path.is_file() and path.stat().st_size > 0, path

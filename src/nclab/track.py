@@ -361,7 +361,8 @@ class NCTracker:
     def log_epoch(self, epoch: int, *, lr: float | None = None, **extra: Any) -> dict[str, Any]:
         """Evaluate the model after ``epoch`` and append a row to ``metrics.jsonl``.
 
-        The row holds ``epoch``, ``lr``, every metric of ``nclab train``'s rows, the extra
+        The row holds ``epoch``, ``lr``, every metric of ``nclab train``'s rows, ``test_size``
+        (the number of test samples evaluated: the whole test loader), the extra
         keyword arguments (numbers or None) and ``seconds`` (wall time since the previous call
         or the tracker's creation). An extra key that the evaluation also produces (say
         ``train_loss``: ``nclab train`` logs the eval-mode loss over the training set) keeps the
@@ -378,6 +379,7 @@ class NCTracker:
             self._start(epoch)
         metrics = self.evaluate()
         row: dict[str, Any] = {"epoch": epoch, "lr": None if lr is None else float(lr), **metrics}
+        row["test_size"] = self._evaluator.num_test  # test samples evaluated (as nclab train)
         for key, value in extra.items():
             if value is not None and not isinstance(value, int | float):
                 try:
