@@ -46,7 +46,7 @@ from nclab.train.evaluate import (
     means_basis,
     projected_statistics,
 )
-from nclab.train.rundir import rewrite_rows
+from nclab.train.rundir import read_metrics, rewrite_rows
 from nclab.ufm import closed_form
 
 REQUIRED_KEYS = (
@@ -237,11 +237,15 @@ def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) ->
 
 def test_rewrite_rows_keeps_complete_rows_up_to_checkpoint(tmp_path: Path) -> None:
     files = RunFiles(tmp_path)
-    lines = [json.dumps({"epoch": e, "x": e}) for e in (1, 2, 2, 3, 4)]
+    rows = [{"epoch": e, "x": 10 * e + i} for i, e in enumerate((1, 2, 2, 3, 4))]
+    lines = [json.dumps(r) for r in rows]
     files.metrics.write_text("\n".join(lines) + "\n" + '{"epoch": 5, "x"')
-    assert [r["epoch"] for r in read_rows(files.metrics)] == [1, 2, 2, 3, 4]
+    # the torn last line is dropped with a warning; a repeated epoch keeps its later row
+    read, warnings = read_metrics(files.metrics)
+    assert read == [rows[0], rows[2], rows[3], rows[4]]
+    assert len(warnings) == 1 and "line 6" in warnings[0]
     kept = rewrite_rows(files, max_epoch=3)
-    assert [r["epoch"] for r in kept] == [1, 2, 3]
+    assert [r["x"] for r in kept] == [10, 22, 33]
     assert [r["epoch"] for r in read_rows(files.metrics)] == [1, 2, 3]
     assert files.metrics_csv.read_text().splitlines()[0] == "epoch,x"
 
