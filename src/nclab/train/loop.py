@@ -66,7 +66,9 @@ class TrainingDivergedError(RuntimeError):
 
     ``where`` overrides the description of what became non-finite (default: the loss at
     ``step``, or the evaluation features when ``step`` is 0). Picklable, so that it crosses
-    process boundaries (``nclab compare`` workers) intact."""
+    process boundaries (``nclab compare`` workers) intact. The CLI exits with ``exit_code``."""
+
+    exit_code = 3
 
     def __init__(
         self,
