@@ -242,12 +242,12 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 def _parse_row(line: str) -> tuple[dict[str, Any], str]:
     """``(row, "")`` for a complete metrics line, else ``({}, what is wrong)``."""
-    if not line.endswith("\n"):
-        return {}, "no final newline"
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
         return {}, f"not valid JSON: {err.msg}"
+    if not line.endswith("\n"):
+        return {}, "no final newline"
     if not isinstance(row, dict):
         return {}, "not a JSON object"
     epoch = row.get("epoch")
