@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import io
 import os
 import pickle
 import zipfile

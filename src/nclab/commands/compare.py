@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 from typing import Any
 
 from nclab.compare import MANAGED_FIELDS, PRESETS
@@ -149,7 +150,15 @@ def run(args: argparse.Namespace) -> int:
         report=not args.no_report,
         quiet=args.quiet,
     )
-    result = compare(cfg)
+    try:
+        result = compare(cfg)
+    except KeyboardInterrupt:
+        print(
+            "nclab compare: interrupted; every run keeps its last checkpoint: rerun the same "
+            "command to resume",
+            file=sys.stderr,
+        )
+        return 130
     if not args.quiet:
         print(f"done in {result.seconds:.1f} s")
         if result.report is not None:

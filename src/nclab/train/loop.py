@@ -273,7 +273,8 @@ def _set_rng_state(state: dict[str, Tensor]) -> None:
     )  # fmt: skip
     python_state = [int(v) for v in state["python"].tolist()]
     gauss = float(state["python_gauss"])
-    random.setstate((python_state[0], tuple(python_state[1:]), None if math.isnan(gauss) else gauss))
+    gauss_next = None if math.isnan(gauss) else gauss
+    random.setstate((python_state[0], tuple(python_state[1:]), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(RuntimeError, IndexError):
             torch.cuda.set_rng_state_all(list(state["cuda"]))
@@ -307,9 +308,8 @@ def read_checkpoint(path: Path, keys: tuple[str, ...] = _CHECKPOINT_KEYS) -> dic
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load raises many types for a bad file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(
-            f"{path} is not a readable nclab checkpoint ({type(err).__name__}: {reason}); it is "
+            f"{path} is not a readable nclab checkpoint ({_load_failure(err)}); it is "
             "truncated, corrupt, written by an older nclab, or holds objects other than tensors "
             "and plain values (refused: they could run code). Start over with --overwrite"
         ) from None
@@ -323,6 +323,17 @@ def read_checkpoint(path: Path, keys: tuple[str, ...] = _CHECKPOINT_KEYS) -> dic
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise ValueError(f"{path}: 'epoch' is {epoch!r}, not an epoch number; it is corrupt")
     return state
+
+
+def _load_failure(err: Exception) -> str:
+    """The informative line of a ``torch.load`` error (its first line is often generic advice
+    about ``weights_only``; the unpickler's reason, e.g. "Unsupported global: GLOBAL
+    os.system", comes later)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error" in line or "Unsupported" in line:
+            return line.removeprefix("WeightsUnpickler error:").strip()[:160]
+    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
 
 
 def _refuse_unknown_files(files: RunFiles) -> None:
@@ -740,7 +751,7 @@ def _restore(run: _Run, plan: _Plan) -> int:
         "test_size": data.num_test,
         "input_shape": list(data.input_shape),
     }
-    differs = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items() if k in saved and saved[k] != v]
+    differs = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items() if saved.get(k, v) != v]
     if differs:
         raise ValueError(
             f"cannot resume {run.files.root}: the dataset differs from the one it was trained on "
