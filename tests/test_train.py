@@ -172,11 +172,11 @@ def test_ce_and_ls_with_the_same_seed_share_initialisation_and_data_order(tmp_pa
 
 
 def test_resume_after_stop_equals_uninterrupted_run(tmp_path: Path) -> None:
-    cfg6 = tiny(epochs=6, scheduler="multistep", milestones=[4])
+    cfg6 = tiny(epochs=6, scheduler="multistep", milestones=[2])
     full = train(cfg6, tmp_path / "full", quiet=True)
 
     part = tmp_path / "part"
-    first = train(tiny(epochs=3, scheduler="multistep", milestones=[4]), part, quiet=True)
+    first = train(tiny(epochs=3, scheduler="multistep", milestones=[2]), part, quiet=True)
     assert first.completed and len(first.rows) == 3 and (part / "DONE").exists()
     resumed = train(cfg6, part, resume=True, quiet=True)
     assert resumed.start_epoch == 3 and not resumed.reused
@@ -303,7 +303,11 @@ def test_existing_run_refuses_unless_resume_or_overwrite(tmp_path: Path) -> None
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"eval_every": 0}, "eval_every must be an integer >= 1"),
         ({"per_class": -5}, "per_class must be an integer >= 1"),
-        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"seed": 2**32}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"epochs": 10, "milestones": [5, 11]}, "past the last epoch"),
+        ({"milestones": 5}, "milestones must be a list"),
+        ({"threads": 0}, "threads must be an integer >= 1"),
         ({"ufm_penalties": True, "lambda_w": 0.0}, "needs lambda_w > 0"),
         ({"nesterov": True, "momentum": 0.0}, "nesterov momentum needs momentum > 0"),
     ],

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from nclab import __version__
 
@@ -37,8 +39,19 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program stopped by `head`
 
 
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` that reads ``-1e-3`` (scientific notation) as a negative number, not
+    an option, like ``-0.001`` (sub-parsers are built with the same class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nclab",
         description="nclab: neural collapse under cross-entropy and label smoothing "
         "(Guo et al., arXiv 2402.03979).",

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nclab.train.config import TrainConfig, config_differences
+from nclab.train.config import MAX_SEED, TrainConfig, config_differences
 from nclab.train.rundir import RunFiles, atomic_write, lock_directory, read_json, read_rows
 
 if TYPE_CHECKING:
@@ -212,8 +212,8 @@ def _validate_seeds(seeds: Sequence[int]) -> list[int]:
         raise ValueError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
     out = []
     for s in seeds:
-        if isinstance(s, bool) or int(s) != s or s < 0:
-            raise ValueError(f"seeds must be non-negative integers, got {s!r}")
+        if isinstance(s, bool) or int(s) != s or not 0 <= s <= MAX_SEED:
+            raise ValueError(f"seeds must be integers in [0, {MAX_SEED}], got {s!r}")
         if int(s) not in out:
             out.append(int(s))
     return out
