@@ -303,8 +303,10 @@ def read_checkpoint(path: Path, keys: tuple[str, ...] = _CHECKPOINT_KEYS) -> dic
     """Read a checkpoint written by :func:`train` with ``torch.load(weights_only=True)``: only
     tensors and plain values are unpickled, so a planted file cannot run code. Raises
     ``ValueError`` naming the file when it is unreadable, corrupt, unsafe or lacks ``keys``."""
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is not a regular file; start over with --overwrite")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load raises many types for a bad file
@@ -376,7 +378,7 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
             f"cannot resume {files.root}: the config differs in {'; '.join(diffs)}. Only "
             "--epochs may change when resuming; use --overwrite to start over"
         )
-    state = read_checkpoint(files.checkpoint) if files.checkpoint.is_file() else None
+    state = read_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
     ckpt = 0 if state is None else int(state["epoch"])
     read_metrics(files.metrics)  # a malformed line that is not the last: refuse before any change
     if done and ckpt == 0 and same_epochs:
@@ -388,7 +390,13 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
         )
     if done and ckpt == config.epochs:
         return _Plan("done", config.epochs, saved)
-    if ckpt == 0:
+    if ckpt == 0 and (done or files.final.exists()):
+        raise ValueError(
+            f"cannot resume {files.root}: it holds a finished run but its checkpoint "
+            f"{files.checkpoint} is missing, so it cannot be extended; use --overwrite to start "
+            "over"
+        )
+    if ckpt == 0:  # stopped before its first checkpoint: nothing to resume from
         return _Plan("fresh", saved=saved, clear=True)
     return _Plan("resume", ckpt, saved, state=state)
 

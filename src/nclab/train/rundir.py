@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -113,9 +114,13 @@ class RunFiles:
         return [p for p in self.owned() if p.exists()]
 
     def clear(self) -> None:
-        """Remove the files of a previous run (other files in the directory are left alone)."""
+        """Remove the files of a previous run (other files in the directory are left alone;
+        a directory where a run file belongs is removed too)."""
         for path in self.owned():
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -203,8 +208,8 @@ class MetricsLogError(ValueError):
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of a ``metrics.jsonl`` file and warnings about it: the one reader, with one policy.
 
-    - A torn last line (no final newline, or not a JSON object with an ``epoch``: a kill in the
-      middle of a write) is dropped, with a warning.
+    - A torn last line (not a JSON object with an integer ``epoch``: a kill in the middle of a
+      write) is dropped, with a warning. A complete row that lacks only its newline is kept.
     - A malformed line that is *not* the last raises :class:`MetricsLogError` naming the file and
       the line number: later rows are never dropped silently.
     - Blank lines are ignored. When an epoch appears twice the later row wins (it was trained
@@ -246,8 +251,6 @@ def _parse_row(line: str) -> tuple[dict[str, Any], str]:
         row = json.loads(line)
     except json.JSONDecodeError as err:
         return {}, f"not valid JSON: {err.msg}"
-    if not line.endswith("\n"):
-        return {}, "no final newline"
     if not isinstance(row, dict):
         return {}, "not a JSON object"
     epoch = row.get("epoch")
@@ -309,9 +312,9 @@ def _make_directory(directory: Path) -> None:
             f"cannot create {directory}: a part of the path is a regular file, not a directory; "
             "choose another --out"
         ) from None
-    except PermissionError:
+    except OSError as err:
         raise ValueError(
-            f"cannot create {directory}: permission denied; choose a writable --out"
+            f"cannot create {directory}: {err.strerror}; choose a writable --out"
         ) from None
 
 
