@@ -1263,10 +1263,10 @@ def test_ctrl_c_at_startup_exits_130_and_leaves_nothing(tmp_path):
 @pytest.mark.slow
 def test_second_process_is_refused_while_the_first_trains(tmp_path):
     out = tmp_path / "run"
-    first = _spawn(["train", *SLOW_RUN, "--epochs", "50", "--out", str(out)])
+    first = _spawn(["train", *SLOW_RUN, "--epochs", "5000", "--out", str(out)])
     try:
         _wait_rows(out / "metrics.jsonl", 1, first)
-        second = _spawn(["train", *SLOW_RUN, "--epochs", "50", "--out", str(out), "--resume"])
+        second = _spawn(["train", *SLOW_RUN, "--epochs", "5000", "--out", str(out), "--resume"])
         _, err = second.communicate(timeout=60)
         err = err.decode()
         assert second.returncode == 2, err
