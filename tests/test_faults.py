@@ -908,8 +908,8 @@ def test_config_file_that_is_a_directory(tmp_path, capsys):
 COMPARE_OPTION_CASES = [
     (["--threads", "0"], "--threads must be a positive integer"),
     (["--jobs", "0"], "--jobs must be a positive integer"),
-    (["--seeds", "-1"], "seeds must be integers in"),
-    (["--seeds", str(2**32)], "seeds must be integers in"),
+    (["--seeds", "-1"], "seeds must be non-negative integers <= 4294967295"),
+    (["--seeds", str(2**32)], "seeds must be non-negative integers <= 4294967295"),
     (["--smoothing", "1"], "outside [0, 1)"),
     (["--smoothing", "-1e-3"], "outside [0, 1)"),
     (["--smoothing", "nan"], "must be numbers in [0, 1)"),

@@ -213,7 +213,7 @@ def _validate_seeds(seeds: Sequence[int]) -> list[int]:
     out = []
     for s in seeds:
         if isinstance(s, bool) or int(s) != s or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seeds must be integers in [0, {MAX_SEED}], got {s!r}")
+            raise ValueError(f"seeds must be non-negative integers <= {MAX_SEED}, got {s!r}")
         if int(s) not in out:
             out.append(int(s))
     return out

@@ -56,6 +56,7 @@ __all__ = [
     "epoch_permutation",
     "load_model",
     "lr_factor",
+    "read_checkpoint",
     "train",
     "ufm_penalty",
 ]
