@@ -431,22 +431,14 @@ def compare(cfg: CompareConfig) -> CompareResult:
     Raises ValueError for bad options or when ``out`` holds runs of a different config (pass
     ``overwrite=True`` or another ``out``)."""
     t0 = time.perf_counter()
-    preset, smoothings, seeds, jobs, threads = _resolve(cfg)
-    runs = plan_runs(cfg)
+    runs = plan_runs(cfg)  # every option is checked before anything is created
     with lock_directory(Path(cfg.out)):  # one comparison per --out at a time
-        return _compare(cfg, t0, preset, smoothings, seeds, jobs, threads, runs)
+        return _compare(cfg, runs, t0)
 
 
-def _compare(
-    cfg: CompareConfig,
-    t0: float,
-    preset: Preset,
-    smoothings: list[float],
-    seeds: list[int],
-    jobs: int,
-    threads: int,
-    runs: list[PlannedRun],
-) -> CompareResult:
+def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareResult:
+    """:func:`compare` once ``out`` is locked."""
+    preset, smoothings, seeds, jobs, threads = _resolve(cfg)
     out = Path(cfg.out)
     states = {run.name: run_state(run) for run in runs}
     mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s == "mismatch"]
