@@ -646,6 +646,17 @@ def test_malformed_metrics_line_refuses_resume_and_report(case, run_copy, capsys
         read_metrics(run_copy / "metrics.jsonl")
 
 
+def test_temporaries_of_a_killed_writer_are_removed_on_resume(run_copy, straight3, capsys):
+    stale = [run_copy / ".metrics.jsonl.abc123.tmp", run_copy / "checkpoints" / ".last.pt.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"half-written")
+    (run_copy / ".notes.tmp").write_text("mine")  # not a run file's temporary: kept
+    rc, err = run_cli(resume_argv(run_copy), capsys)
+    assert rc == 0 and "Traceback" not in err
+    assert not any(p.exists() for p in stale) and (run_copy / ".notes.tmp").exists()
+    assert strip_seconds(read_rows(run_copy / "metrics.jsonl")) == strip_seconds(straight3)
+
+
 def test_metrics_not_utf8_is_a_clear_error(run_copy, capsys):
     (run_copy / "metrics.jsonl").write_bytes(b"\xff\xfe\xfa\n")
     expect_clear_error(resume_argv(run_copy), capsys, watch=(run_copy,), says="not UTF-8")

@@ -403,8 +403,11 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
 
 
 def _apply_plan(files: RunFiles, plan: _Plan) -> None:
-    """Rank 0: clear an old run or cut the metrics log back to the checkpoint."""
+    """Rank 0: clear an old run or cut the metrics log back to the checkpoint, and remove the
+    temporary files of a killed writer (the directory is locked: no writer is running)."""
     files.root.mkdir(parents=True, exist_ok=True)
+    for tmp in files.temporaries():
+        tmp.unlink(missing_ok=True)
     if plan.clear:
         files.clear()
     if plan.action == "resume":

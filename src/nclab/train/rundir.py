@@ -113,6 +113,15 @@ class RunFiles:
         """The run files (:meth:`owned`) that exist."""
         return [p for p in self.owned() if p.exists()]
 
+    def temporaries(self) -> list[Path]:
+        """Temporary files :func:`atomic_write` left behind for run files (a process killed
+        between writing and renaming one)."""
+        found: list[Path] = []
+        for path in self.owned():
+            if path.parent.is_dir():
+                found += sorted(path.parent.glob(f".{path.name}.*.tmp"))
+        return found
+
     def clear(self) -> None:
         """Remove the files of a previous run (other files in the directory are left alone;
         a directory where a run file belongs is removed too)."""
