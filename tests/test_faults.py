@@ -80,7 +80,10 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     """``nclab ARGV`` in-process; returns (exit code, stderr). An exception escaping ``main``
     (which would be a traceback for the user) fails the test."""
     capsys.readouterr()
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_info:  # argparse's usage errors
+        code = exit_info.code
     return code, capsys.readouterr().err
 
 
@@ -857,7 +860,11 @@ TRAIN_OPTION_CASES = [
     (["--milestones", "0"], "milestones must be epochs >= 1"),
     (["--eval-every", "0"], "eval_every must be an integer >= 1"),
     (["--checkpoint-every", "0"], "checkpoint_every must be an integer >= 1"),
-    (["--per-class", "0"], "per_class must be an integer >= 1"),
+    (["--per-class", "0"], "expected a positive integer or 'all'"),
+    (["--per-class", "-1e-3"], "expected a positive integer or 'all'"),
+    (["--epochs", "ten"], "invalid int value"),
+    (["--scheduler", "linear"], "invalid choice"),
+    (["--no-such-option"], "unrecognized arguments"),
     (["--per-class", "1000"], "per_class=1000"),
     (["--width", "0"], "width must be an integer >= 1"),
     (["--ufm-penalties", "--lambda-h", "-1e-3"], "lambda_h must be >= 0"),

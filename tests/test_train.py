@@ -523,7 +523,9 @@ def test_evaluator_recomputes_features_when_not_kept(tmp_path: Path) -> None:
 
     kept, recomputed = evaluate(2**30), evaluate(0)
     assert kept == pytest.approx(recomputed, rel=1e-9)
-    logged = {k: v for k, v in result.final.items() if k not in ("epoch", "lr", "seconds")}
+    skip = ("epoch", "lr", "seconds", "test_size")
+    logged = {k: v for k, v in result.final.items() if k not in skip}
+    assert result.final["test_size"] == data.num_test
     assert kept == pytest.approx(logged, rel=1e-6, abs=1e-9)
 
 
@@ -695,3 +697,28 @@ def test_last_batch_of_one_sample_joins_the_previous_batch(tmp_path: Path, monke
     result = train(config, tmp_path / "r", quiet=True)
     assert seen == [76, 76, 76, 77]
     assert math.isfinite(result.final["train_loss"])
+
+
+def test_test_per_class_uses_a_fixed_subset_and_the_whole_test_set_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """Per-epoch test metrics on a fixed class-balanced subset (the same for every seed), the
+    final epoch, predictions.npz and the resumed final evaluation on all test samples."""
+    result = train(tiny(epochs=3, test_per_class=4), tmp_path / "run", quiet=True)
+    assert [r["test_size"] for r in result.rows] == [20, 20, 100]  # 5 classes x 4; all 100
+    data = load_dataset("synthetic", **_synthetic_kwargs())
+    model = load_model(tmp_path / "run")
+    loss = get_loss("ce", 5)
+    full = Evaluator(data.x_train, data.y_train, data.x_test, data.y_test, data.num_test, 5,
+                     loss, DistContext())(model).metrics  # fmt: skip
+    final = result.rows[-1]
+    for key in ("test_acc", "test_loss", "test_nc1", "ece", "nc1"):
+        assert final[key] == pytest.approx(full[key], rel=1e-6, abs=1e-9), key
+    with np.load(tmp_path / "run" / "predictions.npz") as p:
+        assert len(p["test_labels"]) == 100
+    idx = train_loop.fixed_test_subset(data.y_test, 4, 5)
+    other_seed = load_dataset("synthetic", **{**_synthetic_kwargs(), "seed": 1})
+    assert torch.equal(idx, train_loop.fixed_test_subset(other_seed.y_test, 4, 5))
+    assert torch.bincount(data.y_test[idx], minlength=5).tolist() == [4] * 5
+    with pytest.raises(ValueError, match="test_per_class=21 but a class has only 20"):
+        train(tiny(epochs=1, test_per_class=21), tmp_path / "bad", quiet=True)

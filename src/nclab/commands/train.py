@@ -32,7 +32,11 @@ _HELP: dict[str, str] = {
     "dataset": "dataset: fashion-mnist, mnist, cifar10, cifar100, stl10, tiny-imagenet, "
     "synthetic, or npz:PATH",
     "data_dir": "folder holding the dataset files (unset: standard locations, see docs/data.md)",
-    "per_class": "keep this many training samples per class (class-balanced, seeded; unset: all)",
+    "per_class": "keep this many training samples per class (class-balanced, seeded), or 'all' "
+    "(unset: all)",
+    "test_per_class": "evaluate the per-epoch test metrics on a fixed class-balanced subset of "
+    "this many test samples per class (the same for every seed and loss; the final epoch always "
+    "uses the whole test set), or 'all' (unset: the whole test set every epoch)",
     "augment": "random crop (4-pixel padding) + horizontal flip on training images",
     "synthetic_classes": "number of classes of the synthetic dataset",
     "synthetic_dim": "input dimension of the synthetic dataset",
@@ -78,7 +82,8 @@ _METAVAR: dict[str, str] = {
     "scheduler": "NAME",
     "device": "DEVICE",
     "milestones": "EPOCH",
-    "per_class": "N",
+    "per_class": "N|all",
+    "test_per_class": "N|all",
     "synthetic_classes": "K",
     "synthetic_dim": "D",
     "synthetic_train_per_class": "N",
@@ -133,7 +138,22 @@ def _mark(namespace: argparse.Namespace, dest: str) -> None:
     setattr(namespace, _EXPLICIT, explicit)
 
 
+def per_class_arg(value: str) -> int | None:
+    """argparse type of ``--per-class``/``--test-per-class``: a positive integer or ``all``."""
+    from nclab.train.config import parse_per_class
+
+    try:
+        parsed = parse_per_class(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if parsed is not None and parsed < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    return parsed
+
+
 def _value_type(field: dataclasses.Field[Any]) -> Any:
+    if field.name in ("per_class", "test_per_class"):
+        return per_class_arg
     annotation = str(field.type)
     if annotation.startswith("int") or annotation.startswith("list[int]"):
         return int

@@ -21,6 +21,7 @@ __all__ = [
     "config_differences",
     "config_from_dict",
     "load_config_file",
+    "parse_per_class",
 ]
 
 SCHEDULERS = ("multistep", "cosine", "constant")
@@ -48,12 +49,17 @@ class TrainConfig:
     ``milestones=None`` means ``[epochs // 2, 3 * epochs // 4]`` for the multistep scheduler.
     ``channels_last=None`` enables channels-last memory format for conv nets on CPU.
     ``threads=None`` leaves torch's intra-op thread count as it is.
+    ``test_per_class=N`` evaluates the per-epoch test metrics on a fixed class-balanced subset of
+    N test images per class (drawn with seed 0: the same images for every seed and loss); the
+    final epoch is always evaluated on the whole test set. ``per_class``/``test_per_class``
+    also accept ``"all"`` (= None, every sample).
     """
 
     # data
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     per_class: int | None = None
+    test_per_class: int | None = None
     augment: bool = False
     synthetic_classes: int = 10
     synthetic_dim: int = 32
@@ -111,7 +117,7 @@ class TrainConfig:
         _positive_int("synthetic_dim", self.synthetic_dim)
         _positive_int("synthetic_train_per_class", self.synthetic_train_per_class)
         _positive_int("synthetic_test_per_class", self.synthetic_test_per_class)
-        for name in ("per_class", "width", "depth", "threads"):
+        for name in ("per_class", "test_per_class", "width", "depth", "threads"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value)
@@ -256,8 +262,26 @@ _FLOAT_FIELDS = frozenset(
 )
 
 
+def parse_per_class(value: Any) -> int | None:
+    """``per_class``/``test_per_class`` from a command line or file: a positive integer, or
+    ``all`` (None: every sample)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(
+                f"expected a positive integer or 'all' (every sample), got {value!r}"
+            ) from None
+    return value
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """Numbers written as strings (YAML reads ``1e-3`` as a string) become floats."""
+    """Numbers written as strings (YAML reads ``1e-3`` as a string) become floats;
+    ``per_class: all`` becomes None."""
+    if name in ("per_class", "test_per_class"):
+        return parse_per_class(value)
     if name in _FLOAT_FIELDS and isinstance(value, str):
         try:
             return float(value)
