@@ -591,9 +591,12 @@ CHECKPOINT_CASE_NAMES = [
 def test_bad_checkpoint_refuses_resume_and_changes_nothing(case, run_copy, tmp_path, capsys):
     marker = tmp_path / "PWNED"
     _checkpoint_cases(marker, run_copy)[case]()
-    expect_clear_error(
+    err = expect_clear_error(
         resume_argv(run_copy), capsys, watch=(run_copy,), marker=marker, says="last.pt"
     )
+    assert "weights_only" not in err  # no advice to load it unsafely
+    if case.startswith("payload"):
+        assert "GLOBAL" in err  # names what was refused
     # and --overwrite recovers the directory
     assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(run_copy), "--overwrite"]) == 0
     assert not marker.exists()

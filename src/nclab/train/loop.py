@@ -20,6 +20,7 @@ import platform
 import random
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -309,7 +310,9 @@ def read_checkpoint(path: Path, keys: tuple[str, ...] = _CHECKPOINT_KEYS) -> dic
     if not path.is_file():
         raise ValueError(f"checkpoint {path} is not a regular file; start over with --overwrite")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load raises many types for a bad file
         raise ValueError(
             f"{path} is not a readable nclab checkpoint ({_load_failure(err)}); it is "
@@ -329,14 +332,19 @@ def read_checkpoint(path: Path, keys: tuple[str, ...] = _CHECKPOINT_KEYS) -> dic
 
 
 def _load_failure(err: Exception) -> str:
-    """The informative line of a ``torch.load`` error (its first line is often generic advice
-    about ``weights_only``; the unpickler's reason, e.g. "Unsupported global: GLOBAL
-    os.system", comes later)."""
+    """The informative line of a ``torch.load`` error. Its generic paragraphs (advice to retry
+    with ``weights_only=False``, which would run the file's code, and a documentation link) are
+    left out; the reason (e.g. "Trying to load unsupported GLOBAL posix.system ...") is kept."""
+    generic = ("weights only load failed", "check the documentation", "(1)", "(2)")
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:
-        if "WeightsUnpickler error" in line or "Unsupported" in line:
-            return line.removeprefix("WeightsUnpickler error:").strip()[:160]
-    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+    unpickler = [line.split("error:", 1)[-1] for line in lines if "WeightsUnpickler" in line]
+    blocked = [line for line in lines if "unsupported global" in line.lower()]
+    others = [ln for ln in lines if not ln.lower().startswith(generic + ("please file",))]
+    reasons = [r for r in unpickler + blocked + others if r.strip()]
+    if not reasons:
+        return type(err).__name__
+    reason = reasons[0].strip().split(". ")[0]  # drop the advice to allowlist the global
+    return f"{type(err).__name__}: {reason[:160]}"
 
 
 def _refuse_unknown_files(files: RunFiles) -> None:
