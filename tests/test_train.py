@@ -194,6 +194,7 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) -> None:
     epochs = 8
     argv = [
@@ -342,7 +343,8 @@ def test_cli_config_file_with_command_line_override(tmp_path: Path, capsys) -> N
     saved = json.loads((out / "config.json").read_text())
     assert saved["epochs"] == 2  # command line wins
     assert saved["lr"] == 0.01 and saved["width"] == 24 and saved["batch_size"] == 40  # file
-    assert saved["synthetic_classes"] == 4 and saved["scheduler"] == "constant"
+    assert saved["scheduler"] == "constant"
+    assert saved["dataset"] == "synthetic:k=4,d=16,n=100,test=100"  # deprecated keys folded in
     assert saved["momentum"] == 0.9  # neither: the default
     assert [r["epoch"] for r in read_rows(out / "metrics.jsonl")] == [1, 2]
     assert capsys.readouterr().out == ""  # --quiet
@@ -379,7 +381,8 @@ def test_cli_help_documents_every_option(capsys) -> None:
 def test_default_out_dir_names_dataset_model_loss_seed() -> None:
     from nclab.commands.train import default_out_dir
 
-    assert default_out_dir(tiny(loss="ls", smoothing=0.1, seed=2)) == "runs/synthetic-mlp-ls-s2"
+    expected = "runs/synthetic-k5-d48-n60-test20-mlp-ls-s2"
+    assert default_out_dir(tiny(loss="ls", smoothing=0.1, seed=2)) == expected
     npz = TrainConfig(dataset="npz:/data/my set.npz")
     assert default_out_dir(npz) == "runs/npz-_data_my_set.npz-mlp-ce-s0"
 
@@ -453,7 +456,9 @@ def test_ufm_penalty_mode_logs_closed_form_and_drops_classifier_decay(tmp_path: 
     cfg = tiny(epochs=3, ufm_penalties=True, loss="ls", smoothing=0.1, lambda_w=5e-4,
                lambda_h=4e-4, lambda_b=1e-3)  # fmt: skip
     result = train(cfg, tmp_path / "ufm", quiet=True)
-    expected = closed_form(5, 60, 5e-4, 4e-4, 0.1, 1e-3)
+    expected = closed_form(
+        num_classes=5, n_per_class=60, lambda_w=5e-4, lambda_h=4e-4, smoothing=0.1, lambda_b=1e-3
+    )
     for row in result.rows:
         assert row["ufm_w_norm"] == pytest.approx(expected.w_norm)
         assert row["ufm_h_norm"] == pytest.approx(expected.h_norm)

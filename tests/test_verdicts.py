@@ -230,7 +230,11 @@ def test_theory_claim_follows_the_ufm_computation(tmp_path):
     d = claim_theory(ce, ls, panel).per_delta[0]
     kappa, gd = d.measures
     n = panel.n_per_class
-    ref = [closed_form(K, n, panel.lambda_w, panel.lambda_h, s).kappa_logit for s in (0.0, 0.1)]
+    lam = dict(lambda_w=panel.lambda_w, lambda_h=panel.lambda_h)
+    ref = [
+        closed_form(num_classes=K, n_per_class=n, smoothing=s, **lam).kappa_logit
+        for s in (0.0, 0.1)
+    ]
     assert kappa.effect == pytest.approx(math.log10(ref[1] / ref[0]), rel=1e-9)
     assert kappa.status == (HOLDS if ref[1] < ref[0] else FAILS)
     iters = {c.smoothing: c.iters_to_objective_tol for c in panel.curves}

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nclab.train.config import MAX_SEED, TrainConfig, config_differences
+from nclab.train.config import MAX_SEED, PER_RUN_FIELDS, TrainConfig, config_differences
 from nclab.train.rundir import RunFiles, atomic_write, lock_directory, read_json, read_rows
 
 if TYPE_CHECKING:
@@ -48,8 +48,8 @@ __all__ = [
     "validate_smoothings",
 ]
 
-#: Options that :func:`compare` sets per run; they cannot be overridden.
-MANAGED_FIELDS = frozenset({"loss", "smoothing", "seed", "threads"})
+#: Options that :func:`compare` sets per run; they cannot be overridden (``Option.per_run``).
+MANAGED_FIELDS = PER_RUN_FIELDS
 
 #: Preset options that belong to the preset's dataset: dropped when ``--dataset`` names another
 #: dataset, unless given explicitly.
@@ -75,11 +75,7 @@ PRESETS: dict[str, Preset] = {
         "seconds: synthetic 4-class Gaussian mixture (40 per class), MLP 2x32, 25 epochs; "
         "for tests and a first look",
         dict(
-            dataset="synthetic",
-            synthetic_classes=4,
-            synthetic_dim=16,
-            synthetic_train_per_class=40,
-            synthetic_test_per_class=100,
+            dataset="synthetic:k=4,d=16,n=40,test=100",
             model="mlp",
             width=32,
             depth=2,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
 import sys
 from typing import Any
 
-from nclab.commands.train import per_class_arg
-from nclab.compare import MANAGED_FIELDS, PRESETS
-from nclab.train.config import TrainConfig
+from nclab.commands.train import add_config_options
+from nclab.compare import PRESETS
+
+#: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
+TRAIN_PREFIX = "train_"
 
 HELP = "Main job: train CE and label smoothing side by side and write a report."
 DESCRIPTION = (
@@ -24,43 +24,6 @@ DESCRIPTION = (
     "2402.03979. Complete runs in --out are reused; interrupted ones resume. Training options "
     "override the preset's (see --preset)."
 )
-
-# Help for the most used training overrides (the rest: see `nclab train --help`).
-_TRAIN_HELP = {
-    "dataset": "dataset (fashion-mnist, mnist, cifar10, cifar100, stl10, tiny-imagenet, "
-    "synthetic, npz:PATH)",
-    "data_dir": "folder holding the dataset files",
-    "per_class": "training samples per class (class-balanced subset), or 'all'; with --dataset "
-    "the preset's value does not apply",
-    "test_per_class": "test samples per class evaluated every epoch (fixed class-balanced subset; "
-    "the final epoch uses the whole test set), or 'all'; with --dataset the preset's value does "
-    "not apply",
-    "model": "model: mlp, cnn, resnet18, resnet34, resnet50",
-    "width": "model width",
-    "depth": "model depth",
-    "epochs": "training epochs",
-    "lr": "initial SGD learning rate",
-    "batch_size": "mini-batch size",
-    "weight_decay": "SGD weight decay",
-    "ufm_penalties": "UFM-penalty mode: explicit λ_W, λ_H, λ_b penalties instead of weight decay "
-    "on the classifier; the report draws the closed-form norms and uses these λ in the theory",
-    "lambda_w": "UFM-penalty mode: λ_W",
-    "lambda_h": "UFM-penalty mode: λ_H",
-    "lambda_b": "UFM-penalty mode: λ_b",
-}
-
-
-def _option_type(annotation: str) -> tuple[str, Any]:
-    """(kind, converter) from a TrainConfig field annotation string."""
-    if "bool" in annotation:
-        return "bool", None
-    if annotation.startswith("list[int]"):
-        return "list", int
-    if annotation.startswith("int"):
-        return "scalar", int
-    if annotation.startswith("float"):
-        return "scalar", float
-    return "scalar", str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,28 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="train only")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     group = parser.add_argument_group(
-        "training options", "override the preset (same meaning as in `nclab train`)"
+        "training options",
+        "override the preset; same meaning as in `nclab train`; an option neither given nor "
+        "set by the preset has the default `nclab train --help` shows; with --dataset the "
+        "preset's --per-class and --test-per-class do not apply",
     )
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in MANAGED_FIELDS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind, conv = _option_type(str(f.type))
-        help_text = _TRAIN_HELP.get(f.name, f"TrainConfig.{f.name} (see `nclab train --help`)")
-        common = dict(dest=f"train_{f.name}", default=argparse.SUPPRESS, help=help_text)
-        if f.name in ("per_class", "test_per_class"):
-            group.add_argument(flag, type=per_class_arg, metavar="N|all", **common)
-        elif kind == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif kind == "list":
-            group.add_argument(flag, type=conv, nargs="+", **common)
-        else:
-            group.add_argument(flag, type=conv, metavar=re.sub(r"\W", "", f.name.upper()), **common)
+    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """TrainConfig options given on the command line."""
-    return {k[len("train_") :]: v for k, v in vars(args).items() if k.startswith("train_")}
+    given = vars(args).items()
+    return {k[len(TRAIN_PREFIX) :]: v for k, v in given if k.startswith(TRAIN_PREFIX)}
 
 
 def run(args: argparse.Namespace) -> int:

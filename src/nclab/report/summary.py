@@ -209,34 +209,14 @@ def _summarize_group(key: GroupKey, runs: list[RunData]) -> GroupSummary:
     return GroupSummary(key, runs, milestones, finals, calibration, cal)
 
 
-def _option_names(runs: Sequence[RunData]) -> list[str]:
-    """Training options to compare between runs: the TrainConfig fields (when importable)."""
-    try:
-        import dataclasses
-
-        from nclab.train.config import TrainConfig
-
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-    except ImportError:  # pragma: no cover - nclab.train is part of the package
-        names = {k for r in runs for k in r.config}
-    return sorted(names & {k for r in runs for k in r.config})
-
-
 def _config_warnings(runs: Sequence[RunData]) -> list[str]:
-    """Training options (other than loss, smoothing, seed and performance knobs) that differ
-    between runs: the comparison is then not like for like."""
-    ignore = {
-        "loss",
-        "smoothing",
-        "seed",
-        "threads",
-        "device",
-        "data_dir",
-        "checkpoint_every",
-        "channels_last",
-    }
+    """Training options that differ between runs although the comparison needs them equal
+    (:data:`nclab.train.config.SETTING_FIELDS`: not loss, smoothing, seed or a performance knob):
+    the comparison is then not like for like."""
+    from nclab.train.config import SETTING_FIELDS
+
     out = []
-    for k in [k for k in _option_names(runs) if k not in ignore]:
+    for k in sorted(SETTING_FIELDS & {k for r in runs for k in r.config}):
         values = {json.dumps(r.config.get(k), sort_keys=True) for r in runs}
         if len(values) > 1:
             out.append(f"runs differ in {k!r}: {', '.join(sorted(values))}")

@@ -540,10 +540,6 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         config.data_dir,
         per_class=config.per_class,
         seed=config.seed,
-        num_classes=config.synthetic_classes,
-        synthetic_dim=config.synthetic_dim,
-        synthetic_train_per_class=config.synthetic_train_per_class,
-        synthetic_test_per_class=config.synthetic_test_per_class,
     )
     if config.augment and len(data.input_shape) != 3:
         raise ValueError(f"--augment needs image data; {config.dataset} holds flat vectors")
@@ -649,12 +645,12 @@ def _ufm_prediction(config: TrainConfig, data: DataBundle) -> dict[str, Any] | N
 
     n_per_class = max(1, round(data.num_train / data.num_classes))
     cf = closed_form(
-        data.num_classes,
-        n_per_class,
-        config.lambda_w,
-        config.lambda_h,
-        config.smoothing if config.loss == "ls" else 0.0,
-        config.lambda_b,
+        num_classes=data.num_classes,
+        n_per_class=n_per_class,
+        lambda_w=config.lambda_w,
+        lambda_h=config.lambda_h,
+        smoothing=config.smoothing if config.loss == "ls" else 0.0,
+        lambda_b=config.lambda_b,
     )
     return cf.as_dict()
 
