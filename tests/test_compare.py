@@ -231,14 +231,16 @@ def test_validate_smoothings():
         validate_smoothings([1.5])
 
 
-def test_failing_worker_stops_the_other_runs_at_once(smoke, tmp_path):
+def test_failing_worker_stops_the_other_runs_at_once(smoke, tmp_path, capsys):
     """With --jobs 2, a run that fails ends the command without waiting for its sibling to
     finish its (long) training; the sibling is left resumable, not complete."""
     out = _copy(smoke, tmp_path)
     (out / "runs" / "ce_seed0" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     argv = ["compare", "--preset", "smoke", "--out", str(out), "--quiet", "--jobs", "2"]
-    with pytest.raises(Exception):  # noqa: B017 - whatever torch.load raises on garbage
-        main([*argv, "--epochs", "100000"])
+    assert main([*argv, "--epochs", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nclab compare: error: run ce_seed0: ") and "last.pt" in err
+    assert "Traceback" not in err and err.count("\n") == 1
     sibling = out / "runs" / "ls0.1_seed0"
     assert _rows(sibling)[-1]["epoch"] < 100000
 

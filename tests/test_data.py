@@ -368,7 +368,9 @@ def test_npz_formats(tmp_path):
 @pytest.mark.parametrize(
     "change,match",
     [
-        ({"y_train": np.array([0, 1, 3, 0, 1, 3])}, "classes \\[2\\]"),
+        ({"y_train": np.array([0, 1, 3, 0, 1, 3])}, "no training samples for class 2"),
+        ({"y_train": np.array([0, 1, 10**9, 0, 1, 2])}, "largest label is 1000000000"),
+        ({"y_train": np.array([0, 1, 2**40, 0, 1, 2])}, "outside any sensible class index"),
         ({"y_test": np.array([0, 4])}, "y_test"),
         ({"y_train": np.array([0, 1, 2, 0, 1])}, "samples"),
         ({"x_train": np.full((6, 3), np.nan)}, "NaN"),

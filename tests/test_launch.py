@@ -16,7 +16,7 @@ import pytest
 from nclab import cli
 from nclab.commands.train import config_from_args
 from nclab.compare import CompareConfig, compare, plan_runs
-from nclab.launch import SlurmOptions, comparison_commands, train_command
+from nclab.launch import JobFailedError, SlurmOptions, comparison_commands, train_command
 from nclab.train import TrainConfig, read_rows
 
 FAST = {"epochs": 3}  # the smoke preset, shortened
@@ -119,7 +119,7 @@ def test_cli_submitit_launcher_with_the_in_process_executor(tmp_path: Path, caps
 
 
 @pytest.mark.slow
-def test_failed_job_names_the_run_and_its_log(tmp_path: Path) -> None:
+def test_failed_job_names_the_run_and_its_log(tmp_path: Path, capsys) -> None:
     pytest.importorskip("submitit")
     out = tmp_path / "cmp"
     (out / "runs").mkdir(parents=True)
@@ -132,8 +132,15 @@ def test_failed_job_names_the_run_and_its_log(tmp_path: Path) -> None:
         launcher="submitit",
         slurm=SlurmOptions(cluster="local", time_minutes=5, cpus=1),
     )
-    with pytest.raises(RuntimeError, match=r"run ce_seed0 failed in job .*not a directory"):
+    with pytest.raises(JobFailedError, match=r"run ce_seed0 failed in job .*not a directory"):
         compare(cfg)
+    # through the command line: one line, exit code 1
+    argv = ["compare", "--preset", "smoke", "--epochs", "3", "--smoothing", "0", "--out", str(out)]
+    argv += ["--launcher", "submitit", "--slurm-cluster", "local", "--quiet"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "run ce_seed0 failed in job" in err and "log: " in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_bad_cluster_options_are_clear_errors(tmp_path: Path, capsys) -> None:

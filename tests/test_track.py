@@ -38,6 +38,7 @@ from nclab.train import (
     read_rows,
     train,
 )
+from nclab.train.rundir import DirectoryLockedError
 
 EPOCHS = 8
 
@@ -284,9 +285,22 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path: Path) -> None:
     csv_lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 4
 
+    # one writer per run directory: a second tracker (or nclab train) waits for the first
+    resumed.close()
     fresh = NCTracker(tmp_path / "run", overwrite=True, **common)
     fresh.log_epoch(1)
     assert [r["epoch"] for r in read_rows(tmp_path / "run" / "metrics.jsonl")] == [1]
+    second = NCTracker(tmp_path / "run", overwrite=True, **common)
+    with pytest.raises(DirectoryLockedError, match=f"another nclab process \\(PID {os.getpid()}"):
+        second.log_epoch(1)
+    fresh.finish()  # releases the lock
+    second.log_epoch(1)
+
+    # run files without config.json are not an empty directory
+    (tmp_path / "orphan").mkdir()
+    (tmp_path / "orphan" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(FileExistsError, match="holds run files \\(metrics.jsonl\\) but no"):
+        NCTracker(tmp_path / "orphan", **common)
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ from nclab.train.evaluate import (
     means_basis,
     projected_statistics,
 )
-from nclab.train.rundir import rewrite_rows
+from nclab.train.rundir import read_metrics, rewrite_rows
 from nclab.ufm import closed_form
 
 REQUIRED_KEYS = (
@@ -172,11 +172,11 @@ def test_ce_and_ls_with_the_same_seed_share_initialisation_and_data_order(tmp_pa
 
 
 def test_resume_after_stop_equals_uninterrupted_run(tmp_path: Path) -> None:
-    cfg6 = tiny(epochs=6, scheduler="multistep", milestones=[4])
+    cfg6 = tiny(epochs=6, scheduler="multistep", milestones=[2])
     full = train(cfg6, tmp_path / "full", quiet=True)
 
     part = tmp_path / "part"
-    first = train(tiny(epochs=3, scheduler="multistep", milestones=[4]), part, quiet=True)
+    first = train(tiny(epochs=3, scheduler="multistep", milestones=[2]), part, quiet=True)
     assert first.completed and len(first.rows) == 3 and (part / "DONE").exists()
     resumed = train(cfg6, part, resume=True, quiet=True)
     assert resumed.start_epoch == 3 and not resumed.reused
@@ -238,11 +238,15 @@ def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) ->
 
 def test_rewrite_rows_keeps_complete_rows_up_to_checkpoint(tmp_path: Path) -> None:
     files = RunFiles(tmp_path)
-    lines = [json.dumps({"epoch": e, "x": e}) for e in (1, 2, 2, 3, 4)]
+    rows = [{"epoch": e, "x": 10 * e + i} for i, e in enumerate((1, 2, 2, 3, 4))]
+    lines = [json.dumps(r) for r in rows]
     files.metrics.write_text("\n".join(lines) + "\n" + '{"epoch": 5, "x"')
-    assert [r["epoch"] for r in read_rows(files.metrics)] == [1, 2, 2, 3, 4]
+    # the torn last line is dropped with a warning; a repeated epoch keeps its later row
+    read, warnings = read_metrics(files.metrics)
+    assert read == [rows[0], rows[2], rows[3], rows[4]]
+    assert len(warnings) == 1 and "line 6" in warnings[0]
     kept = rewrite_rows(files, max_epoch=3)
-    assert [r["epoch"] for r in kept] == [1, 2, 3]
+    assert [r["x"] for r in kept] == [10, 22, 33]
     assert [r["epoch"] for r in read_rows(files.metrics)] == [1, 2, 3]
     assert files.metrics_csv.read_text().splitlines()[0] == "epoch,x"
 
@@ -300,7 +304,11 @@ def test_existing_run_refuses_unless_resume_or_overwrite(tmp_path: Path) -> None
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"eval_every": 0}, "eval_every must be an integer >= 1"),
         ({"per_class": -5}, "per_class must be an integer >= 1"),
-        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"seed": 2**32}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"epochs": 10, "milestones": [5, 11]}, "past the last epoch"),
+        ({"milestones": 5}, "milestones must be a list"),
+        ({"threads": 0}, "threads must be an integer >= 1"),
         ({"ufm_penalties": True, "lambda_w": 0.0}, "needs lambda_w > 0"),
         ({"nesterov": True, "momentum": 0.0}, "nesterov momentum needs momentum > 0"),
     ],

@@ -1,11 +1,23 @@
-"""Command-line entry point: ``nclab <command> ...``."""
+"""Command-line entry point: ``nclab <command> ...``.
+
+Every failure ends as one line on stderr and an exit code (see docs/failures.md):
+
+- 0 success; 2 a problem with the input (bad option, missing/corrupt/unsafe file, directory in
+  use, ...: ``ValueError``, ``OSError``, ``MemoryError``); 3 training diverged (an exception
+  with ``exit_code = 3``); 1 anything else (a bug: the line says how to get the traceback);
+  130 interrupted (Ctrl-C); 141 stdout closed early (``nclab ... | head``), quietly.
+- ``nclab --debug ...`` or ``NCLAB_DEBUG=1`` re-raises instead, so the traceback is shown.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from nclab import __version__
 from nclab.commands import HelpFormatter
@@ -19,14 +31,42 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("metrics", "Neural-collapse metrics of features stored in an .npz file."),
 }
 
+#: Exceptions that describe a problem with what the user gave (exit code 2).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError)
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program stopped by `head`
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` that reads ``-1e-3`` (scientific notation) as a negative number, not
+    an option, like ``-0.001`` (sub-parsers are built with the same class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
+        )
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error: one line (no usage dump), exit code 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nclab",
         description="nclab: neural collapse under cross-entropy and label smoothing "
         "(Guo et al., arXiv 2402.03979).",
     )
     parser.add_argument("--version", action="version", version=f"nclab {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of an error (for bug reports); also NCLAB_DEBUG=1",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_line) in COMMANDS.items():
         module = importlib.import_module(f"nclab.commands.{module_name}")
@@ -41,18 +81,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+def debug_enabled(argv: Sequence[str] | None = None) -> bool:
+    """True with ``--debug`` before the command or ``NCLAB_DEBUG`` set to anything but 0/empty."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    flag = "--debug" in args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
+    return flag or os.environ.get("NCLAB_DEBUG", "").strip() not in ("", "0")
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an exception: its message (``OSError``: reason and file name)."""
+    if isinstance(err, OSError) and err.strerror:
+        names = [str(n) for n in (err.filename, err.filename2) if n is not None]
+        text = f"{err.strerror}: {' -> '.join(names)}" if names else err.strerror
+    elif isinstance(err, MemoryError):
+        text = f"not enough memory ({err or 'the allocation failed'}); use a smaller problem"
+    else:
+        text = str(err) or type(err).__name__
+    context = getattr(err, "nclab_context", None)
+    if context:
+        text = f"{context}: {text}"
+    return " ".join(text.split())  # one line
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the final flush cannot fail again."""
     try:
-        return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        # User errors: one clear line, no traceback.
-        print(f"nclab {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout has no file descriptor (tests)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = debug_enabled(argv)
+    prog = "nclab"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        prog = f"nclab {args.command}"
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as err:  # noqa: BLE001 - the one place every failure becomes one line
+        if debug:
+            raise
+        code = getattr(err, "exit_code", None)
+        if code is None and isinstance(err, USER_ERRORS):
+            code = EXIT_USAGE
+        if code is None:
+            print(
+                f"{prog}: internal error: {type(err).__name__}: {describe_error(err)} (this is a "
+                "bug; rerun with --debug or NCLAB_DEBUG=1 for the traceback and report it)",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL
+        label = "error: " if code == EXIT_USAGE else ""
+        print(f"{prog}: {label}{describe_error(err)}", file=sys.stderr)
+        return int(code)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nclab.train.config import PER_RUN_FIELDS, TrainConfig, config_differences
-from nclab.train.rundir import read_rows
+from nclab.train.config import MAX_SEED, PER_RUN_FIELDS, TrainConfig, config_differences
+from nclab.train.rundir import RunFiles, atomic_write, lock_directory, read_json, read_rows
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult
@@ -218,8 +218,8 @@ def _validate_seeds(seeds: Sequence[int]) -> list[int]:
         raise ValueError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
     out = []
     for s in seeds:
-        if isinstance(s, bool) or int(s) != s or s < 0:
-            raise ValueError(f"seeds must be non-negative integers, got {s!r}")
+        if isinstance(s, bool) or int(s) != s or not 0 <= s <= MAX_SEED:
+            raise ValueError(f"seeds must be non-negative integers <= {MAX_SEED}, got {s!r}")
         if int(s) not in out:
             out.append(int(s))
     return out
@@ -252,6 +252,10 @@ def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], int, i
         raise ValueError(f"unknown launcher {cfg.launcher!r}; use local or submitit")
     if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
         raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
+    if cfg.threads is not None and (
+        isinstance(cfg.threads, bool) or int(cfg.threads) != cfg.threads or cfg.threads < 1
+    ):
+        raise ValueError(f"--threads must be a positive integer, got {cfg.threads!r}")
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(jobs))
     return preset, smoothings, seeds, int(jobs), int(threads)
 
@@ -289,8 +293,12 @@ def run_state(run: PlannedRun) -> tuple[str, list[str]]:
     epochs) or ``mismatch`` (a different config), with the differing options."""
     config_path = run.path / "config.json"
     if not config_path.is_file():
+        present = RunFiles(run.path).present()
+        if present:
+            names = ", ".join(p.name for p in present)
+            return "mismatch", [f"run files ({names}) but no config.json"]
         return "new", []
-    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    saved = read_json(config_path)
     diffs = config_differences(saved, run.config)
     if diffs:
         return "mismatch", diffs
@@ -320,8 +328,26 @@ def _train_worker(config: dict[str, Any], out_dir: str, overwrite: bool, quiet: 
     }
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process of :func:`compare` ended without reporting (killed by a signal or the
+    OS, e.g. out of memory)."""
+
+    exit_code = 1
+
+
+def _name_failure(err: BaseException, run: PlannedRun) -> BaseException:
+    """Mark a run's failure with the run's name (the CLI prints it before the message)."""
+    if isinstance(err, Exception):
+        err.nclab_context = f"run {run.name}"  # type: ignore[attr-defined]
+    return err
+
+
 def _worker_init(threads: int) -> None:
-    """Spawned worker: fix the thread count before torch starts its pools."""
+    """Spawned worker: ignore Ctrl-C (the parent stops the workers and reports it once), fix
+    the thread count before torch starts its pools."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
     import torch
@@ -368,11 +394,15 @@ def _train_all(
         return
     if jobs == 1 or len(todo) == 1:
         for run, status in todo:
-            info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, cfg.quiet)
+            try:
+                info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, cfg.quiet)
+            except Exception as err:
+                raise _name_failure(err, run) from None
             on_done(run, status, info)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
@@ -390,9 +420,19 @@ def _train_all(
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                if fut.exception() is not None:
-                    raise fut.exception()  # type: ignore[misc]
                 run, status = futures[fut]
+                err = fut.exception()
+                if isinstance(err, BrokenProcessPool):
+                    raise _name_failure(
+                        WorkerDiedError(
+                            "a worker process died without reporting (killed by a signal or by "
+                            "the OS, e.g. out of memory); the runs stay resumable: rerun the "
+                            "same command, with fewer --jobs if memory is short"
+                        ),
+                        run,
+                    )
+                if err is not None:
+                    raise _name_failure(err, run) from None
                 on_done(run, status, fut.result())
     except BaseException:
         # Stop the other trainings now instead of waiting for them to finish (hours with the
@@ -411,8 +451,14 @@ def compare(cfg: CompareConfig) -> CompareResult:
     Raises ValueError for bad options or when ``out`` holds runs of a different config (pass
     ``overwrite=True`` or another ``out``)."""
     t0 = time.perf_counter()
+    runs = plan_runs(cfg)  # every option is checked before anything is created
+    with lock_directory(Path(cfg.out)):  # one comparison per --out at a time
+        return _compare(cfg, runs, t0)
+
+
+def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareResult:
+    """:func:`compare` once ``out`` is locked."""
     preset, smoothings, seeds, jobs, threads = _resolve(cfg)
-    runs = plan_runs(cfg)
     out = Path(cfg.out)
     states = {run.name: run_state(run) for run in runs}
     mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s == "mismatch"]
@@ -497,5 +543,6 @@ def _write_manifest(
         "report": str(report.html) if report is not None else None,
     }
     path = out / "compare.json"
-    path.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    text = json.dumps(doc, indent=1, default=str)
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path

@@ -17,9 +17,12 @@ Datasets (:data:`DATASETS`, plus ``npz:PATH``): ``fashion-mnist`` (default), ``m
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import os
 import pickle
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,7 @@ __all__ = [
     "load_dataset",
     "parse_synthetic",
     "read_idx",
+    "read_npz",
     "synthetic_name",
 ]
 
@@ -70,6 +74,7 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 
+_MAX_LABEL = 2**31 - 1  # labels beyond this cannot be class indices of an in-memory dataset
 _CHUNK = 4096  # samples per chunk when converting / normalising (bounds float64 temporaries)
 
 
@@ -361,6 +366,17 @@ def _normalise(x: np.ndarray, scale: float, mean: np.ndarray, std: np.ndarray) -
 # ------------------------------------------------------------------------------ helpers
 
 
+def _read_text(path: Path) -> str:
+    """The text of a dataset's metadata file; ``ValueError`` naming it when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); it is corrupt, "
+            "re-download the dataset"
+        ) from None
+
+
 def _canonical_name(name: str) -> str:
     s = str(name).strip()
     if s.lower().startswith("npz:"):
@@ -393,10 +409,10 @@ def _search_roots(data_dir: Path | None, name: str) -> list[Path]:
 
 
 def _not_found(name: str, searched: Sequence[Path], layout: str, how: str) -> FileNotFoundError:
-    places = "\n".join(f"  - {p}" for p in searched)
+    places = ", ".join(str(p) for p in searched)
     return FileNotFoundError(
-        f"{name} files not found. Looked in:\n{places}\nExpected layout: {layout}\n"
-        f"How to get them: {how}\nThen pass --data-dir DIR (or set $NCLAB_DATA)."
+        f"{name} files not found (looked in {places}); expected layout: {layout}; how to get "
+        f"them: {how}; then pass --data-dir DIR (or set $NCLAB_DATA)"
     )
 
 
@@ -419,8 +435,14 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(
+            f"{path} is not a complete gzip file ({err}); it is truncated or corrupt, "
+            "re-download it"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(
             f"{path} is not an IDX file (bad magic number {data[:4].hex()}); "
@@ -533,11 +555,55 @@ def _find_folder(name: str, data_dir: Path | None, folder: str, marker: str) -> 
     )
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for bytes (latin-1 only)."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"encoding {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
+def _numpy_reconstruct() -> Callable[..., np.ndarray]:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR python batches that admits only what the official files hold:
+    dicts, lists, bytes/str, ints and numpy arrays (numpy's array reconstructor, ``ndarray``,
+    ``dtype``; ``_codecs.encode`` to latin-1 for bytes written by Python 3). Any other global
+    (``os.system``, ``builtins.eval``, ...) raises ``UnpicklingError``, so a planted file cannot
+    run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+            ("numpy", "ndarray"): lambda: np.ndarray,
+            ("numpy", "dtype"): lambda: np.dtype,
+            ("_codecs", "encode"): lambda: _latin1_encode,
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(
+                f"it references {module}.{name}, which no CIFAR batch holds"
+            )
+        return allowed[(module, name)]()
+
+
 def _unpickle(path: Path) -> dict[bytes, object]:
     if not path.is_file():
         raise FileNotFoundError(f"missing {path}; expected the complete {path.parent.name} folder")
-    with open(path, "rb") as f:
-        obj = pickle.load(f, encoding="bytes")  # noqa: S301 - the official CIFAR format
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # noqa: BLE001 - a corrupt pickle raises almost any type
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(
+            f"{path} is corrupt or unsafe, not an official CIFAR python batch ({reason}); "
+            "nothing in it was run. Re-download the dataset"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a CIFAR batch dict; re-download the dataset")
     return obj
@@ -553,14 +619,27 @@ def _key(batch: dict[bytes, object], key: bytes, path: Path) -> object:
 
 
 def _cifar_images(batch: dict[bytes, object], path: Path) -> np.ndarray:
-    data = np.asarray(_key(batch, b"data", path), dtype=np.uint8)
+    data = _key(batch, b"data", path)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise ValueError(f"{path}: b'data' is not a uint8 array; re-download the dataset")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: b'data' has shape {data.shape}, expected (N, 3072)")
     return data.reshape(-1, 3, 32, 32)
 
 
-def _decode_names(values: object) -> tuple[str, ...]:
-    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)  # type: ignore[attr-defined]
+def _cifar_labels(batch: dict[bytes, object], key: bytes, path: Path) -> np.ndarray:
+    values = _key(batch, key, path)
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise ValueError(f"{path}: {key!r} is not a list of integers; re-download the dataset")
+    return np.asarray(values, dtype=np.int64)
+
+
+def _decode_names(values: object, path: Path) -> tuple[str, ...]:
+    if not isinstance(values, list):
+        raise ValueError(f"{path}: the class names are not a list; re-download the dataset")
+    return tuple(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values)
 
 
 def _load_cifar10(data_dir: Path | None) -> _Raw:
@@ -570,13 +649,13 @@ def _load_cifar10(data_dir: Path | None) -> _Raw:
         p = d / f"data_batch_{i}"
         b = _unpickle(p)
         xs.append(_cifar_images(b, p))
-        ys.append(np.asarray(_key(b, b"labels", p), dtype=np.int64))
+        ys.append(_cifar_labels(b, b"labels", p))
     tb = _unpickle(d / "test_batch")
     x_test = _cifar_images(tb, d / "test_batch")
-    y_test = np.asarray(_key(tb, b"labels", d / "test_batch"), dtype=np.int64)
+    y_test = _cifar_labels(tb, b"labels", d / "test_batch")
     meta = d / "batches.meta"
     names = (
-        _decode_names(_key(_unpickle(meta), b"label_names", meta))
+        _decode_names(_key(_unpickle(meta), b"label_names", meta), meta)
         if meta.is_file()
         else tuple(str(i) for i in range(10))
     )
@@ -589,11 +668,11 @@ def _load_cifar10(data_dir: Path | None) -> _Raw:
 def _load_cifar100(data_dir: Path | None) -> _Raw:
     d = _find_folder("cifar100", data_dir, "cifar-100-python", "train")
     tr, te = _unpickle(d / "train"), _unpickle(d / "test")
-    y_train = np.asarray(_key(tr, b"fine_labels", d / "train"), dtype=np.int64)
-    y_test = np.asarray(_key(te, b"fine_labels", d / "test"), dtype=np.int64)
+    y_train = _cifar_labels(tr, b"fine_labels", d / "train")
+    y_test = _cifar_labels(te, b"fine_labels", d / "test")
     meta = d / "meta"
     names = (
-        _decode_names(_key(_unpickle(meta), b"fine_label_names", meta))
+        _decode_names(_key(_unpickle(meta), b"fine_label_names", meta), meta)
         if meta.is_file()
         else tuple(str(i) for i in range(100))
     )
@@ -635,7 +714,7 @@ def _load_stl10(data_dir: Path | None) -> _Raw:
     y_train, y_test = labels("train_y.bin", len(x_train)), labels("test_y.bin", len(x_test))
     names_file = d / "class_names.txt"
     names = (
-        tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+        tuple(line.strip() for line in _read_text(names_file).splitlines() if line.strip())
         if names_file.is_file()
         else tuple(str(i) for i in range(10))
     )
@@ -650,8 +729,16 @@ def _load_stl10(data_dir: Path | None) -> _Raw:
 def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # PIL raises UnidentifiedImageError (an OSError) for unknown bytes, OSError for a
+        # truncated file and SyntaxError for some broken headers.
+        raise ValueError(
+            f"{path} is not a readable image ({err}); it is truncated or corrupt, "
+            "re-download the dataset"
+        ) from None
     if arr.shape != (64, 64, 3):
         raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, Tiny ImageNet images are 64x64")
     return arr.transpose(2, 0, 1)
@@ -659,7 +746,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def _load_tiny_imagenet(data_dir: Path | None) -> _Raw:
     d = _find_folder("tiny-imagenet", data_dir, "tiny-imagenet-200", "wnids.txt")
-    wnids = sorted({w.strip() for w in (d / "wnids.txt").read_text().split() if w.strip()})
+    wnids = sorted({w.strip() for w in _read_text(d / "wnids.txt").split() if w.strip()})
     index = {w: i for i, w in enumerate(wnids)}
     train_paths: list[Path] = []
     train_labels: list[int] = []
@@ -681,7 +768,7 @@ def _load_tiny_imagenet(data_dir: Path | None) -> _Raw:
         )
     test_paths: list[Path] = []
     test_labels: list[int] = []
-    for line in ann.read_text().splitlines():
+    for line in _read_text(ann).splitlines():
         parts = line.split("\t")
         if len(parts) < 2:
             continue
@@ -697,7 +784,7 @@ def _load_tiny_imagenet(data_dir: Path | None) -> _Raw:
     names = tuple(wnids)
     if words.is_file():
         lookup = {}
-        for line in words.read_text().splitlines():
+        for line in _read_text(words).splitlines():
             parts = line.split("\t", 1)
             if len(parts) == 2:
                 lookup[parts[0].strip()] = parts[1].split(",")[0].strip()
@@ -715,31 +802,87 @@ def _load_tiny_imagenet(data_dir: Path | None) -> _Raw:
 # ------------------------------------------------------------------------------ npz
 
 
-def _load_npz(path: Path) -> _Raw:
+def read_npz(path: str | os.PathLike[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` that the ``.npz`` file ``path`` holds (absent ones are left out).
+
+    Safe on untrusted files: ``np.load(allow_pickle=False)`` (object arrays are refused, never
+    unpickled), and each array's header is checked against the bytes stored for it before
+    anything is allocated, so a forged shape cannot claim more memory than the file holds.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the file, one
+    line) for anything that is not a complete, numeric ``.npz``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
     if not path.is_file():
+        raise ValueError(f"{path} is not a regular file; give the path of an .npz file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not an .npz file (not a zip archive: wrong format, truncated or corrupt); "
+            "write it with numpy.savez"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            out = {}
+            for name in names:
+                if name in f.files:
+                    _check_npy_size(f.zip, name)
+                    out[name] = f[name]
+            return out
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        if "pickle" in reason:
+            reason = "it holds Python objects, which nclab never unpickles; store numeric arrays"
+        raise ValueError(f"{path} is not a readable .npz file ({reason})") from None
+
+
+def _check_npy_size(archive: zipfile.ZipFile, name: str) -> None:
+    """Refuse an array whose header claims more data than its archive member holds."""
+    info = archive.getinfo(f"{name}.npy")
+    with archive.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if header is None:
+            raise ValueError(f"array {name!r} has an unknown .npy format version {version}")
+        shape, _, dtype = header(fp)
+        needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        available = info.file_size - fp.tell()
+    if needed > available:
+        raise ValueError(
+            f"array {name!r}: the header says shape {shape} ({needed} bytes) but the file holds "
+            f"{available} bytes; it is truncated or corrupt"
+        )
+
+
+def _load_npz(path: Path) -> _Raw:
+    if not path.exists():
         raise FileNotFoundError(
             f"npz file {path} does not exist; give 'npz:PATH' with a file holding "
             "x_train, y_train, x_test, y_test"
         )
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-        if missing:
-            raise ValueError(
-                f"{path} lacks arrays {missing}; it must hold x_train, y_train, x_test, y_test "
-                f"(found {f.files})"
-            )
-        x_train, y_train = f["x_train"], f["y_train"]
-        x_test, y_test = f["x_test"], f["y_test"]
-        names_arr = f["class_names"] if "class_names" in f.files else None
+    arrays = read_npz(path, ("x_train", "y_train", "x_test", "y_test", "class_names"))
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path} lacks arrays {missing}; it must hold x_train, y_train, x_test, y_test "
+            f"(found {sorted(arrays)})"
+        )
+    x_train, y_train = arrays["x_train"], arrays["y_train"]
+    x_test, y_test = arrays["x_test"], arrays["y_test"]
+    names_arr = arrays.get("class_names")
 
     def fix_x(x: np.ndarray, split: str) -> np.ndarray:
         if x.dtype.kind not in "uifb":
             raise ValueError(f"{path}: x_{split} has dtype {x.dtype}; use a numeric array")
         if x.ndim == 3:
             x = x[:, None]
-        if x.ndim not in (2, 4):
+        if x.ndim not in (2, 4) or 0 in x.shape[1:]:
             raise ValueError(
-                f"{path}: x_{split} has shape {x.shape}; use (N, C, H, W), (N, H, W) or (N, D)"
+                f"{path}: x_{split} has shape {x.shape}; use (N, C, H, W), (N, H, W) or (N, D) "
+                "with non-zero sizes"
             )
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{path}: x_{split} contains NaN or infinite values; clean the data")
@@ -755,6 +898,11 @@ def _load_npz(path: Path) -> _Raw:
                 )
         elif y.dtype.kind not in "ui":
             raise ValueError(f"{path}: y_{split} has dtype {y.dtype}; use integer class indices")
+        if y.size and (y.max() > _MAX_LABEL or y.min() < -_MAX_LABEL):
+            raise ValueError(
+                f"{path}: y_{split} holds the label {y.max() if y.max() > 0 else y.min()}, "
+                "outside any sensible class index; labels must be 0..K-1"
+            )
         return y.astype(np.int64)
 
     x_train, x_test = fix_x(x_train, "train"), fix_x(x_test, "test")
@@ -773,12 +921,15 @@ def _load_npz(path: Path) -> _Raw:
         )
     if y_train.min() < 0:
         raise ValueError(f"{path}: negative label {y_train.min()} in y_train; use 0..K-1")
-    k = int(y_train.max()) + 1
-    absent = sorted(set(range(k)) - set(np.unique(y_train).tolist()))
-    if absent:
+    present = np.unique(y_train)  # sized by the data, whatever the label values
+    k = int(present[-1]) + 1
+    if k > len(present):
+        absent = np.setdiff1d(np.arange(len(present) + 1), present)[:5].tolist()
         raise ValueError(
-            f"{path}: classes {absent} have no training samples; labels must be 0..K-1 "
-            "with every class present in y_train"
+            f"{path}: y_train's largest label is {k - 1} but only {len(present)} distinct "
+            f"labels occur (no training samples for class {absent[0]}"
+            f"{', ...' if k - len(present) > 1 else ''}); labels must be 0..K-1 with every "
+            "class present in y_train"
         )
     if y_test.min() < 0 or y_test.max() >= k:
         raise ValueError(

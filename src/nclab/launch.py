@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLUSTERS",
     "LAUNCHERS",
+    "JobFailedError",
     "SlurmOptions",
     "comparison_commands",
     "run_with_submitit",
@@ -40,6 +41,13 @@ LAUNCHERS = ("local", "submitit")
 #: submitit executors: ``auto`` (SLURM when ``sbatch`` is found, else an error), ``slurm``,
 #: ``local`` (every job at once as a process on this machine) and ``debug`` (in this process).
 CLUSTERS = ("auto", "slurm", "local", "debug")
+
+
+class JobFailedError(RuntimeError):
+    """A submitted job ended without training its run (an error in the run, a time limit, a
+    cancelled job); the message names the run, the job, the reason and the job's log."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,9 @@ def run_with_submitit(
     """Submit one job per ``(run, status)`` of ``todo``, each calling ``worker(config dict,
     run dir, overwrite, quiet)`` (``nclab.compare``'s run trainer), wait for all of them,
     calling ``on_done(run, status, info)`` with the worker's result as each finishes. A failed
-    job raises ``RuntimeError`` naming the run, its job and its log (after cancelling the jobs
-    still running; they resume from their checkpoints when the comparison is started again)."""
+    job raises :class:`JobFailedError` naming the run, its job and its log (after cancelling
+    the jobs still running; they resume from their checkpoints when the comparison is started
+    again)."""
     executor = _executor(options, folder)
     jobs = []
     for run, status in todo:
@@ -199,7 +208,7 @@ def run_with_submitit(
             try:
                 info = job.result()
             except Exception as err:
-                raise RuntimeError(
+                raise JobFailedError(
                     f"run {run.name} failed in job {job.job_id}: {_job_error(err)} (log: "
                     f"{job.paths.stderr}); start the comparison again to resume the runs"
                 ) from None

@@ -26,6 +26,7 @@ pass loaders without random augmentation, and subsets when the full sets do not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ from nclab.train.rundir import (
     RunFiles,
     append_row,
     atomic_write,
+    lock_directory,
     read_json,
     rewrite_rows,
     write_json,
@@ -255,6 +257,7 @@ class NCTracker:
         self._last: Any = None
         self._last_time = time.perf_counter()
         self._started = False
+        self._lock = contextlib.ExitStack()
         self.rows: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ run directory
@@ -263,7 +266,16 @@ class NCTracker:
         root = self.files.root
         if root.exists() and not root.is_dir():
             raise FileExistsError(f"{root} exists and is not a directory; choose another run_dir")
-        if not self.files.config.is_file() or overwrite:
+        if overwrite:
+            return
+        if not self.files.config.is_file():
+            present = self.files.present()
+            if present:
+                names = ", ".join(str(p.relative_to(root)) for p in present)
+                raise FileExistsError(
+                    f"{root} holds run files ({names}) but no config.json; pass overwrite=True "
+                    "to discard them, or choose another run_dir"
+                )
             return
         if not resume:
             raise FileExistsError(
@@ -302,6 +314,8 @@ class NCTracker:
             ctx=self._ctx,
         )
         if self._ctx.is_main:
+            # one writer per run directory, as nclab train (released by close()/finish())
+            self._lock.enter_context(lock_directory(self.files.root))
             self._prepare_files(first_epoch, n_train, n_test, device)
             if self.tensorboard:
                 from nclab.train.tensorboard import ScalarWriter
@@ -412,7 +426,13 @@ class NCTracker:
                 lambda f: np.savez(f, test_logits=logits, test_labels=labels),
             )
             atomic_write(self.files.done, lambda f: f.write(f"completed {_now()}\n".encode()))
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+        self.close()
         self._ctx.barrier()
+
+    def close(self) -> None:
+        """Close the TensorBoard file and release the run directory's lock (done by
+        :meth:`finish`; call it to stop tracking without marking the run complete)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._lock.close()

@@ -169,7 +169,15 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"# then: nclab report {cfg.out}", file=sys.stderr)
         return 0
-    result = compare(cfg)
+    try:
+        result = compare(cfg)
+    except KeyboardInterrupt:
+        print(
+            "nclab compare: interrupted; every run keeps its last checkpoint: rerun the same "
+            "command to resume",
+            file=sys.stderr,
+        )
+        return 130
     if not args.quiet:
         print(f"done in {result.seconds:.1f} s")
         if result.report is not None:

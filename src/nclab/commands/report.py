@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "Rebuild the HTML/Markdown report from existing run directories."
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             )
     result = build_report(args.dirs, default_out(args.dirs, args.out), theory=not args.no_theory)
     if not args.quiet:
+        for warning in result.summary.warnings:
+            print(f"nclab report: warning: {warning}", file=sys.stderr)
         print(f"report: {result.html}")
         print(f"summary: {result.markdown}")
         for v in result.summary.verdicts:

@@ -174,11 +174,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = [*options(), *SYNTHETIC_ALIASES]
     if args.config is None:
         return config_from_dict({name: getattr(args, name) for name in names})
-    values = {str(k).replace("-", "_"): v for k, v in load_config_file(args.config).items()}
+    from_file = {str(k).replace("-", "_"): v for k, v in load_config_file(args.config).items()}
+    values = dict(from_file)
     for name in getattr(args, _EXPLICIT, set()):
         if name in names:
             values[name] = getattr(args, name)
-    return config_from_dict(values)
+    try:
+        return config_from_dict(values)
+    except ValueError:
+        try:
+            config_from_dict(from_file)
+        except ValueError as file_err:  # the file itself is at fault: name it
+            raise ValueError(f"config file {args.config}: {file_err}") from None
+        raise  # a command-line option is
 
 
 def run(args: argparse.Namespace) -> int:

@@ -365,9 +365,83 @@ _RUNNERS = {
 }
 
 
+# ----------------------------------------------------------------------------- validation
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse numeric options the solvers would silently reinterpret (a cap of 0 iterations,
+    a negative tolerance, ...)."""
+    positive_ints = ("max_iters", "record_every")
+    for name in positive_ints:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
+    for name in ("tol", "tol_objective", "tol_nc1"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
+
+
+#: Float64 working arrays per method, as multiples of the parameter count P = Kd + dN + K and
+#: of the logit count K·N (iterates, gradients, L-BFGS history of 30 pairs, Lanczos vectors,
+#: logits/probabilities and their temporaries).
+_PARAM_COPIES = {"solve": 70, "lanczos": 48, "convergence": 12}
+_LOGIT_COPIES = 8
+
+
+def memory_estimate(args: argparse.Namespace) -> int:
+    """Bytes the UFM sub-command will need (0 for the closed form), an upper estimate."""
+    if args.ufm_command == "closed-form":
+        return 0
+    k, n, d = args.num_classes, args.n_per_class, args.dim
+    if min(k, n, d) < 1:
+        return 0  # the library refuses these sizes with its own message
+    samples = n * k
+    params = k * d + d * samples + k
+    logits = k * samples + samples  # plus the int64 labels
+    if args.ufm_command == "condition":
+        dense = args.method == "dense" or (args.method == "auto" and params <= 2500)
+        if dense:
+            return 8 * (3 * params * params + _LOGIT_COPIES * logits)
+        copies = _PARAM_COPIES["lanczos"]
+    else:
+        copies = _PARAM_COPIES[args.ufm_command]
+    return 8 * (copies * params + _LOGIT_COPIES * logits)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None if unknown."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    needed, available = memory_estimate(args), available_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"this problem (K={args.num_classes}, n={args.n_per_class}, d={args.dim}) needs "
+            f"about {needed / 2**30:.3g} GiB of memory but {available / 2**30:.3g} GiB are "
+            "available; choose smaller sizes"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import sys
+
+    _check_options(args)
+    _check_memory(args)
 
     if "numpy" not in sys.modules:
         # The UFM works with many small matrix products; a multi-threaded BLAS on a shared or

@@ -11,7 +11,6 @@ label-smoothing δ is its own group, and seeds are the repeats inside a group.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nclab.data import read_npz
+from nclab.train.rundir import lock_holder, read_json, read_metrics
 
 __all__ = [
     "GroupKey",
@@ -193,32 +195,6 @@ def discover_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
-def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of ``metrics.jsonl``; a later row for the same epoch (after a resume) replaces an
-    earlier one; an unreadable line (e.g. cut off by an interruption) is skipped with a warning."""
-    by_epoch: dict[float, dict[str, Any]] = {}
-    order: list[float] = []
-    warnings: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.append(f"{path}: line {lineno} is not valid JSON and was skipped")
-                continue
-            if not isinstance(row, dict) or "epoch" not in row:
-                warnings.append(f"{path}: line {lineno} has no 'epoch' and was skipped")
-                continue
-            epoch = float(row["epoch"])
-            if epoch not in by_epoch:
-                order.append(epoch)
-            by_epoch[epoch] = row
-    rows = [by_epoch[e] for e in sorted(order)]
-    return rows, warnings
-
-
 def load_run(path: str | Path) -> RunData:
     """Load one run directory."""
     path = Path(path)
@@ -226,23 +202,38 @@ def load_run(path: str | Path) -> RunData:
         raise FileNotFoundError(
             f"{path} is not a run directory (needs config.json and metrics.jsonl)"
         )
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    if not isinstance(config, dict):
-        raise ValueError(f"{path / 'config.json'} does not hold a JSON object")
+    config = read_json(path / "config.json")
     if isinstance(config.get("config"), dict):  # {"config": {...}, "versions": {...}, ...}
         config = config["config"]
-    rows, warnings = _read_rows(path / "metrics.jsonl")
+    rows, warnings = read_metrics(path / "metrics.jsonl")
     logits = labels = None
     pred_path = path / "predictions.npz"
     if pred_path.is_file():
-        with np.load(pred_path) as preds:
-            if "test_logits" in preds and "test_labels" in preds:
-                logits = np.asarray(preds["test_logits"], dtype=np.float64)
-                labels = np.asarray(preds["test_labels"], dtype=np.int64)
+        preds = read_npz(pred_path, ("test_logits", "test_labels"))
+        if "test_logits" in preds and "test_labels" in preds:
+            logits = _numeric(preds["test_logits"], np.float64, pred_path)
+            labels = _numeric(preds["test_labels"], np.int64, pred_path)
+            if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+                raise ValueError(
+                    f"{pred_path}: test_logits {logits.shape} and test_labels {labels.shape} do "
+                    "not form (N, K) logits with N labels; the file is corrupt"
+                )
     complete = (path / "DONE").exists()
-    if not complete:
+    holder = lock_holder(path)
+    if holder is not None:
+        warnings.append(
+            f"{path.name}: the run is still being written ({holder}); the report shows the "
+            f"{len(rows)} epoch(s) logged so far"
+        )
+    elif not complete:
         warnings.append(f"{path.name}: run is not complete (no DONE marker)")
     return RunData(path, config, rows, logits, labels, complete, warnings)
+
+
+def _numeric(array: np.ndarray, dtype: type, path: Path) -> np.ndarray:
+    if array.dtype.kind not in "uif":
+        raise ValueError(f"{path} holds {array.dtype} arrays, not numbers; the file is corrupt")
+    return np.asarray(array, dtype=dtype)
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
@@ -254,7 +245,26 @@ def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
         raise FileNotFoundError(
             "the run directories found have no metric rows yet: let at least one epoch finish"
         )
+    _refuse_mixed_datasets(runs)
     return sorted(runs, key=lambda r: (r.group, r.seed, r.name))
+
+
+def _refuse_mixed_datasets(runs: Sequence[RunData]) -> None:
+    """One report compares losses on one dataset: runs on different datasets (or different
+    subsets or class counts of one) are refused, naming which runs use which."""
+    by_data: dict[str, list[str]] = {}
+    for run in runs:
+        key = str(run.config.get("dataset", "?"))
+        for option in ("per_class", "num_classes", "train_size"):
+            if run.config.get(option) is not None:
+                key += f", {option} {run.config[option]}"
+        by_data.setdefault(key, []).append(str(run.path))
+    if len(by_data) > 1:
+        parts = "; ".join(f"{key}: {', '.join(paths)}" for key, paths in by_data.items())
+        raise ValueError(
+            f"the runs use different datasets ({parts}); a report compares losses on one "
+            "dataset: pass the runs of one dataset (and --out)"
+        )
 
 
 def group_runs(runs: Sequence[RunData]) -> dict[GroupKey, list[RunData]]:

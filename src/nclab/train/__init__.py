@@ -25,10 +25,11 @@ if TYPE_CHECKING:
         epoch_permutation,
         load_model,
         lr_factor,
+        read_checkpoint,
         train,
         ufm_penalty,
     )
-    from nclab.train.rundir import RunFiles, read_rows
+    from nclab.train.rundir import RunFiles, read_metrics, read_rows
 
 __all__ = [
     "SCHEDULERS",
@@ -42,6 +43,8 @@ __all__ = [
     "load_config_file",
     "load_model",
     "lr_factor",
+    "read_checkpoint",
+    "read_metrics",
     "read_rows",
     "train",
     "ufm_penalty",
@@ -54,9 +57,11 @@ _LAZY = {
     "epoch_permutation": "nclab.train.loop",
     "load_model": "nclab.train.loop",
     "lr_factor": "nclab.train.loop",
+    "read_checkpoint": "nclab.train.loop",
     "train": "nclab.train.loop",
     "ufm_penalty": "nclab.train.loop",
     "RunFiles": "nclab.train.rundir",
+    "read_metrics": "nclab.train.rundir",
     "read_rows": "nclab.train.rundir",
 }
 

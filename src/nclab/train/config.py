@@ -36,6 +36,9 @@ __all__ = [
     "parse_per_class",
 ]
 
+#: Largest seed: numpy's legacy global generator, seeded for reproducibility, takes 32 bits.
+MAX_SEED = 2**32 - 1
+
 #: Weight decay used for every parameter when ``weight_decay`` is left unset (outside UFM mode).
 DEFAULT_WEIGHT_DECAY = 5e-4
 
@@ -247,6 +250,8 @@ class TrainConfig:
         synthetic_train_per_class: int | None,
         synthetic_test_per_class: int | None,
     ) -> None:
+        if self.milestones is not None and not isinstance(self.milestones, list | tuple):
+            raise ValueError(f"milestones must be a list of epochs, got {self.milestones!r}")
         if self.milestones is not None:
             self.milestones = [_as_int("milestones", m) for m in self.milestones]
         aliases = dict(
@@ -289,8 +294,15 @@ class TrainConfig:
                 f"{self.lambda_w}, {self.lambda_h}); without them the UFM has no minimizer"
             )
         _check_schedule(self)
-        if self.seed != int(self.seed) or int(self.seed) < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int | float)
+            or self.seed != int(self.seed)
+            or not 0 <= int(self.seed) <= MAX_SEED
+        ):
+            raise ValueError(
+                f"seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {self.seed!r}"
+            )
 
     # ------------------------------------------------------------------ resolved values
 
@@ -402,6 +414,11 @@ def _check_schedule(cfg: TrainConfig) -> None:
             raise ValueError(f"milestones must be epochs >= 1, got {ms}")
         if any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
             raise ValueError(f"milestones must be strictly increasing, got {ms}")
+        if any(m > cfg.epochs for m in ms):
+            raise ValueError(
+                f"milestones {ms} lie past the last epoch ({cfg.epochs}), where they would never "
+                "change the learning rate; use epochs <= --epochs"
+            )
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -481,13 +498,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise ValueError(" ".join(str(err).split())) from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, YAML syntax
+        raise ValueError(f"config file {path} cannot be parsed: {err}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -20,6 +20,7 @@ import platform
 import random
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +42,9 @@ from nclab.train.rundir import (
     RunFiles,
     append_row,
     atomic_write,
+    lock_directory,
     read_json,
+    read_metrics,
     read_rows,
     rewrite_rows,
     write_json,
@@ -54,30 +57,50 @@ __all__ = [
     "epoch_permutation",
     "load_model",
     "lr_factor",
+    "read_checkpoint",
     "train",
     "ufm_penalty",
 ]
 
 
 class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss became NaN or infinite; the last good checkpoint is kept.
 
-    def __init__(self, epoch: int, step: int, value: float, checkpoint_epoch: int, path: Path):
+    ``where`` overrides the description of what became non-finite (default: the loss at
+    ``step``, or the evaluation features when ``step`` is 0). Picklable, so that it crosses
+    process boundaries (``nclab compare`` workers) intact. The CLI exits with ``exit_code``."""
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        epoch: int,
+        step: int,
+        value: float,
+        checkpoint_epoch: int,
+        path: Path,
+        where: str | None = None,
+    ):
         self.epoch, self.step, self.value = epoch, step, value
-        self.checkpoint_epoch, self.checkpoint_path = checkpoint_epoch, path
+        self.checkpoint_epoch, self.checkpoint_path, self.where = checkpoint_epoch, path, where
         kept = (
             f"the last good checkpoint (after epoch {checkpoint_epoch}) is kept at {path}"
             if checkpoint_epoch
             else "no checkpoint had been written yet"
         )
-        where = (
-            f"the loss became {value} at epoch {epoch}, step {step}"
-            if step
-            else f"the features became {value} in the evaluation after epoch {epoch}"
-        )
+        if where is None:
+            where = (
+                f"the loss became {value} at epoch {epoch}, step {step}"
+                if step
+                else f"the features became {value} in the evaluation after epoch {epoch}"
+            )
         super().__init__(
             f"training diverged: {where}; {kept}. Lower --lr and start over with --overwrite"
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        args = (self.epoch, self.step, self.value, self.checkpoint_epoch, self.checkpoint_path)
+        return (type(self), (*args, self.where))
 
 
 @dataclass
@@ -221,24 +244,42 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
+def _rng_state() -> dict[str, Tensor]:
+    """Every global RNG state as tensors (checkpoints hold tensors and plain values only):
+    torch's byte state; numpy's MT19937 as int64 ``[key(624), pos, has_gauss]`` plus
+    ``cached_gaussian``; Python's ``random`` as int64 ``[version, internal state(625)]`` plus
+    ``gauss_next`` (NaN for None)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    version, internal, gauss_next = random.getstate()
+    state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "python": random.getstate(),
+        "numpy": torch.tensor([*keys.tolist(), pos, has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor(float(cached), dtype=torch.float64),
+        "python": torch.tensor([version, *internal], dtype=torch.int64),
+        "python_gauss": torch.tensor(
+            math.nan if gauss_next is None else gauss_next, dtype=torch.float64
+        ),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Tensor]) -> None:
+    """Inverse of :func:`_rng_state`."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
+    numpy_state = [int(v) for v in state["numpy"].tolist()]
+    np.random.set_state(  # noqa: NPY002
+        ("MT19937", np.array(numpy_state[:624], dtype=np.uint32), *numpy_state[624:626],
+         float(state["numpy_gauss"]))
+    )  # fmt: skip
+    python_state = [int(v) for v in state["python"].tolist()]
+    gauss = float(state["python_gauss"])
+    gauss_next = None if math.isnan(gauss) else gauss
+    random.setstate((python_state[0], tuple(python_state[1:]), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(RuntimeError, IndexError):
-            torch.cuda.set_rng_state_all(state["cuda"])
+            torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
 # ------------------------------------------------------------------------------ start-up plan
@@ -246,26 +287,86 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class _Plan:
-    """What to do with the run directory: start fresh, resume, or return a finished run."""
+    """What to do with the run directory: start fresh, resume, or return a finished run.
+    ``state`` is the checkpoint to resume from (already read and checked)."""
 
     action: str  # "fresh" | "resume" | "done"
     checkpoint_epoch: int = 0
     saved: dict[str, Any] | None = None
     clear: bool = False
+    state: dict[str, Any] | None = None
 
 
-def _checkpoint_epoch(files: RunFiles) -> int:
-    if not files.checkpoint.is_file():
-        return 0
-    state = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
-    return int(state["epoch"])
+_CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "rng", "config", "num_classes", "input_shape")
+_FINAL_KEYS = ("epoch", "model", "config", "num_classes", "input_shape")
+
+
+def read_checkpoint(path: Path, keys: tuple[str, ...] = _CHECKPOINT_KEYS) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train` with ``torch.load(weights_only=True)``: only
+    tensors and plain values are unpickled, so a planted file cannot run code. Raises
+    ``ValueError`` naming the file when it is unreadable, corrupt, unsafe or lacks ``keys``."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is not a regular file; start over with --overwrite")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a bad file
+        raise ValueError(
+            f"{path} is not a readable nclab checkpoint ({_load_failure(err)}); it is "
+            "truncated, corrupt, written by an older nclab, or holds objects other than tensors "
+            "and plain values (refused: they could run code). Start over with --overwrite"
+        ) from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(
+            f"{path} is not an nclab checkpoint (missing {', '.join(missing)}); start over "
+            "with --overwrite"
+        )
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ValueError(f"{path}: 'epoch' is {epoch!r}, not an epoch number; it is corrupt")
+    return state
+
+
+def _load_failure(err: Exception) -> str:
+    """The informative line of a ``torch.load`` error. Its generic paragraphs (advice to retry
+    with ``weights_only=False``, which would run the file's code, and a documentation link) are
+    left out; the reason (e.g. "Trying to load unsupported GLOBAL posix.system ...") is kept."""
+    generic = ("weights only load failed", "check the documentation", "(1)", "(2)")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    unpickler = [line.split("error:", 1)[-1] for line in lines if "WeightsUnpickler" in line]
+    blocked = [line for line in lines if "unsupported global" in line.lower()]
+    others = [ln for ln in lines if not ln.lower().startswith(generic + ("please file",))]
+    reasons = [r for r in unpickler + blocked + others if r.strip()]
+    if not reasons:
+        return type(err).__name__
+    reason = reasons[0].strip().split(". ")[0]  # drop the advice to allowlist the global
+    return f"{type(err).__name__}: {reason[:160]}"
+
+
+def _refuse_unknown_files(files: RunFiles) -> None:
+    """A directory holding run files without a readable ``config.json`` is not empty."""
+    present = files.present()
+    if present:
+        names = ", ".join(str(p.relative_to(files.root)) for p in present)
+        raise FileExistsError(
+            f"{files.root} holds run files ({names}) but no config.json; it is not an empty "
+            "directory: pass --overwrite to discard them, or choose another --out"
+        )
 
 
 def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -> _Plan:
-    """Decide how to start (read-only, so every DDP rank reaches the same decision)."""
+    """Decide how to start, reading and checking everything a resume needs (read-only, so
+    every DDP rank reaches the same decision and a refusal changes no file)."""
     if files.root.exists() and not files.root.is_dir():
         raise FileExistsError(f"{files.root} exists and is not a directory; choose another --out")
-    if overwrite or not files.config.is_file():
+    if overwrite:
+        return _Plan("fresh", clear=True)
+    if not files.config.is_file():
+        _refuse_unknown_files(files)
         return _Plan("fresh", clear=True)
     saved = read_json(files.config)
     diffs = config_differences(saved, config)
@@ -286,7 +387,9 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
             f"cannot resume {files.root}: the config differs in {'; '.join(diffs)}. Only "
             "--epochs may change when resuming; use --overwrite to start over"
         )
-    ckpt = _checkpoint_epoch(files)
+    state = read_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
+    ckpt = 0 if state is None else int(state["epoch"])
+    read_metrics(files.metrics)  # a malformed line that is not the last: refuse before any change
     if done and ckpt == 0 and same_epochs:
         return _Plan("done", config.epochs, saved)
     if ckpt > config.epochs:
@@ -296,14 +399,23 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
         )
     if done and ckpt == config.epochs:
         return _Plan("done", config.epochs, saved)
-    if ckpt == 0:
+    if ckpt == 0 and (done or files.final.exists()):
+        raise ValueError(
+            f"cannot resume {files.root}: it holds a finished run but its checkpoint "
+            f"{files.checkpoint} is missing, so it cannot be extended; use --overwrite to start "
+            "over"
+        )
+    if ckpt == 0:  # stopped before its first checkpoint: nothing to resume from
         return _Plan("fresh", saved=saved, clear=True)
-    return _Plan("resume", ckpt, saved)
+    return _Plan("resume", ckpt, saved, state=state)
 
 
 def _apply_plan(files: RunFiles, plan: _Plan) -> None:
-    """Rank 0: clear an old run or cut the metrics log back to the checkpoint."""
+    """Rank 0: clear an old run or cut the metrics log back to the checkpoint, and remove the
+    temporary files of a killed writer (the directory is locked: no writer is running)."""
     files.root.mkdir(parents=True, exist_ok=True)
+    for tmp in files.temporaries():
+        tmp.unlink(missing_ok=True)
     if plan.clear:
         files.clear()
     if plan.action == "resume":
@@ -345,6 +457,7 @@ class _Run:
     progress: Progress = field(init=False)
     scalars: Any = None  # nclab.train.tensorboard.ScalarWriter with --tensorboard (rank 0)
     last_eval: EvalResult | None = None
+    checkpoint_epoch: int = 0  # epoch of the last good checkpoint written or resumed from
     timings: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -384,7 +497,8 @@ def train(
         raise ValueError("--bf16 autocast needs a CUDA device, and none is available")
     ctx = setup_distributed(device.type == "cuda")
     try:
-        with _num_threads(config.threads):
+        lock = lock_directory(files.root) if ctx.is_main else contextlib.nullcontext()
+        with _num_threads(config.threads), lock:
             return _train(config, files, ctx, device, resume, overwrite, quiet)
     finally:
         ctx.close()
@@ -399,18 +513,19 @@ def _train(
     overwrite: bool,
     quiet: bool,
 ) -> RunResult:
+    # Transaction: read and check everything (config, metrics log, checkpoint, dataset, model)
+    # first; the run directory changes only once all of it passed.
     plan = _plan(files, config, resume, overwrite)
     if plan.action == "done":
         return _finished_result(files, config)
+    run = _build(config, files, ctx, device)
+    start = 0
+    if plan.action == "resume":
+        start = _restore(run, plan)
     ctx.barrier()  # every rank has read the directory before rank 0 changes it
     if ctx.is_main:
         _apply_plan(files, plan)
     ctx.barrier()
-
-    run = _build(config, files, ctx, device)
-    start = 0
-    if plan.action == "resume":
-        start = _load_checkpoint(run)
     if ctx.is_main:
         _write_config(run, plan, start)
     run.progress = Progress(config.epochs, start, quiet=quiet or not ctx.is_main)
@@ -453,6 +568,7 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         depth=config.depth,
         bias=config.bias,
     ).to(device)
+    _check_batch_norm_batches(model, config, data.num_train, ctx.world_size)
     channels_last = config.channels_last
     if channels_last is None:
         is_conv = len(data.input_shape) == 3 and config.model != "mlp"
@@ -515,6 +631,21 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         y_train=y_train,
         ufm=_ufm_prediction(config, data),
     )
+
+
+def _check_batch_norm_batches(
+    model: nn.Module, config: TrainConfig, num_train: int, world_size: int
+) -> None:
+    """BatchNorm in training mode needs at least two samples per batch (per process)."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    smallest = min(config.batch_size // world_size, num_train)
+    if smallest < 2:
+        raise ValueError(
+            f"{config.model} normalises with BatchNorm, which needs at least 2 samples per batch, "
+            f"but batches hold {smallest} (batch_size {config.batch_size}, {num_train} training "
+            f"samples, {world_size} process(es)); use --batch-size 2 or more"
+        )
 
 
 def _ufm_prediction(config: TrainConfig, data: DataBundle) -> dict[str, Any] | None:
@@ -633,16 +764,30 @@ def _train_one_epoch(run: _Run, epoch: int) -> None:
 
 
 def _last_checkpoint_epoch(run: _Run) -> int:
-    return _checkpoint_epoch(run.files) if run.files.checkpoint.is_file() else 0
+    return run.checkpoint_epoch
 
 
 # ------------------------------------------------------------------------------ checkpoints
 
 
 def _save_checkpoint(run: _Run, epoch: int) -> None:
+    """Write ``checkpoints/last.pt`` (tensors and plain values only). A model state with a
+    non-finite value (e.g. BatchNorm running statistics) is a divergence: the last good
+    checkpoint is kept instead."""
+    model_state = run.model.state_dict()
+    bad = [k for k, t in model_state.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise TrainingDivergedError(
+            epoch,
+            0,
+            math.nan,
+            run.checkpoint_epoch,
+            run.files.checkpoint,
+            where=f"the model state became non-finite in epoch {epoch} ({', '.join(bad[:3])})",
+        )
     state = {
         "epoch": epoch,
-        "model": run.model.state_dict(),
+        "model": model_state,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": {"name": run.config.scheduler, "completed_epochs": epoch},
         "rng": _rng_state(),
@@ -651,14 +796,39 @@ def _save_checkpoint(run: _Run, epoch: int) -> None:
         "input_shape": list(run.data.input_shape),
     }
     atomic_write(run.files.checkpoint, lambda f: torch.save(state, f))
+    run.checkpoint_epoch = epoch
 
 
-def _load_checkpoint(run: _Run) -> int:
-    state = torch.load(run.files.checkpoint, map_location="cpu", weights_only=False)
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"])
-    return int(state["epoch"])
+def _restore(run: _Run, plan: _Plan) -> int:
+    """Load the checked checkpoint of ``plan`` into the model, optimizer and RNGs, after
+    checking that the dataset still matches the run; ``ValueError`` (nothing changed on disk)
+    when it does not fit."""
+    state, path, saved = plan.state or {}, run.files.checkpoint, plan.saved or {}
+    data = run.data
+    now = {
+        "num_classes": data.num_classes,
+        "train_size": data.num_train,
+        "test_size": data.num_test,
+        "input_shape": list(data.input_shape),
+    }
+    differs = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items() if saved.get(k, v) != v]
+    if differs:
+        raise ValueError(
+            f"cannot resume {run.files.root}: the dataset differs from the one it was trained on "
+            f"({'; '.join(differs)}); restore the original files or start over with --overwrite"
+        )
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(
+            f"{path} does not fit this run's model and optimizer ({reason}); it is corrupt or "
+            "from another run: start over with --overwrite"
+        ) from None
+    run.checkpoint_epoch = int(state["epoch"])
+    return run.checkpoint_epoch
 
 
 def load_model(run_dir: str | os.PathLike[str], which: str = "final") -> nn.Module:
@@ -670,17 +840,21 @@ def load_model(run_dir: str | os.PathLike[str], which: str = "final") -> nn.Modu
         raise ValueError(f"which must be 'final' or 'last', got {which!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a (finished) run?")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = state["config"]
-    model = build_model(
-        cfg["model"],
-        int(state["num_classes"]),
-        tuple(state["input_shape"]),
-        width=cfg.get("width"),
-        depth=cfg.get("depth"),
-        bias=cfg.get("bias", True),
-    )
-    model.load_state_dict(state["model"])
+    state = read_checkpoint(path, _FINAL_KEYS)
+    try:
+        cfg = state["config"]
+        model = build_model(
+            cfg["model"],
+            int(state["num_classes"]),
+            tuple(state["input_shape"]),
+            width=cfg.get("width"),
+            depth=cfg.get("depth"),
+            bias=cfg.get("bias", True),
+        )
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"{path} does not describe a model nclab can rebuild ({reason})") from None
     return model.eval()
 
 

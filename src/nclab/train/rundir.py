@@ -10,28 +10,44 @@ Layout of a run directory (see ``docs/training.md``)::
     predictions.npz      test_logits, test_labels of the final model
     summary.json         final row, first epoch at 100% train accuracy, "completed": true
     DONE                 marker: the run is complete
+    .nclab.lock          lock file: the PID of the process writing the run (empty when none)
+
+One writer per directory: :func:`lock_directory` holds an exclusive ``fcntl.flock`` on
+``.nclab.lock`` while a process writes the run (the OS releases it when the process dies, so a
+SIGKILL never leaves a stale lock). :func:`read_metrics` is the one reader of ``metrics.jsonl``.
 
 Everything here is plain file handling (no torch import at module level).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LOCK_NAME",
+    "DirectoryLockedError",
+    "MetricsLogError",
     "RunFiles",
     "append_row",
     "atomic_write",
+    "lock_directory",
+    "lock_holder",
     "read_json",
+    "read_metrics",
     "read_rows",
     "rewrite_rows",
     "write_json",
@@ -93,10 +109,27 @@ class RunFiles:
             self.done,
         ]
 
-    def clear(self) -> None:
-        """Remove the files of a previous run (other files in the directory are left alone)."""
+    def present(self) -> list[Path]:
+        """The run files (:meth:`owned`) that exist."""
+        return [p for p in self.owned() if p.exists()]
+
+    def temporaries(self) -> list[Path]:
+        """Temporary files :func:`atomic_write` left behind for run files (a process killed
+        between writing and renaming one)."""
+        found: list[Path] = []
         for path in self.owned():
-            path.unlink(missing_ok=True)
+            if path.parent.is_dir():
+                found += sorted(path.parent.glob(f".{path.name}.*.tmp"))
+        return found
+
+    def clear(self) -> None:
+        """Remove the files of a previous run (other files in the directory are left alone;
+        a directory where a run file belongs is removed too)."""
+        for path in self.owned():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -135,8 +168,14 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object from ``path``."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    """Read a JSON object from ``path``; ``ValueError`` naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); the file is corrupt: restore it, or start the "
+            "run over with --overwrite"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object; the run directory is corrupt")
     return data
@@ -171,34 +210,74 @@ def append_row(files: RunFiles, row: dict[str, Any]) -> None:
     write_csv(files.metrics_csv, read_rows(files.metrics))
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The complete rows of a metrics JSONL file: a last line cut off by a kill (no newline or
-    not valid JSON) is ignored; so is anything after it."""
+class MetricsLogError(ValueError):
+    """A line of ``metrics.jsonl`` that is not the last one is malformed."""
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a ``metrics.jsonl`` file and warnings about it: the one reader, with one policy.
+
+    - A torn last line (not a JSON object with an integer ``epoch``: a kill in the middle of a
+      write) is dropped, with a warning. A complete row that lacks only its newline is kept.
+    - A malformed line that is *not* the last raises :class:`MetricsLogError` naming the file and
+      the line number: later rows are never dropped silently.
+    - Blank lines are ignored. When an epoch appears twice the later row wins (it was trained
+      after the earlier one); rows are returned in epoch order.
+
+    A missing file has no rows.
+    """
     if not path.is_file():
-        return []
-    rows: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.endswith("\n"):
+        return [], []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise MetricsLogError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); the file is corrupt"
+        ) from None
+    lines = text.splitlines(keepends=True)
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    by_epoch: dict[int, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        row, problem = _parse_row(line)
+        if problem and i == last:
+            warnings.append(f"{path}: dropped the incomplete last line {i + 1} ({problem})")
             break
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
-    return rows
+        if problem:
+            raise MetricsLogError(
+                f"{path}, line {i + 1}: {problem}; later lines hold rows, so this is not a cut-off "
+                "write: repair or remove the line (or start over with --overwrite)"
+            )
+        by_epoch[row["epoch"]] = row
+    return [by_epoch[e] for e in sorted(by_epoch)], warnings
+
+
+def _parse_row(line: str) -> tuple[dict[str, Any], str]:
+    """``(row, "")`` for a complete metrics line, else ``({}, what is wrong)``."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        return {}, f"not valid JSON: {err.msg}"
+    if not isinstance(row, dict):
+        return {}, "not a JSON object"
+    epoch = row.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int | float) or epoch != int(epoch):
+        return {}, f"'epoch' is {epoch!r}, not an integer"
+    row["epoch"] = int(epoch)
+    return row, ""
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of :func:`read_metrics` (its warnings dropped; its errors raised)."""
+    return read_metrics(path)[0]
 
 
 def rewrite_rows(files: RunFiles, max_epoch: int) -> list[dict[str, Any]]:
-    """Keep only complete rows with ``epoch <= max_epoch`` (first row per epoch), atomically
-    rewrite ``metrics.jsonl`` and ``metrics.csv`` with them, and return them."""
-    kept: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    for row in read_rows(files.metrics):
-        epoch = int(row["epoch"])
-        if epoch <= max_epoch and epoch not in seen:
-            seen.add(epoch)
-            kept.append(row)
+    """Keep only the rows with ``epoch <= max_epoch``, atomically rewrite ``metrics.jsonl`` and
+    ``metrics.csv`` with them, and return them."""
+    kept = [row for row in read_rows(files.metrics) if row["epoch"] <= max_epoch]
     text = "".join(_row_line(r) for r in kept)
     atomic_write(files.metrics, lambda f: f.write(text.encode()))
     write_csv(files.metrics_csv, kept)
@@ -218,3 +297,111 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     data = buf.getvalue().encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+# ---------------------------------------------------------------------------- lock
+
+LOCK_NAME = ".nclab.lock"
+_LOCK_WAIT_SECONDS = 1.0  # a reader's brief shared lock (lock_holder) must not fail a writer
+
+
+class DirectoryLockedError(ValueError):
+    """Another process holds the directory's lock."""
+
+
+def _make_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(
+            f"{directory} exists and is not a directory; choose another --out"
+        ) from None
+    except NotADirectoryError:
+        raise ValueError(
+            f"cannot create {directory}: a part of the path is a regular file, not a directory; "
+            "choose another --out"
+        ) from None
+    except OSError as err:
+        raise ValueError(
+            f"cannot create {directory}: {err.strerror}; choose a writable --out"
+        ) from None
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return f"PID {text}" if text.isdigit() else "an unknown process"
+
+
+@contextlib.contextmanager
+def lock_directory(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``directory/.nclab.lock`` (creating the directory)
+    for the duration of the ``with`` block; the file holds this process's PID meanwhile and is
+    emptied on release. Raises :class:`DirectoryLockedError` naming the holder's PID when another
+    process holds it. The OS drops the lock when the process dies (SIGKILL included).
+
+    If the block fails and the directory was created here and holds nothing but the lock file,
+    both are removed: a failed first start leaves nothing behind."""
+    directory = Path(directory)
+    created = not directory.exists()
+    _make_directory(directory)
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ValueError(f"cannot open the lock file {path}: {err.strerror}") from None
+    try:
+        _acquire(fd, directory)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        except BaseException:
+            if created and os.listdir(directory) == [LOCK_NAME]:
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _acquire(fd: int, directory: Path) -> None:
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise DirectoryLockedError(
+                f"{directory} is in use by another nclab process ({_holder(fd)}); wait for it "
+                "to finish or stop it, or choose another --out"
+            )
+        time.sleep(0.05)
+
+
+def lock_holder(directory: Path) -> str | None:
+    """``"PID n"`` when a process holds ``directory``'s lock (a run still being written), else
+    None. Read-only: creates nothing."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
