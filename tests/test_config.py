@@ -37,8 +37,8 @@ def test_every_field_declares_its_option():
 def test_resume_ignores_exactly_the_non_identity_options():
     base = TrainConfig(dataset="synthetic")
     saved = base.to_dict()
-    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir"}
-    changed = dict(epochs=7, threads=3, data_dir="/elsewhere")
+    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir", "tensorboard"}
+    changed = dict(epochs=7, threads=3, data_dir="/elsewhere", tensorboard=True)
     assert config_differences(saved, dataclasses.replace(base, **changed)) == []
     for name, value in dict(lr=0.5, device="cpu", checkpoint_every=2, seed=4).items():
         diffs = config_differences(saved, dataclasses.replace(base, **{name: value}))

@@ -145,6 +145,33 @@ def test_every_n_epochs_also_logs_the_last_completed_epoch(tmp_path: Path) -> No
         assert (tmp_path / name / "DONE").is_file()
 
 
+class FailingModule(TinyModule):
+    """Fails in the second epoch."""
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_failed_fit_keeps_the_rows_and_releases_the_run_dir(tmp_path: Path) -> None:
+    data = synthetic(4, 8, 10, 5)
+    batches = [(data.x_train, data.y_train)]
+    module = FailingModule(data.input_shape, smoothing=0.0)
+    callback = NCCallback(tmp_path / "run", train=batches, test=batches, num_classes=4)
+    loader = DataLoader(TensorDataset(*batches[0]), batch_size=20)
+    with pytest.raises(RuntimeError, match="boom"):
+        cpu_trainer(callback, max_epochs=3).fit(module, loader)
+    assert [r["epoch"] for r in read_rows(tmp_path / "run" / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "run" / "DONE").exists()
+    again = NCTracker(
+        tmp_path / "run", model=module, layer=module.net.classifier, train=batches,
+        test=batches, num_classes=4, resume=True,
+    )  # fmt: skip
+    again.log_epoch(2)  # the lock was released
+    assert [r["epoch"] for r in read_rows(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
 def test_callback_rejects_a_missing_layer_path(tmp_path: Path) -> None:
     module = TinyModule((8,), smoothing=0.0)
     batches = [(torch.randn(8, 8), torch.arange(8) % 4)]

@@ -138,3 +138,11 @@ class NCCallback(Callback):
             self.last_row = self.tracker.log_epoch(completed, lr=self._epoch_lr)
         if self.tracker.rows:
             self.tracker.finish()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        # fitting failed or was interrupted: the rows so far stay, the run is not complete, and
+        # the directory is released (continue it with resume=True)
+        if self.tracker is not None:
+            self.tracker.close()
