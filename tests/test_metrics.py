@@ -39,8 +39,18 @@ KEYS = [
     "maxangle_w",
     "w_norm",
     "h_norm",
+    "nc1_trace_ratio",
+    "hsu_log_mean",
+    "hsu_log_var",
+    "hsu_riesz_mean",
+    "hsu_riesz_var",
+    "bias_collapse",
+    "nc1_correct",
+    "nc1_incorrect",
+    "nc5",
 ]
 W_KEYS = {"nc2_w", "nc2_wh", "nc3", "nc4", "equinorm_w", "equiangle_w", "maxangle_w", "w_norm"}
+W_KEYS |= {"bias_collapse", "nc1_correct", "nc1_incorrect"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -48,7 +58,7 @@ W_KEYS = {"nc2_w", "nc2_wh", "nc3", "nc4", "equinorm_w", "equiangle_w", "maxangl
 # ------------------------------------------------------------------------------------------
 
 
-def ref_metrics(h, y, k, w=None, b=None) -> dict[str, float | None]:
+def ref_metrics(h, y, k, w=None, b=None, ood=None) -> dict[str, float | None]:
     h = np.asarray(h, dtype=np.float64)
     n, d = h.shape
     mu = np.stack([h[y == c].mean(axis=0) for c in range(k)])
@@ -86,6 +96,23 @@ def ref_metrics(h, y, k, w=None, b=None) -> dict[str, float | None]:
 
     dists = np.sqrt(np.sum((h[:, None, :] - mu[None, :, :]) ** 2, axis=-1))
     ncc_pred = np.argmin(dists, axis=1)
+
+    unit = mbar / row_norms(mbar)[:, None]
+    pair_dist = [np.linalg.norm(unit[a] - unit[c]) for a in range(k) for c in range(a + 1, k)]
+    log_kernel = -np.log(np.array(pair_dist))
+    riesz = np.sign(d - 2) * np.array(pair_dist) ** (-(d - 2)) if d != 2 else log_kernel
+    nc5 = None
+    if ood is not None:
+        ood_dir = np.mean(ood, axis=0) - mu.mean(axis=0)
+        nc5 = np.mean(
+            [abs(mbar[c] @ ood_dir) / (np.linalg.norm(mbar[c]) * np.linalg.norm(ood_dir))
+             for c in range(k)]
+        )  # fmt: skip
+
+    def split_nc1(mask):
+        diff = h[mask] - mu[y[mask]]
+        return np.trace(diff.T @ diff / mask.sum() @ pinv_b) / k
+
     out = {
         "nc1": nc1,
         "cdnv": cdnv,
@@ -95,6 +122,12 @@ def ref_metrics(h, y, k, w=None, b=None) -> dict[str, float | None]:
         "equiangle_h": np.std(cosines(mbar)),
         "maxangle_h": np.mean(np.abs(cosines(mbar) + 1 / (k - 1))),
         "h_norm": np.mean(row_norms(mbar)),
+        "nc1_trace_ratio": np.trace(sigma_w) / np.trace(sigma_b),
+        "hsu_log_mean": np.mean(log_kernel),
+        "hsu_log_var": np.var(log_kernel),
+        "hsu_riesz_mean": np.mean(riesz),
+        "hsu_riesz_var": np.var(riesz),
+        "nc5": nc5,
     }
     if w is None:
         out.update(dict.fromkeys(W_KEYS))
@@ -110,7 +143,11 @@ def ref_metrics(h, y, k, w=None, b=None) -> dict[str, float | None]:
         equiangle_w=np.std(cosines(w)),
         maxangle_w=np.mean(np.abs(cosines(w) + 1 / (k - 1))),
         w_norm=np.mean(row_norms(w)),
+        bias_collapse=None if b is None else np.linalg.norm(w @ mu.mean(axis=0) + b),
     )
+    right = np.argmax(logits, axis=1) == y
+    out["nc1_correct"] = split_nc1(right) if right.any() else None
+    out["nc1_incorrect"] = split_nc1(~right) if (~right).any() else None
     return out
 
 
@@ -183,7 +220,7 @@ def test_pure_function_on_stats_and_ufm_helper_match():
     sigma_w = centred.T @ centred / len(y)
     var = np.array([np.mean(np.sum(centred[y == c] ** 2, axis=1)) for c in range(5)])
     want = ref_metrics(h, y, 5, w)
-    want["nc4"] = want["ncc_acc"] = None
+    want["nc4"] = want["ncc_acc"] = want["nc1_correct"] = want["nc1_incorrect"] = None
     assert_metrics_close(nc_metrics_from_stats(mu, sigma_w, var, w).as_dict(), want)
 
     ufm = nc_metrics_ufm(w, h.T, y).as_dict()
@@ -292,7 +329,8 @@ def test_many_classes_and_warning_when_d_below_k_minus_1():
     acc = NCAccumulator(k, d).update(h[:500], y[:500]).update(h[500:], y[500:])
     mu = np.stack([h[y == c].mean(axis=0) for c in range(k)])
     centred = h - mu[y]
-    assert np.max(np.abs(acc.scatter - centred.T @ centred)) < 1e-9 * np.max(np.abs(acc.scatter))
+    scatter = acc.within_class_covariance() * len(y)
+    assert np.max(np.abs(scatter - centred.T @ centred)) < 1e-9 * np.max(np.abs(scatter))
     with pytest.warns(UserWarning, match="simplex ETF cannot be reached"):
         got = acc.compute()
     want = ref_metrics(h, y, k)
@@ -314,7 +352,7 @@ def test_state_dict_round_trip_and_reset():
         NCAccumulator(5, 9).load_state_dict(acc.state_dict())
     acc.reset()
     assert acc.num_samples == 0 and acc.tallies["ncc_total"] == 0
-    assert not acc.scatter.any()
+    assert not acc.shifted_scatter.any()
 
 
 # ------------------------------------------------------------------------------------------
@@ -373,7 +411,7 @@ def test_non_finite_features_are_counted_and_state_untouched():
     acc = NCAccumulator(5, 8)
     with pytest.raises(ValueError, match=r"3 non-finite value\(s\) \(NaN/Inf\) in 2 of 150 rows"):
         acc.update(bad, y)
-    assert acc.num_samples == 0 and not acc.scatter.any()
+    assert acc.num_samples == 0 and not acc.shifted_scatter.any()
     with pytest.raises(ValueError, match="non-finite"):
         nc_metrics(bad, y)
     with pytest.raises(ValueError, match="non-finite"):
@@ -618,7 +656,10 @@ def test_cli_table_and_json(tmp_path, capsys):
     assert "N=150 samples, K=5 classes, d=8" in table
     rows = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]}
     for key in KEYS:
-        assert float(rows[key]) == pytest.approx(want[key], rel=1e-5), key
+        if want[key] is None:
+            assert rows[key] == "n/a", key
+        else:
+            assert float(rows[key]) == pytest.approx(want[key], rel=1e-5), key
 
 
 def test_cli_without_weight_shows_na(tmp_path, capsys):
