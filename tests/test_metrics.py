@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 
 from nclab.cli import main as cli_main
 from nclab.metrics import (
+    MODES,
     NCAccumulator,
     NCMetrics,
     collect,
@@ -688,3 +690,221 @@ def test_cli_errors(tmp_path, capsys):
 def test_as_dict_keys_follow_the_contract():
     fields = list(NCMetrics.__dataclass_fields__)
     assert fields == KEYS
+
+
+# ------------------------------------------------------------------------------------------
+# Engine: modes, device placement, precision-aware cutoff, scale, new metrics
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k", "d", "spread"), [(6, 40, 1.0), (6, 40, 1e-4), (10, 4, 0.5)])
+def test_projected_mode_gives_the_streaming_metrics(k: int, d: int, spread: float) -> None:
+    """The projected two-pass mode (scatter only along the class-mean directions) gives the
+    same metrics as the streaming mode fed in small batches, also near collapse (tiny spread
+    around far-away means) and for d < K - 1 (the span is all of R^d); both match the direct
+    float64 reference."""
+    gen = torch.Generator().manual_seed(k * d)
+    y = torch.arange(k).repeat(50)[torch.randperm(50 * k, generator=gen)]
+    mu = 5.0 + torch.randn(k, d, generator=gen)
+    h = (mu[y] + spread * torch.randn(50 * k, d, generator=gen)).float()
+    logits = torch.randn(50 * k, k, generator=gen)
+    w, b = torch.randn(k, d, generator=gen), torch.randn(k, generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # d < K - 1 warns in both paths
+        proj = NCAccumulator(k, d, mode="projected").update(h, y)
+        fast = proj.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
+        stream = NCAccumulator(k, d)
+        for lo in range(0, len(y), 37):
+            stream.update(h[lo : lo + 37], y[lo : lo + 37])
+        ref = stream.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
+    assert set(fast) == set(ref) and all((fast[n] is None) == (ref[n] is None) for n in ref)
+    present = {n: v for n, v in ref.items() if v is not None}
+    assert {n: fast[n] for n in present} == pytest.approx(present, rel=1e-8, abs=1e-12)
+    assert fast["nc1"] > 0
+    want = ref_metrics(h.double().numpy(), y.numpy(), k, w.double().numpy(), b.double().numpy())
+    for key in ("nc1", "cdnv", "nc1_trace_ratio", "h_norm"):
+        assert rel(fast[key], want[key]) < 1e-8, key
+    with pytest.raises(ValueError, match="only along the class-mean directions"):
+        proj.within_class_covariance()
+    with pytest.raises(ValueError, match="second pass has fixed the class means"):
+        proj.update(h, y)
+    with pytest.raises(ValueError, match="needs its second pass"):
+        NCAccumulator(k, d, mode="projected").update(h, y).compute()
+
+
+def test_second_pass_tallies_equal_direct_distances() -> None:
+    """The NCC/NC4 tallies of update_ncc (scored on the class-centred chunk, in the class-mean
+    basis for the own means) equal argmin of the direct distances, against the accumulator's own
+    means and against other means (test features scored with train means), in both modes."""
+    rng = np.random.default_rng(3)
+    k, d, n = 7, 24, 700
+    y = np.arange(n) % k
+    h = (rng.standard_normal((k, d))[y] + 2.0 * rng.standard_normal((n, d))).astype(np.float32)
+    logits = rng.standard_normal((n, k))
+    own = np.stack([h[y == c].astype(np.float64).mean(axis=0) for c in range(k)])
+    other = own + 0.3 * rng.standard_normal((k, d))
+    for ref, means in ((own, None), (other, other)):
+        dist = np.linalg.norm(h[:, None, :].astype(np.float64) - ref[None], axis=-1)
+        ncc = dist.argmin(axis=1)
+        want = {
+            "ncc_correct": int((ncc == y).sum()),
+            "nc4_mismatch": int((ncc != logits.argmax(1)).sum()),
+        }
+        assert 0 < want["ncc_correct"] < n and 0 < want["nc4_mismatch"] < n
+        for mode in MODES:
+            acc = NCAccumulator(k, d, mode=mode).update(h, y)
+            tallies = acc.update_ncc(h, y, means=means, logits=logits).tallies
+            assert {key: tallies[key] for key in want} == want, mode
+
+
+def test_per_class_nc1_and_variability_match_direct_float64() -> None:
+    rng = np.random.default_rng(21)
+    k, d = 5, 8
+    h, y = make_data(rng, k=k, d=d, per_class=(10, 40, 25, 31, 17))
+    mu = np.stack([h[y == c].mean(axis=0) for c in range(k)])
+    mbar = mu - mu.mean(axis=0)
+    evals, evecs = np.linalg.eigh(mbar.T @ mbar / k)
+    top = evecs[:, -(k - 1) :]  # rank K-1 = 4 of d = 8
+    pinv_b = top @ np.diag(1 / evals[-(k - 1) :]) @ top.T
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode).update(h, y).update_ncc(h, y)
+        per = acc.per_class()
+        for c in range(k):
+            diff = h[y == c] - mu[c]
+            assert per.count[c] == (y == c).sum()
+            assert rel(per.variability[c], np.mean(np.sum(diff**2, axis=1))) < 1e-12
+            assert rel(per.nc1[c], np.trace(diff.T @ diff / len(diff) @ pinv_b) / k) < 1e-9
+        assert rel(float(per.count @ per.nc1) / len(y), acc.compute().nc1) < 1e-12
+    assert NCAccumulator(k, d).update(h, y).per_class().nc1 is None
+
+
+def test_nc5_and_cdnv_exponent_match_direct_float64(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(22)
+    h, y = make_data(rng)
+    ood = rng.standard_normal((40, 8)) + 0.5
+    want = ref_metrics(h, y, 5, ood=ood)
+    got = nc_metrics(h, y, ood_features=ood)
+    assert rel(got.nc5, want["nc5"]) < 1e-12 and 0 < got.nc5 < 1
+    mu = np.stack([h[y == c].mean(axis=0) for c in range(5)])
+    var = np.array([np.mean(np.sum((h[y == c] - mu[c]) ** 2, axis=1)) for c in range(5)])
+    pairs = [(a, c) for a in range(5) for c in range(5) if a != c]
+    for p in (0.5, 1.0, 2.0):
+        want_p = np.mean(
+            [(var[a] + var[c]) / (2 * np.sum((mu[a] - mu[c]) ** 2) ** p) for a, c in pairs]
+        )
+        assert rel(nc_metrics(h, y, cdnv_dist_exp=p).cdnv, want_p) < 1e-12, p
+    np.savez(tmp_path / "f.npz", features=h, labels=y)
+    np.savez(tmp_path / "o.npz", features=ood)
+    assert (
+        cli_main(["metrics", str(tmp_path / "f.npz"), "--ood", str(tmp_path / "o.npz"), "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["metrics"]["nc5"] == pytest.approx(
+        got.nc5, rel=1e-12
+    )
+    assert cli_main(["metrics", str(tmp_path / "f.npz"), "--ood", str(tmp_path / "x.npz")]) == 2
+    assert "x.npz not found" in capsys.readouterr().err
+
+
+def test_update_never_reads_the_device_back() -> None:
+    """On the meta device every read of a value (``bool``, ``item``, ``cpu``, ``numpy``) raises,
+    so updates that succeed there make no host copy and no synchronisation per batch (what a
+    CUDA stream would pay). Checked for both modes with validation off."""
+    k, d = 5, 8
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode, device="meta", validate=False)
+        for _ in range(3):
+            acc.update(torch.randn(16, d, device="meta"), torch.randint(0, k, (16,), device="meta"))
+        assert all(t.device.type == "meta" for t in acc._tensors().values())
+    with pytest.raises(Exception):  # noqa: B017 - the meta device refuses any read-back
+        bool(acc.counts.any())
+
+
+def test_state_follows_the_first_input_and_moves_with_to() -> None:
+    h, y = make_data(np.random.default_rng(23), dtype=np.float32)
+    acc = NCAccumulator(5, 8)
+    assert acc.device == torch.device("cpu")
+    acc.update(torch.from_numpy(h), torch.from_numpy(y)).update_ncc(h, y)
+    assert all(t.device.type == "cpu" and t.dtype in (torch.float64, torch.int64)
+               for t in acc._tensors().values())  # fmt: skip
+    clone = NCAccumulator(5, 8).load_state_dict(acc.state_dict())
+    assert clone.compute() == acc.compute()  # bit for bit
+    assert acc.to("cpu").compute() == clone.compute()
+    path_state = {k: v for k, v in acc.state_dict().items()}
+    buf = __import__("io").BytesIO()
+    torch.save(path_state, buf)
+    buf.seek(0)
+    reloaded = NCAccumulator(5, 8).load_state_dict(torch.load(buf, weights_only=True))
+    assert reloaded.compute() == acc.compute()
+
+
+def test_float32_coinciding_means_are_dropped_but_a_small_real_gap_counts() -> None:
+    """Two class means that coincide up to float32 rounding: the cutoff accounts for the input's
+    precision, warns, and gives the float64 answer (not ~1e15); two means 1e-3 ||mu|| apart in
+    float32 data keep their direction (no warning) and match the direct float64 formula."""
+    rng = np.random.default_rng(19)
+    k, d = 4, 6
+    centres = rng.standard_normal((k, d)) * 3
+    centres[1] = centres[0]
+    y = np.repeat(np.arange(k), 25)
+    noise = rng.standard_normal((len(y), d))
+    for c in range(k):
+        noise[y == c] -= noise[y == c].mean(axis=0)
+    h64 = centres[y] + noise
+    with pytest.warns(UserWarning, match="numerical rank 2 < 3"):
+        want = nc_metrics(h64, y).nc1
+    h32 = h64.astype(np.float32)
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode).update(h32, y).update_ncc(h32, y)
+        with pytest.warns(UserWarning, match="numerical rank 2 < 3"):
+            got = acc.compute().nc1
+        assert rel(got, want) < 1e-5, mode  # the float32 features differ from h64 by ~1e-7
+
+    gap = 1e-3 * np.linalg.norm(centres[0])
+    centres[1] = centres[0] + gap * rng.standard_normal(d) / np.sqrt(d)
+    h32 = (centres[y] + noise).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = nc_metrics(h32, y).nc1
+    assert rel(got, ref_metrics(h32.astype(np.float64), y, k)["nc1"]) < 1e-8
+    assert got > 1e3  # the small gap makes NC1 large, but finite and real
+
+
+@pytest.mark.parametrize("factor", [1e-300, 1e200])
+def test_metrics_do_not_depend_on_the_feature_scale(tmp_path, capsys, factor) -> None:
+    rng = np.random.default_rng(25)
+    h, y = make_data(rng)
+    w, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
+    base = nc_metrics(h, y, w, b).as_dict()
+    scaled = nc_metrics(h * factor, y, w, b * factor).as_dict()
+    for key, value in base.items():
+        if value is None:
+            assert scaled[key] is None, key
+        elif key in ("h_norm", "bias_collapse"):
+            assert rel(scaled[key], value * factor) < 1e-12, key
+        else:
+            assert scaled[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    path = tmp_path / "scaled.npz"
+    np.savez(path, features=h * factor, labels=y)
+    assert cli_main(["metrics", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["nc1"] == pytest.approx(base["nc1"], rel=1e-10)
+
+
+def test_cli_json_is_strict_and_non_finite_input_is_one_line(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(26)
+    h, y = make_data(rng)
+    h[y == 1] = h[y == 0][: (y == 1).sum()]  # class 1 duplicates class 0: cdnv is inf
+    path = tmp_path / "dup.npz"
+    np.savez(path, features=h, labels=y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli_main(["metrics", str(path), "--json"]) == 0
+    text = capsys.readouterr().out
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text)["metrics"]["cdnv"] is None
+    h[3, 2] = np.inf
+    np.savez(path, features=h, labels=y)
+    assert cli_main(["metrics", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -10,7 +10,9 @@ DESCRIPTION = (
     "equiangularity, norms) of features stored in an .npz file. The file must hold 'features' "
     "(N x d) and integer 'labels' (N,); optional 'weight' (K x d, as stored by torch.nn.Linear) "
     "and 'bias' (K,) enable the classifier metrics; optional 'num_classes' fixes K (otherwise K "
-    "is the number of rows of 'weight', or max label + 1). Definitions: docs/metrics.md."
+    "is the number of rows of 'weight', or max label + 1). --ood adds NC5 from the 'features' of "
+    "an out-of-distribution .npz. The metrics do not depend on the scale of the features. "
+    "Definitions: docs/metrics.md."
 )
 
 # Metric name -> short meaning, in display order.
@@ -31,34 +33,49 @@ _MEANINGS: dict[str, str] = {
     "maxangle_w": "mean |cos + 1/(K-1)|, classifier rows",
     "w_norm": "mean classifier row norm",
     "h_norm": "mean centred class-mean norm",
+    "nc1_trace_ratio": "tr(Sigma_W) / tr(Sigma_B)",
+    "hsu_log_mean": "mean -log||u_k - u_l||, normalised centred means",
+    "hsu_log_var": "variance of the log kernel",
+    "hsu_riesz_mean": "mean Riesz (d-2)-kernel of normalised centred means",
+    "hsu_riesz_var": "variance of the Riesz kernel",
+    "bias_collapse": "||W mu_G + b||",
+    "nc1_correct": "NC1 of correctly classified samples",
+    "nc1_incorrect": "NC1 of misclassified samples",
+    "nc5": "mean |cos(mu_k - mu_G, mu_OOD - mu_G)|, ID/OOD orthogonality",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.npz", help="npz with 'features' and 'labels'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--ood",
+        metavar="OOD.npz",
+        help="npz with out-of-distribution 'features' (M x d): adds nc5",
+    )
 
 
-def _load(path: str) -> dict[str, object]:
+def _load(path: str, required: tuple[str, ...] = ("features", "labels")) -> dict[str, object]:
     import os
 
     import numpy as np
 
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{path} not found; pass an .npz file holding 'features' (N x d) and 'labels' (N)"
+            f"{path} not found; pass an .npz file holding "
+            + " and ".join(f"'{name}'" for name in required)
         )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable .npz file ({err})") from err
-    missing = [name for name in ("features", "labels") if name not in arrays]
+    missing = [name for name in required if name not in arrays]
     if missing:
         raise ValueError(
             f"{path} lacks array(s) {', '.join(repr(m) for m in missing)} (it has: "
             f"{', '.join(sorted(arrays)) or 'nothing'}); save with "
-            "np.savez(path, features=..., labels=...)"
+            f"np.savez(path, {', '.join(f'{name}=...' for name in required)})"
         )
     return arrays
 
@@ -81,14 +98,24 @@ def run(args: argparse.Namespace) -> int:
         k = int(np.shape(arrays["weight"])[0])
     else:
         k = int(np.max(labels)) + 1 if np.size(labels) else 0
+    ood = None if args.ood is None else _load(args.ood, ("features",))["features"]
     metrics = nc_metrics(
-        features, labels, arrays.get("weight"), arrays.get("bias"), num_classes=k
+        features,
+        labels,
+        arrays.get("weight"),
+        arrays.get("bias"),
+        num_classes=k,
+        ood_features=ood,
     ).as_dict()
     n, d = np.shape(features)
 
     if args.json:
-        out = {"file": args.file, "num_samples": n, "num_classes": k, "dim": d, "metrics": metrics}
-        print(json.dumps(out, indent=2))
+        # strict JSON: non-finite values (e.g. an infinite CDNV) become null
+        strict = {name: v if v is None or np.isfinite(v) else None for name, v in metrics.items()}
+        out = {"file": args.file, "num_samples": n, "num_classes": k, "dim": d, "metrics": strict}
+        if args.ood is not None:
+            out["ood_file"] = args.ood
+        print(json.dumps(out, indent=2, allow_nan=False))
         return 0
 
     print(f"{args.file}: N={n} samples, K={k} classes, d={d}")

@@ -346,6 +346,13 @@ def bias_collapse(weight: Any, bias: Any, means: Any) -> float:
     return float(np.linalg.norm(w @ mu_g + b))
 
 
+def _bias_collapse(weight: np.ndarray, bias: np.ndarray, means: np.ndarray, unit: float) -> float:
+    """:func:`bias_collapse` with ``means`` in units of ``unit``, without over/underflow."""
+    logits = weight @ means.mean(axis=0) * unit + bias
+    scale = _pow2_unit(logits)
+    return float(np.linalg.norm(logits / scale) * scale)
+
+
 def ood_orthogonality(means: Any, ood_mean: Any) -> float:
     """NC5 (Ben Ammar et al. 2024, NECO, eq. 5): ``mean_k |cos(mu_k - mu_G, mu_OOD - mu_G)|``.
 
@@ -430,9 +437,7 @@ def assemble_metrics(
         nc1_trace_ratio=nc1_trace_ratio(trace_sigma_w, means),
         **hyperspherical_uniformity(means),
         bias_collapse=(
-            None
-            if weight is None or bias is None
-            else float(np.linalg.norm(weight @ means.mean(axis=0) * unit + bias))
+            None if weight is None or bias is None else _bias_collapse(weight, bias, means, unit)
         ),
         nc1_correct=nc1_correct,
         nc1_incorrect=nc1_incorrect,
