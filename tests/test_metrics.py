@@ -908,3 +908,35 @@ def test_cli_json_is_strict_and_non_finite_input_is_one_line(tmp_path, capsys) -
     assert cli_main(["metrics", str(path)]) == 2
     err = capsys.readouterr().err
     assert "non-finite" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("k", [40, 120])
+def test_many_class_scores_in_float32_are_certified(k: int) -> None:
+    """Above 32 classes the classifier and NCC scores of the second pass are float32 products
+    with an error certificate; rows within the bound are redone in float64. The tallies must
+    equal float64 argmax/argmin exactly, including planted near-ties (two classifier rows that
+    differ by 1e-9 relative, so every sample whose best class is 0 or 1 needs the float64 redo)."""
+    rng = np.random.default_rng(k)
+    d, n = 48, 40 * k
+    y = np.arange(n) % k
+    means = rng.standard_normal((k, d)) * 3
+    h = (means[y] + rng.standard_normal((n, d))).astype(np.float32)
+    w = rng.standard_normal((k, d))
+    w[1] = w[0] * (1 + 1e-9)  # classes 0 and 1 nearly tie for every sample
+    b = rng.standard_normal(k)
+    b[1] = b[0]
+    h64 = h.astype(np.float64)
+    own = np.stack([h64[y == c].mean(axis=0) for c in range(k)])
+    other = own + 0.5 * rng.standard_normal((k, d))
+    cls = np.argmax(h64 @ w.T + b, axis=1)
+    for ref, means_arg in ((own, None), (other, other)):
+        ncc = np.argmin(((h64[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
+        acc = NCAccumulator(k, d, mode="projected").update(h, y)
+        t = acc.update_ncc(h, y, means=means_arg, weight=w, bias=b).tallies
+        assert t["ncc_correct"] == int((ncc == y).sum())
+        assert t["nc4_mismatch"] == int((ncc != cls).sum())
+    # float64 features take the same certified path through the centred chunk
+    acc = NCAccumulator(k, d, mode="projected").update(h64, y)
+    t = acc.update_ncc(h64, y, weight=w, bias=b).tallies
+    ncc = np.argmin(((h64[:, None, :] - own[None]) ** 2).sum(-1), axis=1)
+    assert t["nc4_mismatch"] == int((ncc != cls).sum())

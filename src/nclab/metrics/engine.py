@@ -30,6 +30,7 @@ correctly / incorrectly classified samples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +60,9 @@ MODES = ("streaming", "projected")
 _TALLIES = ("ncc_total", "ncc_correct", "nc4_total", "nc4_mismatch")
 #: Rows per chunk of float64 work (bounds the temporaries; ~4 MiB at d = 512).
 _CHUNK = 1024
+#: Up to this many classes, classifier and NCC scores are float64 products fused with the
+#: projection; above it they are float32 products with an error certificate (:class:`_Scores`).
+_FUSE_CLASSES = 32
 
 
 def _nonfinite_error(x: torch.Tensor, name: str) -> ValueError:
@@ -460,6 +464,9 @@ class NCAccumulator:
         (``argmax`` of ``logits`` (B, K), else of ``features @ weight.T + bias``) also ``nc4``
         and NC1 over correctly / incorrectly classified samples. Records per-class NC1 and, in
         projected mode, the within-class statistics. Returns ``self``.
+
+        The first call fixes the class means and their directions (one read from the device);
+        later calls read nothing back per batch on CUDA.
         """
         self._check_unsynced("second", "update_ncc()")
         if self.mode == "projected" and self.num_samples == 0:
@@ -467,8 +474,6 @@ class NCAccumulator:
         x = self._features(features)
         y = self._labels(labels, int(x.shape[0]))
         k, d, n = self.num_classes, self.dim, int(x.shape[0])
-        if means is None:
-            self._check_complete()
         ref = None
         if means is not None:
             ref = as_tensor(means, "means").to(self.device, torch.float64)
@@ -479,54 +484,86 @@ class NCAccumulator:
             if self.validate and not bool(torch.isfinite(ref).all()):
                 raise ValueError("means contain NaN or Inf values")
             ref = ref * self.scale
-        pred_cls = self._classifier_predictions(x, logits, weight, bias)
+        z_logits, w, b = self._classifier(n, logits, weight, bias)
         if not self.second_pass_started or self._second_stale:
             self._begin_second_pass()
         if n == 0:
             return self
         self._note_precision(x)
         own = self.frozen_means
-        r = self.basis.shape[0]
         own_ref = ref is None
         ref = own if ref is None else ref
         centre = ref.mean(dim=0)
         m = ref - centre  # nu_k - c
-        sq = (m * m).sum(dim=1)  # ||nu_k - c||^2
-        offset = (own - centre) @ m.T  # (K, K): (mu_l - c) . m_k
-        if own_ref:  # the own centred means lie in span(basis): score in r coordinates
-            coef = m @ self.basis.T  # (K, r)
-            rows = self.basis
+        # NCC: argmin_k ||h - nu_k||^2 = argmax_k 2 (h - c).m_k - ||m_k||^2, with
+        # (h - c).m_k = z.m_k + (mu_y - c).m_k for the class-centred sample z = h - mu_y
+        ncc_add = 2.0 * ((own - centre) @ m.T) - (m * m).sum(dim=1)  # (K, K), row = class y
+        # the own centred means lie in span(basis): score them in r coordinates
+        ncc_mat = 2.0 * (m @ self.basis.T if own_ref else m)
+        # Few classes: the K-row products are bound by reading the chunk, so they ride along
+        # with the float64 projection (exact scores). Many classes: float32 with a certificate.
+        fuse = k <= _FUSE_CLASSES
+        rows = [self.basis]
+        if w is not None:  # W h + b = W z + (W mu_y + b), in scaled units
+            cls_add = own @ w.T + (0.0 if b is None else b * self.scale)
+            if fuse:
+                rows.append(w)
+            else:
+                cls = _Scores(w)
+                raw = x.dtype == torch.float32 and self.scale == 1.0
+                own_norm = torch.linalg.vector_norm(own, dim=1)
+                b_add = torch.zeros_like(w[:, 0]) if b is None else b
+        if fuse and not own_ref:
+            rows.append(ncc_mat)
         else:
-            rows = torch.cat([self.basis, m])
+            ncc = _Scores(ncc_mat)
+        rows = torch.cat(rows) if len(rows) > 1 else rows[0]
+        r = self.basis.shape[0]
         tally = torch.zeros(4, dtype=torch.int64, device=self.device)
         for start, (z, yc) in zip(range(0, n, _CHUNK), self._chunks(x, y), strict=True):
             g = self._buffer("g", z.shape[0], d)
             torch.index_select(own, 0, yc, out=g)
             z.sub_(g)  # h - mu_y
-            p = z @ rows.T  # (chunk, r [+ K])
-            proj = p[:, :r]
-            dots = proj @ coef.T if own_ref else p[:, r:]
-            dots.add_(offset[yc])  # (h - c) . m_k
-            pred_ncc = dots.mul_(-2.0).add_(sq).argmin(dim=1)
+            scores = (rows @ z.T).T  # (chunk, rows); the (rows, chunk) product is faster
+            proj = scores[:, :r]  # coordinates along the class-mean directions
+            # squares into a row-major buffer: index_add_ over rows of a transposed view is slow
+            proj_sq = torch.mul(proj, proj, out=self._buffer("p", z.shape[0], r))
+            z_sq = torch.mul(z, z, out=g).sum(dim=1)  # ||h - mu_y||^2
+            z_norm = z_sq.sqrt()
+            if own_ref:
+                pred_ncc = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), ncc_add[yc])
+            elif fuse:
+                pred_ncc = scores[:, -k:].add(ncc_add[yc]).argmax(dim=1)
+            else:
+                pred_ncc = ncc.argmax(z, z_norm, ncc_add[yc])
             tally[0] += yc.shape[0]
             tally[1] += (pred_ncc == yc).sum()
-            proj_sq = proj.square()
             self.proj_sq.index_add_(0, yc, proj_sq)
-            self.centred_sq.index_add_(0, yc, torch.mul(z, z, out=g).sum(dim=1))
-            if pred_cls is not None:
-                pc = pred_cls[start : start + yc.shape[0]]
-                tally[2] += yc.shape[0]
-                tally[3] += (pc != pred_ncc).sum()
-                wrong = (pc != yc).long()
-                self.split_sq.index_add_(0, wrong, proj_sq)
-                self.split_count.index_add_(0, wrong, torch.ones_like(proj_sq[:, 0]))
+            self.centred_sq.index_add_(0, yc, z_sq)
+            if z_logits is not None:
+                pred_cls = z_logits[start : start + yc.shape[0]].argmax(dim=1)
+            elif w is None:
+                continue
+            elif fuse:
+                pred_cls = scores[:, r : r + k].add(cls_add[yc]).argmax(dim=1)
+            elif raw:  # W h + b from the float32 input itself: no conversion
+                x_norm = z_norm + own_norm[yc]  # >= ||h|| (triangle inequality)
+                pred_cls = cls.argmax(x[start : start + yc.shape[0]], x_norm, b_add)
+            else:
+                pred_cls = cls.argmax(z, z_norm, cls_add[yc])
+            tally[2] += yc.shape[0]
+            tally[3] += (pred_cls != pred_ncc).sum()
+            wrong = (pred_cls != yc).long()
+            self.split_sq.index_add_(0, wrong, proj_sq)
+            self.split_count.index_add_(0, wrong, torch.ones_like(proj_sq[:, 0]))
         self.tally += tally
         return self
 
-    def _classifier_predictions(
-        self, x: torch.Tensor, logits: Any, weight: Any, bias: Any
-    ) -> torch.Tensor | None:
-        k, d, n = self.num_classes, self.dim, int(x.shape[0])
+    def _classifier(
+        self, n: int, logits: Any, weight: Any, bias: Any
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Checked ``(logits, None, None)`` or ``(None, W, b)`` (float64, on the device)."""
+        k, d = self.num_classes, self.dim
         if logits is not None:
             z = as_tensor(logits, "logits")
             if tuple(z.shape) != (n, k):
@@ -536,21 +573,14 @@ class NCAccumulator:
             z = z.to(self.device)
             if self.validate and not bool(torch.isfinite(z).all()):
                 raise _nonfinite_error(z, "logits")
-            return z.argmax(dim=1)
+            return z, None, None
         if weight is None:
             if bias is not None:
                 raise ValueError("bias was given without weight; pass weight (and bias) or logits")
-            return None
+            return None, None, None
         w = torch.from_numpy(check_weight(weight, k, d)).to(self.device)
         b = None if bias is None else torch.from_numpy(check_bias(bias, k)).to(self.device)
-        preds = []
-        for start in range(0, n, _CHUNK):
-            z = self._buffer("z", min(_CHUNK, n - start), d).copy_(x[start : start + _CHUNK])
-            scores = (z * self.scale) @ w.T
-            if b is not None:
-                scores += b * self.scale
-            preds.append(scores.argmax(dim=1))
-        return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=self.device)
+        return None, w, b
 
     # -- combining -------------------------------------------------------------------------
 
@@ -833,3 +863,47 @@ def _all_sum(tensors: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
         out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.device))
         start += t.numel()
     return out
+
+
+_U32 = 2.0**-24  # unit round-off of float32
+
+
+class _Scores:
+    """Row-wise ``argmax_k (a @ mat.T + add)`` as in float64, computed mostly in float32.
+
+    On CPU the scores are computed in float32 (about twice the speed of float64) with a
+    rigorous bound on their error: for rows of length p,
+    ``|fl32(a_i . m_k) - a_i . m_k| <= gamma_{p+2} ||a_i|| ||m_k||`` with
+    ``gamma_q = q u / (1 - q u)``, ``u = 2^-24`` (the dot-product bound of Higham, "Accuracy and
+    Stability of Numerical Algorithms", Sec. 3.1, with one more ``u`` each for rounding ``a``
+    and ``mat`` to float32), plus ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and
+    the sum. A row whose best score beats the runner-up by more than twice the bound has the
+    float64 argmax; the other rows (near ties) are recomputed in float64. On other devices the
+    scores are float64 throughout (no read-back to decide which rows to redo).
+    """
+
+    def __init__(self, mat: torch.Tensor) -> None:
+        self.mat = mat
+        self.fast = mat.device.type == "cpu"
+        if self.fast:
+            self.mat32_t = mat.T.float().contiguous()
+            p = mat.shape[1]
+            gamma = (p + 2) * _U32 / (1.0 - (p + 2) * _U32)
+            mat_norm = float(torch.linalg.vector_norm(mat, dim=1).max()) if mat.numel() else 0.0
+            self.norm_factor = (gamma + 2 * _U32) * 1.01 * mat_norm
+
+    def argmax(self, a: torch.Tensor, a_norm: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+        """``a`` (n, p); ``a_norm`` (n,) upper bounds of its row norms; ``add`` (n, K) or (K,)."""
+        if not self.fast:
+            return torch.addmm(add, a.double(), self.mat.T).argmax(dim=1)
+        scores = torch.addmm(add.float(), a.float(), self.mat32_t)
+        add_max = float(add.abs().max()) if add.numel() else 0.0
+        bound = a_norm.float().mul_(self.norm_factor).add_(2.02 * _U32 * add_max)
+        best, idx = scores.max(dim=1)
+        scores.scatter_(1, idx[:, None], -math.inf)
+        unsure = (best - scores.max(dim=1).values) <= 2.0 * bound
+        if bool(unsure.any()):
+            rows = unsure.nonzero().flatten()
+            rows_add = add[rows] if add.dim() == 2 else add
+            idx[rows] = torch.addmm(rows_add, a[rows].double(), self.mat.T).argmax(dim=1)
+        return idx
