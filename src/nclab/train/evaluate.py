@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nclab.calibration import expected_calibration_error
+from nclab.calibration import calibration_metrics
 from nclab.metrics import NCAccumulator
 from nclab.train.distributed import DistContext
 
@@ -47,6 +47,8 @@ __all__ = [
 EVAL_BATCH_SIZE = 1024
 #: Largest feature store kept per pass; bigger passes use the streaming path.
 KEEP_FEATURES_MAX_BYTES = 2 * 2**30
+#: Calibration metrics of the test logits logged besides ``ece`` (see nclab.calibration).
+_CALIBRATION_KEYS = ("mce", "ece_adaptive", "ece_classwise", "brier", "top5_acc")
 #: NCMetrics fields never available during training (no out-of-distribution features).
 _NOT_LOGGED = ("nc5",)
 
@@ -140,7 +142,7 @@ class Evaluator:
         )
         test_logits = self.ctx.gather_strided(test.logits.cpu().clone(), self.num_test)
         test_labels = self.ctx.gather_strided(test.labels.cpu().clone(), self.num_test)
-        ece = expected_calibration_error(test_logits, test_labels, n_bins=15)
+        calib = calibration_metrics(test_logits, test_labels, n_bins=15)
         t2 = time.perf_counter()
 
         metrics: dict[str, float | None] = {
@@ -152,7 +154,9 @@ class Evaluator:
             "test_ce": sums[5] / sums[7],
             "test_acc": sums[6] / sums[7],
             "test_error": 1.0 - sums[6] / sums[7],
-            "ece": ece,
+            "ece": calib["ece"],
+            # the rest of the calibration set (test_ce is the NLL)
+            **{key: calib[key] for key in _CALIBRATION_KEYS},
             **train_nc,
             **{f"test_{k}": v for k, v in test_nc.items()},
         }
