@@ -820,6 +820,26 @@ def test_update_never_reads_the_device_back() -> None:
         bool(acc.counts.any())
 
 
+@pytest.mark.parametrize("k", [5, 40])  # fused float64 scores / many-class scores
+def test_second_pass_batches_never_read_the_device_back(k: int) -> None:
+    """After the first update_ncc call (which fixes the means: one read), further second-pass
+    batches make no read-back: the state is moved to the meta device, where any read raises."""
+    d = 8
+    rng = np.random.default_rng(k)
+    y = np.arange(20 * k) % k
+    h = (rng.standard_normal((k, d))[y] + rng.standard_normal((len(y), d))).astype(np.float32)
+    w, b = torch.randn(k, d, dtype=torch.float64), torch.randn(k, dtype=torch.float64)
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode, validate=False).update(h, y)
+        acc.update_ncc(h[:10], y[:10], weight=w, bias=b)
+        acc.to("meta")
+        hm, ym = torch.from_numpy(h).to("meta"), torch.from_numpy(y).to("meta")
+        for _ in range(2):
+            acc.update_ncc(hm, ym, weight=w.to("meta"), bias=b.to("meta"))
+            acc.update_ncc(hm, ym, means=torch.zeros(k, d, device="meta"),
+                           logits=torch.zeros(len(y), k, device="meta"))  # fmt: skip
+
+
 def test_state_follows_the_first_input_and_moves_with_to() -> None:
     h, y = make_data(np.random.default_rng(23), dtype=np.float32)
     acc = NCAccumulator(5, 8)
@@ -940,3 +960,20 @@ def test_many_class_scores_in_float32_are_certified(k: int) -> None:
     t = acc.update_ncc(h64, y, weight=w, bias=b).tallies
     ncc = np.argmin(((h64[:, None, :] - own[None]) ** 2).sum(-1), axis=1)
     assert t["nc4_mismatch"] == int((ncc != cls).sum())
+
+
+def test_gpu_check_runs_in_tiny_mode_on_cpu(tmp_path, capsys) -> None:
+    """benchmarks/gpu_check.py runs every step at tiny sizes on the CPU; on CUDA the same script
+    compares the device engine with the CPU one (exactness must hold in both)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu.json"
+    assert module.main(["--tiny", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert max(report["exactness"]["max_rel_diff"].values()) <= 1e-9
+    assert report["speed"]["stream_all_metrics_s"] > 0 and report["training"]["epoch_s"] > 0
+    assert "exactness vs CPU" in capsys.readouterr().out

@@ -146,6 +146,7 @@ class NCAccumulator:
         self.ood_count = self._zeros(1)
         self._reset_second_pass()
         self.input_eps = EPS64
+        self._first_pass_fed = False  # host-side: update() saw samples (no device read)
         self._synced = {"stats": False, "second": False}
         self._buffers: dict[str, torch.Tensor] = {}
         return self
@@ -267,6 +268,7 @@ class NCAccumulator:
             setattr(self, name, t)
         self.scale = float(state.get("scale", 1.0))
         self.input_eps = float(state.get("input_eps", EPS64))
+        self._first_pass_fed = bool(self.counts.any())
         self._second_stale = bool(state.get("second_stale", False))
         for part in state.get("synced", []):
             self._synced[str(part)] = True
@@ -374,6 +376,7 @@ class NCAccumulator:
         if x.shape[0] == 0:
             return self
         self._note_precision(x)
+        self._first_pass_fed = True
         if self.second_pass_started:  # streaming: the second-pass statistics no longer apply
             self._second_stale = True
         k = self.num_classes
@@ -469,7 +472,7 @@ class NCAccumulator:
         later calls read nothing back per batch on CUDA.
         """
         self._check_unsynced("second", "update_ncc()")
-        if self.mode == "projected" and self.num_samples == 0:
+        if self.mode == "projected" and not self._first_pass_fed:
             raise ValueError("update_ncc() before update(): feed the first pass first")
         x = self._features(features)
         y = self._labels(labels, int(x.shape[0]))
@@ -578,6 +581,19 @@ class NCAccumulator:
             if bias is not None:
                 raise ValueError("bias was given without weight; pass weight (and bias) or logits")
             return None, None, None
+        if isinstance(weight, torch.Tensor) and (bias is None or isinstance(bias, torch.Tensor)):
+            # tensors: shape checks from metadata, no copy to the host (finiteness if validating)
+            w = weight.detach().to(self.device, torch.float64)
+            if tuple(w.shape) != (k, d):
+                check_weight(weight, k, d)  # raises the usual message
+            b = None if bias is None else bias.detach().to(self.device, torch.float64)
+            if b is not None and tuple(b.shape) != (k,):
+                check_bias(bias, k)
+            if self.validate:
+                check_weight(weight, k, d)
+                if bias is not None:
+                    check_bias(bias, k)
+            return None, w, b
         w = torch.from_numpy(check_weight(weight, k, d)).to(self.device)
         b = None if bias is None else torch.from_numpy(check_bias(bias, k)).to(self.device)
         return None, w, b
@@ -628,6 +644,7 @@ class NCAccumulator:
         self.ood_sum = self.ood_sum + other.ood_sum.to(dev)
         self.ood_count = self.ood_count + other.ood_count.to(dev)
         self.input_eps = max(self.input_eps, other.input_eps)
+        self._first_pass_fed = self._first_pass_fed or other._first_pass_fed
         same = self._same_second_pass(other)
         if same and other.second_pass_started:
             for name in ("proj_sq", "split_sq", "split_count", "centred_sq"):
@@ -684,6 +701,7 @@ class NCAccumulator:
             [self.counts, sums, self.ood_sum, self.ood_count], group
         )
         self.ood_sum, self.ood_count = ood_sum, ood_count
+        self._first_pass_fed = True
         if self.mode == "projected":
             self.counts, self.shifted_sums = counts, sums_g
             return

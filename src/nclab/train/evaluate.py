@@ -49,8 +49,12 @@ EVAL_BATCH_SIZE = 1024
 KEEP_FEATURES_MAX_BYTES = 2 * 2**30
 #: Calibration metrics of the test logits logged besides ``ece`` (see nclab.calibration).
 _CALIBRATION_KEYS = ("mce", "ece_adaptive", "ece_classwise", "brier", "top5_acc")
-#: NCMetrics fields never available during training (no out-of-distribution features).
-_NOT_LOGGED = ("nc5",)
+#: NCMetrics fields left out of metrics.jsonl, whose every value must be a finite number:
+#: undefined in some epochs (nc1_incorrect at 100% accuracy, bias_collapse without a bias,
+#: nc5 without out-of-distribution data) or overflowing while class means are nearly parallel
+#: (the Riesz kernel ||u_k - u_l||^-(d-2)). NCAccumulator.compute() gives them on demand.
+_NOT_LOGGED = ("hsu_riesz_mean", "hsu_riesz_var", "bias_collapse", "nc1_correct",
+               "nc1_incorrect", "nc5")  # fmt: skip
 
 Autocast = Callable[[], contextlib.AbstractContextManager[None]]
 
