@@ -75,11 +75,14 @@ def collapse_features(rng: np.random.Generator, n: int, d: int, k: int) -> tuple
     return h, y
 
 
+CLOCK = time.process_time  # CPU seconds of this process (--wall: wall-clock seconds)
+
+
 def timed(fn, *fn_args):
-    """(seconds, result) of one call."""
-    t0 = time.perf_counter()
+    """(seconds, result) of one call, on :data:`CLOCK`."""
+    t0 = CLOCK()
     result = fn(*fn_args)
-    return time.perf_counter() - t0, result
+    return CLOCK() - t0, result
 
 
 def reference_nc1(h: np.ndarray, y: np.ndarray, k: int) -> float:
@@ -205,8 +208,10 @@ def bench_one(args: argparse.Namespace, k: int) -> dict:
         "err_c": abs(nc1_c - ref) / ref,
         "collapse_ref": ref_c,
         "collapse_err_oneshot": abs(nc_metrics(hc, yc).nc1 - ref_c) / ref_c,
-        "collapse_err_stream": abs(run_stream(hc, yc, k, args.batch, None, None).compute().nc1
-                                   - ref_c) / ref_c,  # fmt: skip
+        "collapse_err_stream": abs(
+            run_stream(hc, yc, k, args.batch, None, None).compute().nc1 - ref_c
+        )
+        / ref_c,  # fmt: skip
         "collapse_err_c": abs(
             baseline_float32_torch(torch.from_numpy(hc), torch.from_numpy(yc), k, args.batch)
             - ref_c
@@ -218,7 +223,8 @@ def bench_one(args: argparse.Namespace, k: int) -> dict:
 
 
 def stream_peak_child(n: int, d: int, k: int, batch: int, seed: int) -> None:
-    """Child process: stream n samples, print (peak RSS - RSS after setup) in MiB."""
+    """Child process: stream n samples; print its peak RSS and the growth of the peak after the
+    first batch, in MiB."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((k, d)).astype(np.float32) * 2
     acc = NCAccumulator(k, d, validate=False)
@@ -229,10 +235,11 @@ def stream_peak_child(n: int, d: int, k: int, batch: int, seed: int) -> None:
         y = rng.integers(0, k, min(batch, n - lo))
         acc.update(centres[y] + rng.standard_normal((len(y), d), dtype=np.float32), y)
     acc.compute()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(peak / 1024, (peak - base) / 1024)
 
 
-def stream_peak_mib(n: int, d: int, k: int, batch: int, seed: int) -> float:
+def stream_peak_mib(n: int, d: int, k: int, batch: int, seed: int) -> tuple[float, float]:
     code = (
         "import sys; sys.argv=['x']; import benchmarks.metrics_bench as m; "
         f"m.stream_peak_child({n}, {d}, {k}, {batch}, {seed})"
@@ -241,7 +248,8 @@ def stream_peak_mib(n: int, d: int, k: int, batch: int, seed: int) -> float:
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    peak, growth = out.stdout.strip().splitlines()[-1].split()
+    return float(peak), float(growth)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mem-classes", type=int, default=10, help="K for the memory runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="BLAS/torch threads for every method")
+    p.add_argument(
+        "--wall",
+        action="store_true",
+        help="time wall-clock seconds instead of the process's CPU seconds (with one thread, CPU "
+        "seconds do not count time lost to other processes on a shared machine)",
+    )
     args = p.parse_args(argv)
+    global CLOCK
+    CLOCK = time.perf_counter if args.wall else time.process_time
     d = args.dim
     print(
         f"# NC metrics benchmark: N={args.n}, d={d}, batch={args.batch}, threads={THREADS}, "
@@ -271,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"N = {args.n:,} float32 features, d = {d}, streaming batches of {args.batch}, "
         f"{THREADS} thread(s); best of {args.repeats} (nclab, X^T X, (c)) / "
-        f"{args.repeats_b} ((a), (b)). Seconds.\n"
+        f"{args.repeats_b} ((a), (b)). {'Wall-clock' if args.wall else 'CPU'} seconds.\n"
     )
     print(
         "| K | nclab one-shot, all metrics | nclab streaming, all metrics | streaming `update` "
@@ -303,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['collapse_err_c']:.1e} |"
         )
     k = args.mem_classes
-    print(f"\nPeak resident memory of streaming (child process, above its setup), K = {k}:\n")
-    print(f"| N | nclab streaming, batches of {args.batch} (MiB) |")
-    print("|---:|---:|")
+    print(
+        f"\nPeak resident memory of streaming (child process, batches of {args.batch}), K = {k}:\n"
+    )
+    print("| N | peak RSS of the process (MiB) | growth after the first batch (MiB) |")
+    print("|---:|---:|---:|")
     for n in args.mem_n:
-        print(f"| {n:,} | {stream_peak_mib(n, d, k, args.batch, args.seed):.1f} |")
+        peak, growth = stream_peak_mib(n, d, k, args.batch, args.seed)
+        print(f"| {n:,} | {peak:.0f} | {growth:.1f} |")
     return 0
 
 
