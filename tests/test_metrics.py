@@ -465,15 +465,22 @@ def test_empty_class_is_named_at_compute_time():
         acc.update_ncc(h[keep], y[keep])  # default means need every class
 
 
-def test_coinciding_class_means_drop_a_direction_with_a_warning():
+def coinciding_means_data():
+    """K = 4 classes in d = 6 whose means 0 and 1 coincide; the noise has exactly zero class
+    means, so the class means are exactly ``centres`` (up to float64 rounding)."""
     rng = np.random.default_rng(19)
     k, d = 4, 6
     centres = rng.standard_normal((k, d)) * 3
     centres[1] = centres[0]
     y = np.repeat(np.arange(k), 25)
     noise = rng.standard_normal((len(y), d))
-    for c in range(k):  # exact class means: remove each class's sample mean of the noise
+    for c in range(k):
         noise[y == c] -= noise[y == c].mean(axis=0)
+    return rng, k, d, centres, y, noise
+
+
+def test_coinciding_class_means_drop_a_direction_with_a_warning():
+    _, k, d, centres, y, noise = coinciding_means_data()
     h = centres[y] + noise
     mu = centres
     mbar = mu - mu.mean(axis=0)
@@ -862,14 +869,7 @@ def test_float32_coinciding_means_are_dropped_but_a_small_real_gap_counts() -> N
     """Two class means that coincide up to float32 rounding: the cutoff accounts for the input's
     precision, warns, and gives the float64 answer (not ~1e15); two means 1e-3 ||mu|| apart in
     float32 data keep their direction (no warning) and match the direct float64 formula."""
-    rng = np.random.default_rng(19)
-    k, d = 4, 6
-    centres = rng.standard_normal((k, d)) * 3
-    centres[1] = centres[0]
-    y = np.repeat(np.arange(k), 25)
-    noise = rng.standard_normal((len(y), d))
-    for c in range(k):
-        noise[y == c] -= noise[y == c].mean(axis=0)
+    rng, k, d, centres, y, noise = coinciding_means_data()
     h64 = centres[y] + noise
     with pytest.warns(UserWarning, match="numerical rank 2 < 3"):
         want = nc_metrics(h64, y).nc1
@@ -977,3 +977,21 @@ def test_gpu_check_runs_in_tiny_mode_on_cpu(tmp_path, capsys) -> None:
     assert max(report["exactness"]["max_rel_diff"].values()) <= 1e-9
     assert report["speed"]["stream_all_metrics_s"] > 0 and report["training"]["epoch_s"] > 0
     assert "exactness vs CPU" in capsys.readouterr().out
+
+
+def test_streaming_second_pass_restarts_after_new_samples_and_keeps_tallies() -> None:
+    """In streaming mode, update() after update_ncc() makes the second-pass statistics stale
+    (per-class and split NC1 become None) but keeps the tallies; a new second pass over all the
+    samples gives the one-shot answer."""
+    rng = np.random.default_rng(27)
+    h, y = make_data(rng)
+    w = rng.standard_normal((5, 8))
+    acc = NCAccumulator(5, 8).update(h[:100], y[:100]).update_ncc(h[:100], y[:100], weight=w)
+    acc.update(h[100:], y[100:])
+    stale = acc.compute(w)
+    assert stale.nc1_correct is None and acc.per_class().nc1 is None
+    assert acc.tallies["ncc_total"] == 100 and stale.ncc_acc is not None
+    fresh = NCAccumulator(5, 8).update(h, y).update_ncc(h, y, weight=w).compute(w).as_dict()
+    assert_metrics_close(fresh, ref_metrics(h, y, 5, w))
+    with pytest.raises(ValueError, match="unknown|mode must be one of"):
+        NCAccumulator(5, 8, mode="full")

@@ -57,36 +57,6 @@ def as_float64(x: Any, name: str, ndim: int) -> np.ndarray:
     return arr
 
 
-def as_labels(y: Any, num_classes: int, n: int, name: str = "labels") -> np.ndarray:
-    arr = to_numpy(y, name)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-dimensional (N,), got shape {tuple(arr.shape)}")
-    if arr.shape[0] != n:
-        raise ValueError(
-            f"{name} has {arr.shape[0]} entries but features have {n} rows; "
-            "pass one label per feature row"
-        )
-    if arr.dtype.kind not in "iu":
-        integral = (
-            arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
-        )
-        if not integral:
-            raise ValueError(
-                f"{name} must be integer class indices in [0, {num_classes}), got dtype "
-                f"{arr.dtype} with non-integer values; pass class indices, not one-hot vectors"
-            )
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= num_classes:
-            bad = int(((arr < 0) | (arr >= num_classes)).sum())
-            raise ValueError(
-                f"{name} must lie in [0, {num_classes}) but {bad} label(s) fall outside "
-                f"(min {lo}, max {hi}); check num_classes (it is {num_classes})"
-            )
-    return arr
-
-
 def check_weight(weight: Any, num_classes: int, dim: int) -> np.ndarray:
     w = as_float64(weight, "weight", 2)
     if w.shape != (num_classes, dim):

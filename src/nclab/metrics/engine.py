@@ -444,7 +444,9 @@ class NCAccumulator:
         means = self._scaled_means()
         _, s, vh = torch.linalg.svd(means - means.mean(dim=0), full_matrices=False)
         r = min(self.num_classes - 1, self.dim)
+        tally = self.tally  # tallies survive a restart after new first-pass samples (streaming)
         self._reset_second_pass()
+        self.tally = tally
         self.frozen_means = means
         self.basis, self.basis_sv = vh[:r].contiguous(), s[:r].contiguous()
         self.proj_sq = self._zeros(self.num_classes, r)
