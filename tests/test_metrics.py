@@ -600,13 +600,27 @@ def _dist_worker(rank: int, world: int, tmp: str) -> None:
     try:
         h, y, w, parts = _dist_data()
         idx = parts[rank]
-        acc = NCAccumulator(5, 8)
-        for lo in range(0, len(idx), 16):
-            acc.update(h[idx[lo : lo + 16]], y[idx[lo : lo + 16]])
-        acc.all_reduce()
-        acc.update_ncc(h[idx], y[idx], weight=w)  # against the global means
-        acc.all_reduce(stats=False)
-        Path(tmp, f"rank{rank}.json").write_text(json.dumps(acc.compute(w).as_dict()))
+        for mode in MODES:
+            acc = NCAccumulator(5, 8, mode=mode)
+            for lo in range(0, len(idx), 16):
+                acc.update(h[idx[lo : lo + 16]], y[idx[lo : lo + 16]])
+            if mode == "projected":
+                try:  # the second pass needs the global means
+                    acc.update_ncc(h[idx], y[idx], weight=w)
+                    raise AssertionError("update_ncc before all_reduce was accepted")
+                except ValueError:
+                    pass
+            acc.all_reduce()
+            acc.all_reduce()  # guard: already reduced, so a no-op (no double counting)
+            try:
+                acc.update(h[idx[:3]], y[idx[:3]])
+                raise AssertionError("update after all_reduce was accepted")
+            except ValueError:
+                pass
+            acc.update_ncc(h[idx], y[idx], weight=w)  # against the global means
+            acc.all_reduce(stats=False)
+            acc.all_reduce()  # both passes reduced: no-op
+            Path(tmp, f"rank{rank}-{mode}.json").write_text(json.dumps(acc.compute(w).as_dict()))
     finally:
         dist.destroy_process_group()
 
@@ -629,8 +643,9 @@ def test_all_reduce_across_two_gloo_processes_matches_single_process(tmp_path):
     want = nc_metrics(h, y, w).as_dict()
     assert_metrics_close(want, ref_metrics(h, y, 5, w))
     for rank in range(2):
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert_metrics_close(got, want, rtol=1e-10)
+        for mode in MODES:
+            got = json.loads((tmp_path / f"rank{rank}-{mode}.json").read_text())
+            assert_metrics_close(got, want, rtol=1e-10)
 
 
 def test_all_reduce_without_process_group_is_a_no_op():
