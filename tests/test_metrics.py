@@ -1010,3 +1010,42 @@ def test_streaming_second_pass_restarts_after_new_samples_and_keeps_tallies() ->
     assert_metrics_close(fresh, ref_metrics(h, y, 5, w))
     with pytest.raises(ValueError, match="unknown|mode must be one of"):
         NCAccumulator(5, 8, mode="full")
+
+
+def test_projected_merge_state_dict_and_half_precision_inputs() -> None:
+    rng = np.random.default_rng(28)
+    h, y = make_data(rng)
+    w, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
+    want = nc_metrics(h, y, w, b).as_dict()
+    # first passes merged, then one second pass over all samples
+    left = NCAccumulator(5, 8, mode="projected").update(h[:70], y[:70])
+    right = NCAccumulator(5, 8, mode="projected").update(h[70:], y[70:])
+    merged = left.merge(right).update_ncc(h, y, weight=w, bias=b)
+    assert_metrics_close(merged.compute(w, b).as_dict(), want)
+    clone = NCAccumulator(5, 8, mode="projected").load_state_dict(merged.state_dict())
+    assert clone.compute(w, b) == merged.compute(w, b)
+    other = NCAccumulator(5, 8, mode="projected").update(h[:70], y[:70]).update_ncc(h, y)
+    with pytest.raises(ValueError, match="different class means"):
+        merged.merge(other)
+    with pytest.raises(ValueError, match="mode='streaming'"):
+        NCAccumulator(5, 8).merge(other)
+    # half-precision inputs: statistics of the rounded values in float64, precision recorded
+    for dtype in (torch.float16, torch.bfloat16):
+        ht = torch.from_numpy(h).to(dtype)
+        acc = NCAccumulator(5, 8).update(ht, torch.from_numpy(y))
+        assert acc.input_eps == torch.finfo(dtype).eps
+        ref = ref_metrics(ht.double().numpy(), y, 5)
+        assert rel(acc.compute().nc1, ref["nc1"]) < 1e-9
+
+
+def test_unvalidated_non_finite_features_are_reported_by_compute() -> None:
+    h, y = make_data(np.random.default_rng(29))
+    h[5, 3] = np.nan
+    for mode in MODES:
+        acc = NCAccumulator(5, 8, mode=mode, validate=False).update(h, y)
+        if mode == "projected":
+            with pytest.raises(ValueError, match="not finite"):
+                acc.update_ncc(h, y)
+            continue
+        with pytest.raises(ValueError, match=r"not finite \(per-batch validation was off\)"):
+            acc.compute()

@@ -441,6 +441,7 @@ class NCAccumulator:
                 "the global class means; call acc.all_reduce() after the first pass"
             )
         self._check_complete()
+        self._check_finite()  # one read when the pass begins; the SVD needs finite means
         means = self._scaled_means()
         _, s, vh = torch.linalg.svd(means - means.mean(dim=0), full_matrices=False)
         r = min(self.num_classes - 1, self.dim)
