@@ -44,12 +44,18 @@ from nclab.ufm import (  # noqa: E402
 
 
 def bench_one(args: argparse.Namespace, delta: float) -> dict:
-    K, n, d = args.num_classes, args.n_per_class, args.dim
-    lam = (args.lambda_w, args.lambda_h)
-    cf = closed_form(K, n, *lam, delta, args.lambda_b)
-    problem = UFMProblem(K, n, d, *lam, delta, args.lambda_b)
+    problem = UFMProblem(
+        num_classes=args.num_classes,
+        n_per_class=args.n_per_class,
+        dim=args.dim,
+        lambda_w=args.lambda_w,
+        lambda_h=args.lambda_h,
+        smoothing=delta,
+        lambda_b=args.lambda_b,
+    )
+    cf = closed_form(problem)
     t0 = time.perf_counter()
-    x = problem.pack(*minimizer(K, n, *lam, delta, args.lambda_b, dim=d, seed=0))
+    x = problem.pack(*minimizer(problem, seed=0))
     hvp = HessianVectorProduct(problem, x)
     sym = RotationSymmetry(problem, x, include_bias_shift=True)
     t_setup = time.perf_counter() - t0
@@ -70,7 +76,7 @@ def bench_one(args: argparse.Namespace, delta: float) -> dict:
         float(np.linalg.norm(sym.project(v_top))), float(np.linalg.norm(sym.project(v_bot)))
     )
     # another rotation of the minimizer and another Lanczos start vector
-    x2 = problem.pack(*minimizer(K, n, *lam, delta, args.lambda_b, dim=d, seed=1))
+    x2 = problem.pack(*minimizer(problem, seed=1))
     hvp2 = HessianVectorProduct(problem, x2)
     sym2 = RotationSymmetry(problem, x2, include_bias_shift=True)
     lam_max2, lam_min2, _ = lanczos_extremes(hvp2, sym2, tol=args.tol, ncv=args.ncv, seed=7)
@@ -82,7 +88,7 @@ def bench_one(args: argparse.Namespace, delta: float) -> dict:
     t_unproj = time.perf_counter() - t0
     # W / H blocks (and the whole pipeline as `condition` runs it)
     t0 = time.perf_counter()
-    cond = condition(K, n, d, *lam, delta, args.lambda_b, method="lanczos", tol=args.tol)
+    cond = condition(problem, method="lanczos", tol=args.tol)
     t_condition = time.perf_counter() - t0
 
     return {

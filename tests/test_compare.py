@@ -200,7 +200,7 @@ def test_plan_runs_settings_and_overrides(tmp_path):
     assert all(r.config.ufm_penalties and r.config.weight_decay is None for r in ufm)
     assert all(r.config.lambda_w == 1e-3 for r in ufm)
     paper = plan_runs(CompareConfig(preset="paper", out=tmp_path))
-    assert [r.config.smoothing for r in paper] == [0.0, 0.05]
+    assert [r.config.smoothing for r in paper[::3]] == [0.0, 0.05]
     assert paper[0].config.model == "resnet18" and paper[0].config.milestones == [150]
     with pytest.raises(ValueError, match="cannot be set for a comparison"):
         plan_runs(CompareConfig(preset="smoke", train={"seed": 3}, out=tmp_path))
@@ -227,7 +227,7 @@ def test_bad_input_is_one_clear_error(argv, message, tmp_path, capsys):
 def test_validate_smoothings():
     assert validate_smoothings([0.1, 0.05, 0.1]) == [0.0, 0.05, 0.1]
     assert validate_smoothings([]) == [0.0]
-    with pytest.raises(ValueError, match="the seed paper uses 0.05"):
+    with pytest.raises(ValueError, match="Guo et al. \\(2024\\) use 0.05"):
         validate_smoothings([1.5])
 
 
@@ -241,3 +241,93 @@ def test_failing_worker_stops_the_other_runs_at_once(smoke, tmp_path):
         main([*argv, "--epochs", "100000"])
     sibling = out / "runs" / "ls0.1_seed0"
     assert _rows(sibling)[-1]["epoch"] < 100000
+
+
+def test_quick_preset_runs_three_seeds_of_ce_and_two_deltas(tmp_path):
+    runs = plan_runs(CompareConfig(out=tmp_path))
+    assert sorted((r.config.smoothing, r.config.seed) for r in runs) == [
+        (d, s) for d in (0.0, 0.05, 0.1) for s in (0, 1, 2)
+    ]
+    quick = PRESETS["quick"].train
+    assert {(r.config.per_class, r.config.test_per_class) for r in runs} == {
+        (quick["per_class"], quick["test_per_class"])
+    }
+
+
+def _small_npz(path: Path, per_class: int = 12, k: int = 3) -> Path:
+    """A tiny image dataset in nclab's npz format, far below the quick preset's 300 per class."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.repeat(np.arange(k), per_class), np.repeat(np.arange(k), 5)
+    centres = rng.normal(size=(k, 1, 6, 6))
+    x_train = centres[y_train] + 0.3 * rng.normal(size=(len(y_train), 1, 6, 6))
+    x_test = centres[y_test] + 0.3 * rng.normal(size=(len(y_test), 1, 6, 6))
+    np.savez(
+        path,
+        x_train=x_train.astype("float32"),
+        y_train=y_train,
+        x_test=x_test.astype("float32"),
+        y_test=y_test,
+    )
+    return path
+
+
+def test_other_dataset_drops_the_presets_subset_sizes(tmp_path):
+    data = f"npz:{_small_npz(tmp_path / 'small.npz')}"
+    runs = plan_runs(CompareConfig(train={"dataset": data}, out=tmp_path))
+    assert {(r.config.per_class, r.config.test_per_class) for r in runs} == {(None, None)}
+    kept = plan_runs(CompareConfig(train={"dataset": data, "per_class": 10}, out=tmp_path))
+    assert {r.config.per_class for r in kept} == {10}
+    same = plan_runs(CompareConfig(train={"dataset": "fashion-mnist"}, out=tmp_path))
+    assert {r.config.per_class for r in same} == {PRESETS["quick"].train["per_class"]}
+
+
+@pytest.mark.slow
+def test_compare_on_a_small_npz_dataset_runs_without_per_class(tmp_path, capsys):
+    """`nclab compare --dataset npz:FILE` on 12 images per class needs no --per-class."""
+    data = _small_npz(tmp_path / "small.npz")
+    out = tmp_path / "cmp"
+    argv = [
+        "compare",
+        "--dataset",
+        f"npz:{data}",
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--batch-size",
+        "8",
+        "--seeds",
+        "0",
+        "1",
+        "--smoothing",
+        "0.1",
+        "--jobs",
+        "1",
+        "--quiet",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = _rows(out / "runs" / "ls0.1_seed1")
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["test_size"] == 15
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    entry = summary["verdicts"][0]["per_delta"][0]
+    assert entry["seeds_total"] == 2 and "indicative" in entry["verdict"]
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_per_class_all_parses_in_train_and_compare(command, tmp_path, capsys):
+    from nclab.cli import build_parser
+
+    args = build_parser().parse_args([command, "--per-class", "all", "--test-per-class", "7"])
+    key = "per_class" if command == "train" else "train_per_class"
+    assert getattr(args, key) is None
+    assert getattr(args, key.replace("per_class", "test_per_class")) == 7
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--per-class", "some", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "positive integer or 'all'" in capsys.readouterr().err

@@ -21,8 +21,6 @@ from nclab.data import (
 )
 from nclab.models import build_model
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-
 
 @pytest.fixture(autouse=True)
 def _isolated_search_path(tmp_path, monkeypatch):
@@ -142,9 +140,9 @@ def test_missing_files_error_lists_searched_places(tmp_path, monkeypatch):
     assert str(tmp_path / "mydata" / "FashionMNIST" / "raw") in msg
 
 
-def test_real_fashion_mnist():
-    # installed by `apt-get install dataset-fashion-mnist` (here and in CI)
-    assert (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
+@pytest.mark.slow
+def test_real_fashion_mnist(fashion_mnist_dir):
+    # installed by `apt-get install dataset-fashion-mnist` (scripts/setup.sh); skipped without it
     b = load_dataset("fashion-mnist", per_class=50, seed=0)
     assert b.x_test.shape == (10000, 1, 28, 28) and b.y_train.shape == (500,)
     assert torch.equal(torch.bincount(b.y_train), torch.full((10,), 50))

@@ -11,19 +11,8 @@ import numpy as np
 import pytest
 
 from nclab.report import build_report, matched_nc2
-from nclab.report.analysis import SeedStat, covered_range, nice_levels
+from nclab.report.analysis import covered_range, nice_levels
 from nclab.report.runs import load_run
-from nclab.report.verdicts import (
-    FAILS,
-    HOLDS,
-    PARTLY,
-    UNDETERMINED,
-    claim_calibration,
-    claim_final,
-    claim_matched,
-    claim_sooner,
-    combine,
-)
 
 K = 4
 N_TEST = 400
@@ -161,71 +150,6 @@ def test_nice_levels_and_covered_range(tmp_path):
     assert hi == pytest.approx(min(nc1_a[0], nc1_b[0]))
 
 
-# ------------------------------------------------------------------------- verdicts
-
-
-def _ms(zero, nc1_01, nc1_001, stable=None):
-    return {
-        "zero_train_error": SeedStat(zero),
-        "zero_train_error_stable": SeedStat(stable or zero),
-        "nc1_below_0.1": SeedStat(nc1_01),
-        "nc1_below_0.01": SeedStat(nc1_001),
-    }
-
-
-def test_claim_sooner_verdicts_on_constructed_numbers():
-    ce = _ms((20.0, 22.0), (10.0, 12.0), (None, None))
-    ls = {
-        "LS δ=0.05": _ms((15.0, 15.0), (8.0, 9.0), (30.0, 31.0)),  # sooner everywhere -> holds
-        "LS δ=0.1": _ms((25.0, 27.0), (12.0, 14.0), (None, None)),  # later -> does not hold
-        "LS δ=0.2": _ms((15.0, 16.0), (14.0, 15.0), (None, 40.0)),  # mixed -> partly
-    }
-    verdict = claim_sooner(ce, ls)
-    statuses = [d.status for d in verdict.per_delta]
-    assert statuses == [HOLDS, FAILS, PARTLY]
-    assert verdict.status == PARTLY
-    # "never (1/2 seeds)" counts as never, and both-never is reported as such.
-    assert "neither reaches it" in verdict.per_delta[2].text
-    only_later = claim_sooner(ce, {"LS δ=0.1": ls["LS δ=0.1"]})
-    assert only_later.status == FAILS
-    assert "does not hold" in only_later.line()
-    assert claim_sooner(None, ls).status == UNDETERMINED
-
-
-def test_claim_final_matched_calibration_and_combine():
-    ce = {"nc1": SeedStat((0.02, 0.04)), "nc2_wh": SeedStat((0.3, 0.3))}
-    ls = {
-        "a": {"nc1": SeedStat((0.01, 0.01)), "nc2_wh": SeedStat((0.2, 0.2))},
-        "b": {"nc1": SeedStat((0.05, 0.05)), "nc2_wh": SeedStat((0.4, 0.5))},
-        "c": {"nc1": SeedStat((0.01, 0.02)), "nc2_wh": SeedStat((0.4, 0.4))},
-    }
-    final = claim_final(ce, ls)
-    assert [d.status for d in final.per_delta] == [HOLDS, FAILS, PARTLY]
-    matched = claim_matched(
-        {"a": (0.95, -0.1), "b": (0.05, 0.1), "c": (0.5, 0.0), "d": (None, None)}
-    )
-    assert [d.status for d in matched.per_delta] == [HOLDS, FAILS, PARTLY, UNDETERMINED]
-    cal_ce = {"ece_raw": SeedStat((0.05,)), "ece_ts": SeedStat((0.02,))}
-    cal_ls = {
-        "lower": {"ece_raw": SeedStat((0.02,)), "ece_ts": SeedStat((0.021,))},
-        "same": {"ece_raw": SeedStat((0.055,)), "ece_ts": SeedStat((0.015,))},
-    }
-    cal = claim_calibration(cal_ce, cal_ls)
-    assert [d.status for d in cal.per_delta] == [HOLDS, FAILS]
-    assert "lower by 3.00 pp" in cal.per_delta[0].text
-    assert "not material" in cal.per_delta[1].text
-    # With seed spread, a 2 pp difference within 2·sqrt(s1² + s2²) is not material.
-    noisy = claim_calibration(
-        {"ece_raw": SeedStat((0.02, 0.08)), "ece_ts": SeedStat((0.02, 0.02))},
-        {"x": {"ece_raw": SeedStat((0.03, 0.03)), "ece_ts": SeedStat((0.02, 0.02))}},
-    )
-    assert noisy.status == FAILS
-    assert combine([HOLDS, HOLDS]) == HOLDS
-    assert combine([FAILS, UNDETERMINED]) == FAILS
-    assert combine([HOLDS, FAILS]) == PARTLY
-    assert combine([UNDETERMINED]) == UNDETERMINED
-
-
 # ------------------------------------------------------------------------- builder
 
 
@@ -302,6 +226,7 @@ def study(tmp_path_factory):
 def test_report_writes_every_file(study):
     root, dirs, result = study
     expected = {
+        "compare_forest",
         "compare_convergence",
         "compare_nc1_nc2",
         "compare_matched_nc1",
@@ -320,7 +245,7 @@ def test_report_writes_every_file(study):
     assert "src='http" not in page and '<img src="' not in page  # nothing external
     assert sorted(result.run_dirs) == sorted(d.resolve() for d in dirs)
     md = result.markdown.read_text()
-    for claim in ("(a)", "(b)", "(c)", "(d)"):
+    for claim in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)"):
         assert claim in md and claim in page
     assert json.loads(result.json.read_text())["groups"][0]["label"] == "CE"
 
@@ -374,17 +299,33 @@ def test_summary_numbers_match_metrics_files(study):
 
 
 def test_verdicts_follow_the_numbers(study):
-    _, _, result = study
-    groups = {g.label: g for g in result.summary.groups}
-    ce = groups["CE"]
+    """Paired per-seed differences recomputed from the files: final log10 NC ratios for (b), and
+    censored milestone epochs for (a) (a run that never gets there counts as last epoch + 1)."""
+    _, dirs, result = study
     verdicts = {v.claim: v for v in result.summary.verdicts}
-    for d in verdicts["b"].per_delta:
-        ls = groups[d.label]
-        lower = sum(ls.finals[k].mean < ce.finals[k].mean for k in ("nc1", "nc2_wh"))
-        assert d.status == {2: HOLDS, 1: PARTLY, 0: FAILS}[lower]
-    # LS δ=0.1 seed 1 never reaches zero train error: its milestone counts as never (later).
+    rows = {
+        d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs
+    }
+    ce = dirs[0::3]
+    for d, ls in zip(verdicts["b"].per_delta, (dirs[1::3], dirs[2::3]), strict=True):
+        measures = {m.measure.key: m for m in d.measures}
+        for key in ("nc1", "nc2_wh"):
+            expect = [
+                math.log10(rows[b][-1][key] / rows[a][-1][key]) for a, b in zip(ce, ls, strict=True)
+            ]
+            assert measures[f"final_{key}"].differences == pytest.approx(tuple(expect), rel=1e-12)
+        both = [
+            max(x, y)
+            for x, y in zip(
+                measures["final_nc1"].differences, measures["final_nc2_wh"].differences, strict=True
+            )
+        ]
+        assert d.headline.differences == pytest.approx(tuple(both), rel=1e-12)
+        assert d.indicative and "2 seeds, indicative" in d.verdict
+    # LS δ=0.1 seed 1 never reaches zero training error (24 epochs): 25 - 12 = 13 epochs later.
     a = {d.label: d for d in verdicts["a"].per_delta}
-    assert "zero training error: LS never vs CE 12" in a["LS δ=0.1"].text
+    zero = next(m for m in a["LS δ=0.1"].measures if m.measure.key == "epochs_zero_train_error")
+    assert zero.differences == (8 - 12, 25 - 12)
     for m in result.summary.matched:
         ok = np.isfinite(m.ce_nc2) & np.isfinite(m.ls_nc2)
         assert ok.any()

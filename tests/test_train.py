@@ -186,6 +186,7 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) -> None:
     epochs = 8
     argv = [
@@ -326,7 +327,8 @@ def test_cli_config_file_with_command_line_override(tmp_path: Path, capsys) -> N
     saved = json.loads((out / "config.json").read_text())
     assert saved["epochs"] == 2  # command line wins
     assert saved["lr"] == 0.01 and saved["width"] == 24 and saved["batch_size"] == 40  # file
-    assert saved["synthetic_classes"] == 4 and saved["scheduler"] == "constant"
+    assert saved["scheduler"] == "constant"
+    assert saved["dataset"] == "synthetic:k=4,d=16,n=100,test=100"  # deprecated keys folded in
     assert saved["momentum"] == 0.9  # neither: the default
     assert [r["epoch"] for r in read_rows(out / "metrics.jsonl")] == [1, 2]
     assert capsys.readouterr().out == ""  # --quiet
@@ -363,7 +365,8 @@ def test_cli_help_documents_every_option(capsys) -> None:
 def test_default_out_dir_names_dataset_model_loss_seed() -> None:
     from nclab.commands.train import default_out_dir
 
-    assert default_out_dir(tiny(loss="ls", smoothing=0.1, seed=2)) == "runs/synthetic-mlp-ls-s2"
+    expected = "runs/synthetic-k5-d48-n60-test20-mlp-ls-s2"
+    assert default_out_dir(tiny(loss="ls", smoothing=0.1, seed=2)) == expected
     npz = TrainConfig(dataset="npz:/data/my set.npz")
     assert default_out_dir(npz) == "runs/npz-_data_my_set.npz-mlp-ce-s0"
 
@@ -437,7 +440,9 @@ def test_ufm_penalty_mode_logs_closed_form_and_drops_classifier_decay(tmp_path: 
     cfg = tiny(epochs=3, ufm_penalties=True, loss="ls", smoothing=0.1, lambda_w=5e-4,
                lambda_h=4e-4, lambda_b=1e-3)  # fmt: skip
     result = train(cfg, tmp_path / "ufm", quiet=True)
-    expected = closed_form(5, 60, 5e-4, 4e-4, 0.1, 1e-3)
+    expected = closed_form(
+        num_classes=5, n_per_class=60, lambda_w=5e-4, lambda_h=4e-4, smoothing=0.1, lambda_b=1e-3
+    )
     for row in result.rows:
         assert row["ufm_w_norm"] == pytest.approx(expected.w_norm)
         assert row["ufm_h_norm"] == pytest.approx(expected.h_norm)
@@ -507,7 +512,9 @@ def test_evaluator_recomputes_features_when_not_kept(tmp_path: Path) -> None:
 
     kept, recomputed = evaluate(2**30), evaluate(0)
     assert kept == pytest.approx(recomputed, rel=1e-9)
-    logged = {k: v for k, v in result.final.items() if k not in ("epoch", "lr", "seconds")}
+    skip = ("epoch", "lr", "seconds", "test_size")
+    logged = {k: v for k, v in result.final.items() if k not in skip}
+    assert result.final["test_size"] == data.num_test
     assert kept == pytest.approx(logged, rel=1e-6, abs=1e-9)
 
 
@@ -634,3 +641,28 @@ def test_last_batch_of_one_sample_joins_the_previous_batch(tmp_path: Path, monke
     result = train(config, tmp_path / "r", quiet=True)
     assert seen == [76, 76, 76, 77]
     assert math.isfinite(result.final["train_loss"])
+
+
+def test_test_per_class_uses_a_fixed_subset_and_the_whole_test_set_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """Per-epoch test metrics on a fixed class-balanced subset (the same for every seed), the
+    final epoch, predictions.npz and the resumed final evaluation on all test samples."""
+    result = train(tiny(epochs=3, test_per_class=4), tmp_path / "run", quiet=True)
+    assert [r["test_size"] for r in result.rows] == [20, 20, 100]  # 5 classes x 4; all 100
+    data = load_dataset("synthetic", **_synthetic_kwargs())
+    model = load_model(tmp_path / "run")
+    loss = get_loss("ce", 5)
+    full = Evaluator(data.x_train, data.y_train, data.x_test, data.y_test, data.num_test, 5,
+                     loss, DistContext())(model).metrics  # fmt: skip
+    final = result.rows[-1]
+    for key in ("test_acc", "test_loss", "test_nc1", "ece", "nc1"):
+        assert final[key] == pytest.approx(full[key], rel=1e-6, abs=1e-9), key
+    with np.load(tmp_path / "run" / "predictions.npz") as p:
+        assert len(p["test_labels"]) == 100
+    idx = train_loop.fixed_test_subset(data.y_test, 4, 5)
+    other_seed = load_dataset("synthetic", **{**_synthetic_kwargs(), "seed": 1})
+    assert torch.equal(idx, train_loop.fixed_test_subset(other_seed.y_test, 4, 5))
+    assert torch.bincount(data.y_test[idx], minlength=5).tolist() == [4] * 5
+    with pytest.raises(ValueError, match="test_per_class=21 but a class has only 20"):
+        train(tiny(epochs=1, test_per_class=21), tmp_path / "bad", quiet=True)

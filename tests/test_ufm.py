@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,9 @@ from scipy.optimize import minimize_scalar
 from nclab.cli import main
 from nclab.metrics import nc_metrics
 from nclab.ufm import (
+    CONVERGENCE_DEFAULTS,
+    DEFAULT_LAMBDA_B,
+    SOLVERS,
     HessianVectorProduct,
     RotationSymmetry,
     UFMProblem,
@@ -33,8 +37,22 @@ from nclab.ufm import (
     objective_and_grad,
     objective_torch,
     simplex_etf,
-    solve,
+    solve_gd,
+    solve_lbfgs,
 )
+
+
+def ufm(K, n, lam_w, lam_h, delta=0.0, lam_b=DEFAULT_LAMBDA_B, d=None) -> UFMProblem:
+    """The UFM problem with these values (the order of the paper's notation, d last)."""
+    return UFMProblem(
+        num_classes=K,
+        n_per_class=n,
+        lambda_w=lam_w,
+        lambda_h=lam_h,
+        smoothing=delta,
+        lambda_b=lam_b,
+        dim=d,
+    )
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -46,7 +64,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def test_closed_form_matches_1d_reduction_and_regime_threshold() -> None:
     """g* and f* against a numerical minimisation of phi(g) on g >= 0."""
     for K, n, lam, delta in [(10, 500, 5e-4, 0.0), (10, 500, 5e-4, 0.2), (5, 3, 0.05, 0.1)]:
-        cf = closed_form(K, n, lam, lam, delta)
+        cf = closed_form(ufm(K, n, lam, lam, delta))
         beta = math.sqrt(n * lam * lam)
 
         def phi(g: float, K: int = K, delta: float = delta, beta: float = beta) -> float:
@@ -60,41 +78,54 @@ def test_closed_form_matches_1d_reduction_and_regime_threshold() -> None:
     # Threshold beta = (1 - delta)/K: just below collapses, at/above is trivial.
     K, n, delta = 4, 2, 0.2
     lam_star = (1 - delta) / K / math.sqrt(n)  # beta = lam sqrt(n) when lambda_W = lambda_H
-    assert closed_form(K, n, lam_star * 0.999, lam_star * 0.999, delta).regime == "collapse"
-    trivial = closed_form(K, n, lam_star, lam_star, delta)
+    assert closed_form(ufm(K, n, lam_star * 0.999, lam_star * 0.999, delta)).regime == "collapse"
+    trivial = closed_form(ufm(K, n, lam_star, lam_star, delta))
     assert trivial.regime == "trivial"
     assert trivial.objective == pytest.approx(math.log(K))
     assert trivial.w_norm == 0.0 and trivial.p_true == pytest.approx(1 / K)
 
 
 def test_ls_has_smaller_gap_norms_and_confidence_than_ce() -> None:
-    ce = closed_form(10, 500, 5e-4, 5e-4, 0.0)
+    ce = closed_form(ufm(10, 500, 5e-4, 5e-4, 0.0))
     prev = ce
     for delta in (0.05, 0.1, 0.2):
-        ls = closed_form(10, 500, 5e-4, 5e-4, delta)
+        ls = closed_form(ufm(10, 500, 5e-4, 5e-4, delta))
         assert ls.logit_gap < prev.logit_gap
         assert ls.w_norm < prev.w_norm and ls.h_norm < prev.h_norm
         assert ls.p_true < prev.p_true and ls.kappa_logit < prev.kappa_logit
         prev = ls
 
 
-@pytest.mark.parametrize(
-    "K,n,d,lam_w,lam_h,lam_b,delta",
-    [
-        (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.0),
-        (4, 3, 3, 1e-2, 2e-2, 1e-3, 0.1),
-        (5, 2, 6, 5e-3, 2e-2, 0.0, 0.2),
-        (3, 4, 2, 2e-2, 1e-2, 0.1, 0.05),
-        (2, 3, 3, 1e-2, 1e-2, 1e-3, 0.3),
-    ],
-)
+#: (K, n, d, lambda_W, lambda_H, lambda_b, delta) in the collapse regime: d = K-1 and d > K-1,
+#: lambda_b = 0 and > 0, CE and several delta.
+COLLAPSE_CASES = [
+    (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.0),
+    (4, 3, 3, 1e-2, 2e-2, 1e-3, 0.1),
+    (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.2),
+    (5, 2, 6, 5e-3, 2e-2, 0.0, 0.2),
+    (5, 4, 6, 5e-3, 2e-2, 0.0, 0.1),
+    (3, 4, 2, 2e-2, 1e-2, 0.1, 0.05),
+    (3, 5, 2, 2e-2, 5e-3, 0.1, 0.05),
+    (6, 2, 8, 3e-3, 3e-3, 1e-3, 0.3),
+    (2, 3, 3, 1e-2, 1e-2, 1e-3, 0.3),
+    (2, 4, 3, 1e-2, 1e-2, 1e-3, 0.0),
+]
+#: The same in the trivial regime (beta >= (1 - delta)/K: the minimizer is 0).
+TRIVIAL_CASES = [
+    (3, 2, 3, 0.3, 0.3, 1e-2, 0.0),
+    (4, 5, 4, 0.1, 0.1, 1e-3, 0.3),
+    (5, 3, 4, 0.2, 0.1, 0.0, 0.1),
+]
+
+
+@pytest.mark.parametrize("K,n,d,lam_w,lam_h,lam_b,delta", COLLAPSE_CASES)
 def test_minimizer_structure(K, n, d, lam_w, lam_h, lam_b, delta) -> None:
     """minimizer(): objective value, logit gap, p_true, NC1/ETF/self-duality, stationarity."""
-    cf = closed_form(K, n, lam_w, lam_h, delta, lam_b)
+    pr = ufm(K, n, lam_w, lam_h, delta, lam_b, d=d)
+    cf = closed_form(pr)
     assert cf.regime == "collapse"
-    W, H, b = minimizer(K, n, lam_w, lam_h, delta, lam_b, dim=d, seed=3)
+    W, H, b = minimizer(pr, seed=3)
     assert W.shape == (K, d) and H.shape == (d, K * n) and b.shape == (K,)
-    pr = UFMProblem(K, n, d, lam_w, lam_h, delta, lam_b)
     x = pr.pack(W, H, b)
     f, g = objective_and_grad(pr, x)
     assert f == pytest.approx(cf.objective, rel=1e-13)
@@ -117,11 +148,11 @@ def test_minimizer_structure(K, n, d, lam_w, lam_h, lam_b, delta) -> None:
 
 def test_trivial_minimizer_is_zero_and_stationary() -> None:
     K, n, lam, delta = 3, 2, 0.3, 0.1
-    cf = closed_form(K, n, lam, lam, delta)
+    pr = ufm(K, n, lam, lam, delta, d=1)  # d < K-1 is fine in this regime
+    cf = closed_form(pr)
     assert cf.regime == "trivial"
-    W, H, b = minimizer(K, n, lam, lam, delta, dim=1)  # d < K-1 is fine in this regime
+    W, H, b = minimizer(pr)
     assert not W.any() and not H.any() and not b.any()
-    pr = UFMProblem(K, n, 1, lam, lam, delta)
     f, g = objective_and_grad(pr, pr.pack(W, H, b))
     assert f == pytest.approx(math.log(K), rel=1e-15)
     assert np.abs(g).max() < 1e-15
@@ -135,25 +166,11 @@ def test_simplex_etf() -> None:
 
 
 # --------------------------------------------------------------------------------- solvers
-@pytest.mark.parametrize(
-    "K,n,d,lam_w,lam_h,lam_b,delta",
-    [
-        # collapse regime
-        (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.0),
-        (4, 3, 5, 1e-2, 1e-2, 1e-3, 0.2),
-        (5, 4, 6, 5e-3, 2e-2, 0.0, 0.1),
-        (3, 5, 2, 2e-2, 5e-3, 0.1, 0.05),
-        (6, 2, 8, 3e-3, 3e-3, 1e-3, 0.3),
-        (2, 4, 3, 1e-2, 1e-2, 1e-3, 0.0),
-        # trivial regime
-        (3, 2, 3, 0.3, 0.3, 1e-2, 0.0),
-        (4, 5, 4, 0.1, 0.1, 1e-3, 0.3),
-        (5, 3, 4, 0.2, 0.1, 0.0, 0.1),
-    ],
-)
+@pytest.mark.parametrize("K,n,d,lam_w,lam_h,lam_b,delta", COLLAPSE_CASES + TRIVIAL_CASES)
 def test_lbfgs_reaches_closed_form(K, n, d, lam_w, lam_h, lam_b, delta) -> None:
-    cf = closed_form(K, n, lam_w, lam_h, delta, lam_b)
-    res = solve(K, n, d, lam_w, lam_h, delta, lam_b, method="lbfgs", seed=1, record_every=5)
+    pr = ufm(K, n, lam_w, lam_h, delta, lam_b, d=d)
+    cf = closed_form(pr)
+    res = solve_lbfgs(pr, seed=1, record_every=5)
     assert abs(res.objective - cf.objective) <= 1e-9 * abs(cf.objective)
     if cf.regime == "collapse":
         assert res.w_norm == pytest.approx(cf.w_norm, rel=1e-6)
@@ -171,19 +188,20 @@ def test_lbfgs_reaches_closed_form(K, n, d, lam_w, lam_h, lam_b, delta) -> None:
 
 
 def test_gd_reaches_closed_form_and_history_is_monotone() -> None:
-    cf = closed_form(4, 3, 1e-2, 1e-2, 0.1)
-    res = solve(4, 3, 5, 1e-2, 1e-2, 0.1, method="gd", lr=5.0, max_iters=6000, tol=1e-12)
+    pr = ufm(4, 3, 1e-2, 1e-2, 0.1, d=5)
+    cf = closed_form(pr)
+    res = solve_gd(pr, lr=5.0, max_iters=6000, tol=1e-12)
     assert res.converged and res.relative_gap <= 1e-12
     assert res.w_norm == pytest.approx(cf.w_norm, rel=1e-5)
     gaps = res.history["relative_gap"]
     assert np.all(np.diff(res.history["objective"]) <= 1e-15)  # small fixed step: descent
     assert gaps[-1] <= 1e-12 < gaps[0]
     with pytest.raises(ValueError, match="diverged"):
-        solve(4, 3, 5, 1e-2, 1e-2, 0.0, method="gd", lr=1e4, max_iters=50, track_nc=False)
+        solve_gd(replace(pr, smoothing=0.0), lr=1e4, max_iters=50, nc_fn=None)
 
 
 def test_nc_record_matches_nc_metrics() -> None:
-    pr = UFMProblem(5, 7, 6, 1e-2, 1e-2, 0.1)
+    pr = ufm(5, 7, 1e-2, 1e-2, 0.1, d=6)
     x = pr.random_init(seed=4, scale=0.5)
     W, H, b = pr.unpack(x)
     ref = nc_metrics(H.T, pr.labels, weight=W, bias=b).as_dict()
@@ -195,7 +213,7 @@ def test_nc_record_matches_nc_metrics() -> None:
 # ------------------------------------------------------------------ gradient / HVP / Hessian
 @pytest.mark.parametrize("delta,lam_b", [(0.0, 1e-3), (0.15, 0.0)])
 def test_analytic_gradient_and_hvp_match_autograd(delta, lam_b) -> None:
-    pr = UFMProblem(4, 3, 5, 1e-2, 3e-2, delta, lam_b)
+    pr = ufm(4, 3, 1e-2, 3e-2, delta, lam_b, d=5)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(pr.num_params)
     x[-4:] = rng.standard_normal(4)  # non-zero bias
@@ -221,8 +239,8 @@ def test_logit_hessian_kappa() -> None:
     K, n, lam = 10, 500, 5e-4
     kappas = []
     for delta in (0.0, 0.05, 0.1, 0.2):
-        cf = closed_form(K, n, lam, lam, delta)
-        lc = logit_conditioning(K, n, lam, lam, delta)
+        cf = closed_form(ufm(K, n, lam, lam, delta))
+        lc = logit_conditioning(ufm(K, n, lam, lam, delta))
         q = (1 - cf.p_true) / (K - 1)
         # independent: eigenvalues of diag(p) - p p^T built from the closed-form p
         p = np.full(K, q)
@@ -246,8 +264,8 @@ def _orbit_dim(d: int, r: int) -> int:
 @pytest.mark.parametrize("K,n,d,lam_b", [(4, 3, 6, 1e-3), (4, 2, 3, 1e-3), (3, 3, 5, 0.0)])
 def test_symmetry_zero_modes_counted_and_excluded(K, n, d, lam_b) -> None:
     lam, delta = 1e-2, 0.1
-    pr = UFMProblem(K, n, d, lam, lam, delta, lam_b)
-    W, H, b = minimizer(K, n, lam, lam, delta, lam_b, dim=d, seed=2)
+    pr = ufm(K, n, lam, lam, delta, lam_b, d=d)
+    W, H, b = minimizer(pr, seed=2)
     x = pr.pack(W, H, b)
     sym = RotationSymmetry(pr, x, include_bias_shift=(lam_b == 0))
     assert sym.rank == K - 1 and sym.orbit_dim == _orbit_dim(d, K - 1)
@@ -277,7 +295,7 @@ def test_symmetry_zero_modes_counted_and_excluded(K, n, d, lam_b) -> None:
     np.testing.assert_allclose(sym.project(t), t, atol=1e-12)
     # condition(): no other zero modes, and the smallest non-zero eigenvalue is that of the
     # Hessian restricted to the complement of the symmetry basis.
-    res = condition(K, n, d, lam, lam, delta, lam_b, method="dense", seed=2)
+    res = condition(pr, method="dense", seed=2)
     assert res.zero_modes == sym.dim and res.other_zero_modes == 0
     assert res.lambda_min_nonzero == pytest.approx(np.min(evals[~zero]), rel=1e-9)
     assert res.lambda_max == pytest.approx(evals[-1], rel=1e-12)
@@ -288,9 +306,9 @@ def test_symmetry_zero_modes_counted_and_excluded(K, n, d, lam_b) -> None:
 
 @pytest.mark.parametrize("lam_b", [1e-3, 0.0])
 def test_lanczos_matches_dense(lam_b) -> None:
-    args = (4, 3, 6, 1e-2, 1e-2, 0.1, lam_b)
-    dense = condition(*args, method="dense")
-    lanczos = condition(*args, method="lanczos", tol=1e-13)
+    pr = ufm(4, 3, 1e-2, 1e-2, 0.1, lam_b, d=6)
+    dense = condition(pr, method="dense")
+    lanczos = condition(pr, method="lanczos", tol=1e-13)
     for key in ("lambda_max", "lambda_min_nonzero", "lambda_min_excl_bias_shift"):
         assert getattr(lanczos, key) == pytest.approx(getattr(dense, key), rel=1e-8), key
     for block in ("w_block", "h_block"):
@@ -309,8 +327,9 @@ def test_observed_coupled_mode_eigenvalue() -> None:
     below lambda; q = beta + delta/K."""
     K, n, d, lam = 10, 10, 9, 1e-2
     for delta in (0.0, 0.1):
-        cf = closed_form(K, n, lam, lam, delta)
-        res = condition(K, n, d, lam, lam, delta, method="lanczos")
+        pr = ufm(K, n, lam, lam, delta, d=d)
+        cf = closed_form(pr)
+        res = condition(pr, method="lanczos")
         predicted = 2 * lam * cf.logit_gap * cf.q_other / (K * cf.beta)
         assert predicted < lam
         assert res.lambda_min_excl_bias_shift == pytest.approx(predicted, rel=1e-9)
@@ -324,7 +343,7 @@ def test_convergence_experiment() -> None:
     # same initialisation for every delta: identical features at t = 0
     assert results[0].nc1[0] == results[1].nc1[0]
     for r in results:
-        cf = closed_form(4, 5, 1e-2, 1e-2, r.smoothing)
+        cf = closed_form(ufm(4, 5, 1e-2, 1e-2, r.smoothing))
         assert r.iterations.shape == r.objective_gap.shape == r.nc1.shape == (1501,)
         t = r.iters_to_objective_tol
         assert t is not None and r.objective_gap[t] <= 1e-8 < r.objective_gap[t - 1]
@@ -336,7 +355,7 @@ def test_convergence_experiment() -> None:
         # lambda_min = smallest Hessian eigenvalue off the symmetry and bias-shift modes (GD
         # never excites the bias shift: sum_k df/db_k = 0 along the path).  For CE the slowest
         # mode dominates and the rate is matched to ~1e-5; for LS it is excited more weakly.
-        hc = condition(4, 5, 5, 1e-2, 1e-2, r.smoothing, method="dense")
+        hc = condition(ufm(4, 5, 1e-2, 1e-2, r.smoothing, d=5), method="dense")
         rate = (1 - 4.0 * hc.lambda_min_excl_bias_shift) ** 2
         g = r.objective_gap
         i0 = int(np.flatnonzero(g < 1e-8)[0])  # past the transient, above round-off
@@ -347,6 +366,64 @@ def test_convergence_experiment() -> None:
     # iters_to_* is None when the tolerance is never reached
     short = convergence(**kw, smoothings=(0.1,), max_iters=3)
     assert short[0].iters_to_objective_tol is None and short[0].iters_to_nc1_tol is None
+
+
+def test_convergence_equals_a_plain_gd_loop() -> None:
+    """convergence() (built on solve_gd) against GD written out here with nc_metrics."""
+    pr = ufm(3, 4, 1e-2, 1e-2, d=3)
+    (res,) = convergence(pr, smoothings=(0.1,), lr=3.0, max_iters=40, seed=5)
+    pr = replace(pr, smoothing=0.1)
+    f_star = closed_form(pr).objective
+    x = pr.random_init(seed=5, scale=0.1)
+    gaps, nc1 = [], []
+    for it in range(41):
+        f, g = objective_and_grad(pr, x)
+        gaps.append((f - f_star) / abs(f_star))
+        nc1.append(nc_metrics(pr.unpack(x)[1].T, pr.labels).nc1)
+        x = x - 3.0 * g if it < 40 else x
+    np.testing.assert_array_equal(res.iterations, np.arange(41))
+    np.testing.assert_allclose(res.objective_gap, gaps, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(res.nc1, nc1, rtol=1e-9)
+    assert res.final_w_norm == pytest.approx(np.linalg.norm(pr.unpack(x)[0], axis=1).mean())
+
+
+def test_both_solvers_share_one_result_type_and_reach_the_same_minimum() -> None:
+    pr = ufm(4, 3, 1e-2, 1e-2, 0.1, d=4)
+    gd = SOLVERS["gd"](pr, lr=5.0, max_iters=8000, tol=1e-12)
+    lbfgs = SOLVERS["lbfgs"](pr)
+    assert type(gd) is type(lbfgs) and (gd.method, lbfgs.method) == ("gd", "lbfgs")
+    assert gd.history.keys() == lbfgs.history.keys()
+    assert gd.objective == pytest.approx(lbfgs.objective, rel=1e-11)
+    # W W^T is invariant under the rotation symmetry, so both minimizers give the same Gram
+    np.testing.assert_allclose(gd.W @ gd.W.T, lbfgs.W @ lbfgs.W.T, atol=1e-5)
+
+
+def test_keyword_convenience_equals_the_problem_object() -> None:
+    fields = dict(num_classes=4, n_per_class=3, lambda_w=1e-2, lambda_h=2e-2, smoothing=0.1)
+    pr = UFMProblem(**fields, dim=5)
+    assert closed_form(**fields) == closed_form(pr)
+    W1, H1, b1 = minimizer(pr, seed=2)
+    W2, H2, b2 = minimizer(**fields, dim=5, seed=2)
+    assert np.array_equal(W1, W2) and np.array_equal(H1, H2) and np.array_equal(b1, b2)
+    assert condition(pr, method="dense").ratio == condition(**fields, dim=5, method="dense").ratio
+    assert solve_lbfgs(pr).objective == solve_lbfgs(**fields, dim=5).objective
+    assert pr.dim == 5 and UFMProblem(**fields).dim == 3  # default d = K - 1
+    with pytest.raises(TypeError, match="not both"):
+        closed_form(pr, smoothing=0.2)
+    with pytest.raises(TypeError, match="lambda_x"):
+        closed_form(**fields, lambda_x=1.0)
+    with pytest.raises(TypeError, match="UFMProblem"):
+        closed_form(4)
+    with pytest.raises(TypeError):
+        UFMProblem(4, 3, 1e-2, 1e-2)  # keywords only: positional orders differed historically
+
+
+def test_cli_problem_defaults_are_the_convergence_defaults() -> None:
+    from nclab.commands import ufm as ufm_command
+
+    for key, value in ufm_command._DEFAULTS.items():
+        expected = CONVERGENCE_DEFAULTS.get(key, DEFAULT_LAMBDA_B if key == "lambda_b" else None)
+        assert value == expected, key
 
 
 # ------------------------------------------------------------------------------ bad inputs
@@ -360,25 +437,22 @@ def test_convergence_experiment() -> None:
         (dict(smoothing=1.0), "smoothing"),
         (dict(smoothing=-0.1), "smoothing"),
         (dict(lambda_b=-1.0), "lambda_b"),
+        (dict(dim=0), "dim"),
     ],
 )
 def test_bad_inputs(kwargs, match) -> None:
     base = dict(num_classes=4, n_per_class=3, lambda_w=1e-2, lambda_h=1e-2)
-    with pytest.raises(ValueError, match=match):
-        closed_form(**{**base, **kwargs})
-    with pytest.raises(ValueError, match=match):
-        solve(**{**base, **kwargs}, dim=5)
+    for function in (closed_form, solve_gd, solve_lbfgs, condition, convergence):
+        with pytest.raises(ValueError, match=match):
+            function(**{**base, **kwargs})
 
 
 def test_dim_too_small_for_collapse() -> None:
     with pytest.raises(ValueError, match="K-1"):
-        minimizer(5, 2, 1e-2, 1e-2, dim=3)
-    with pytest.raises(ValueError, match="K-1"):
-        solve(5, 2, 3, 1e-2, 1e-2)
-    with pytest.raises(ValueError, match="K-1"):
-        convergence(5, 2, 3, 1e-2, 1e-2, smoothings=(0.0,))
-    with pytest.raises(ValueError, match="method"):
-        solve(4, 2, 4, 1e-2, 1e-2, method="adam")
+        minimizer(ufm(5, 2, 1e-2, 1e-2, d=3))
+    for solver in (solve_gd, solve_lbfgs, convergence):
+        with pytest.raises(ValueError, match="K-1"):
+            solver(ufm(5, 2, 1e-2, 1e-2, d=3))
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -394,7 +468,7 @@ def test_cli_closed_form_and_solve(capsys) -> None:
          "--smoothing", "0", "0.1", "--json"],
     )  # fmt: skip
     assert [r["smoothing"] for r in rows] == [0.0, 0.1]
-    ref = closed_form(10, 500, 5e-4, 5e-4, 0.1)
+    ref = closed_form(ufm(10, 500, 5e-4, 5e-4, 0.1))
     assert rows[1]["logit_gap"] == pytest.approx(ref.logit_gap) and rows[1]["regime"] == "collapse"
     rows = _json_out(
         capsys,
@@ -402,6 +476,14 @@ def test_cli_closed_form_and_solve(capsys) -> None:
          "1e-2", "--smoothing", "0.1", "--json"],
     )  # fmt: skip
     assert rows[0]["relative_gap"] <= 1e-9 and rows[0]["method"] == "lbfgs"
+    rows = _json_out(
+        capsys,
+        ["ufm", "solve", "-K", "3", "-n", "2", "-d", "3", "--method", "gd", "--lr", "5",
+         "--max-iters", "40", "--smoothing", "0.1", "--json"],
+    )  # fmt: skip
+    direct = solve_gd(ufm(3, 2, 5e-3, 5e-3, 0.1, d=3), lr=5.0, max_iters=40)
+    assert rows[0]["method"] == "gd" and rows[0]["iterations"] == 40
+    assert rows[0]["objective"] == pytest.approx(direct.objective, rel=1e-12)
     assert main(["ufm", "closed-form"]) == 0
     assert "kappa_logit" in capsys.readouterr().out
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from nclab import __version__
+from nclab.commands import HelpFormatter
 
 # command name -> (module under nclab.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_line,
             description=getattr(module, "DESCRIPTION", help_line),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

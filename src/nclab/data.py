@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nclab import names
+
 __all__ = [
     "DATASETS",
     "DataBundle",
@@ -35,18 +37,14 @@ __all__ = [
     "class_balanced_indices",
     "iterate_batches",
     "load_dataset",
+    "parse_synthetic",
     "read_idx",
+    "synthetic_name",
 ]
 
-DATASETS: tuple[str, ...] = (
-    "fashion-mnist",
-    "mnist",
-    "cifar10",
-    "cifar100",
-    "stl10",
-    "tiny-imagenet",
-    "synthetic",
-)
+#: Names :func:`load_dataset` accepts (plus ``npz:PATH`` and ``synthetic:k=..``); kept in the
+#: torch-free :mod:`nclab.names` so that ``--help`` can list them.
+DATASETS: tuple[str, ...] = names.DATASETS
 
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
@@ -171,17 +169,19 @@ def load_dataset(
     Files are looked up in ``data_dir`` (and its usual sub-folders), then ``$NCLAB_DATA``,
     ``~/.cache/nclab/<name>`` and, for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist``.
     ``per_class=N`` keeps a class-balanced, ``seed``-deterministic subset of N training samples per
-    class (the test set is untouched). ``num_classes``, ``synthetic_dim`` and
-    ``synthetic_*_per_class`` configure the ``synthetic`` dataset only (ignored otherwise).
+    class (the test set is untouched). ``synthetic:k=K,d=D,n=N,test=M`` sets the synthetic
+    dataset's size (:func:`parse_synthetic`); ``num_classes``, ``synthetic_dim`` and
+    ``synthetic_*_per_class`` are the values of the keys the spec leaves out (ignored for other
+    datasets).
     """
     canonical = _canonical_name(name)
     data_path = None if data_dir is None else Path(data_dir).expanduser()
     if canonical == "npz":
         raw = _load_npz(Path(str(name).split(":", 1)[1]).expanduser())
     elif canonical == "synthetic":
-        raw = _make_synthetic(
-            num_classes, synthetic_dim, synthetic_train_per_class, synthetic_test_per_class, seed
-        )
+        given = dict(k=num_classes, d=synthetic_dim, n=synthetic_train_per_class)
+        spec = {**given, "test": synthetic_test_per_class, **parse_synthetic(name)}
+        raw = _make_synthetic(spec["k"], spec["d"], spec["n"], spec["test"], seed)
     else:
         raw = _LOADERS[canonical](data_path)
 
@@ -367,6 +367,9 @@ def _canonical_name(name: str) -> str:
         if len(s) == 4:
             raise ValueError("npz dataset needs a path: use 'npz:/path/to/file.npz'")
         return "npz"
+    if s.lower().startswith("synthetic:"):
+        parse_synthetic(s)  # a bad spec fails here, with what to write instead
+        return "synthetic"
     key = s.lower()
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
@@ -797,6 +800,46 @@ def _load_npz(path: Path) -> _Raw:
 
 
 # ------------------------------------------------------------------------------ synthetic
+
+#: Keys of the ``synthetic:k=K,d=D,n=N,test=M`` spec: meaning, default and smallest value.
+SYNTHETIC_KEYS: dict[str, tuple[str, int, int]] = {
+    "k": ("classes", 10, 2),
+    "d": ("input dimension", 32, 1),
+    "n": ("training samples per class", 100, 1),
+    "test": ("test samples per class", 100, 1),
+}
+
+
+def parse_synthetic(name: str) -> dict[str, int]:
+    """The keys given in ``synthetic`` or ``synthetic:k=5,d=48,n=100,test=20`` (validated).
+
+    ``ValueError`` naming the bad part and the accepted form; missing keys take the defaults of
+    :data:`SYNTHETIC_KEYS` (see :func:`synthetic_name`).
+    """
+    head, _, body = str(name).strip().partition(":")
+    form = "synthetic:k=K,d=D,n=N,test=M (any subset of the keys, e.g. synthetic:k=5,d=48,n=100)"
+    if head.lower() != "synthetic":
+        raise ValueError(f"{name!r} is not a synthetic dataset spec; use {form}")
+    given: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in body.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in SYNTHETIC_KEYS or key in given:
+            raise ValueError(f"bad part {part!r} in dataset {name!r}; use {form}")
+        meaning, _, lowest = SYNTHETIC_KEYS[key]
+        text = value.strip()
+        if not text.isdigit() or int(text) < lowest:
+            raise ValueError(
+                f"{key} ({meaning}) must be an integer >= {lowest} in {name!r}, got {text!r}"
+            )
+        given[key] = int(text)
+    return given
+
+
+def synthetic_name(**keys: int) -> str:
+    """The full spec ``synthetic:k=..,d=..,n=..,test=..`` with defaults for the keys not given."""
+    values = {key: keys.get(key, default) for key, (_, default, _) in SYNTHETIC_KEYS.items()}
+    return "synthetic:" + ",".join(f"{key}={value}" for key, value in values.items())
 
 
 def _make_synthetic(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
 from typing import Any
 
-from nclab.compare import MANAGED_FIELDS, PRESETS
-from nclab.train.config import TrainConfig
+from nclab.commands.train import add_config_options
+from nclab.compare import PRESETS
+
+#: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
+TRAIN_PREFIX = "train_"
 
 HELP = "Main job: train CE and label smoothing side by side and write a report."
 DESCRIPTION = (
@@ -16,44 +17,12 @@ DESCRIPTION = (
     "or more δ, from the same initialisation and data order (one seed = one init and batch "
     "order), then write DIR/report/report.html (self-contained), summary.md, summary.json and "
     "PNG/PDF figures: convergence of errors and NC1-NC4, NC1 vs NC2, NC2 at matched NC1, "
-    "calibration before/after temperature scaling, norms, UFM theory, and computed verdicts on "
-    "the seed paper's claims. Complete runs in --out are reused; interrupted ones resume. "
-    "Presets: " + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()) + ". "
-    "Training options override the preset's."
+    "calibration before/after temperature scaling, norms, UFM theory, and verdicts from paired "
+    "seeds (effect, 95% interval) on the claims of Guo, Andriopoulos, Zhao, Dong, Ling, Ross "
+    "(2024), 'Cross Entropy versus Label Smoothing: A Neural Collapse Perspective', arXiv "
+    "2402.03979. Complete runs in --out are reused; interrupted ones resume. Training options "
+    "override the preset's (see --preset)."
 )
-
-# Help for the most used training overrides (the rest: see `nclab train --help`).
-_TRAIN_HELP = {
-    "dataset": "dataset (fashion-mnist, mnist, cifar10, cifar100, stl10, tiny-imagenet, "
-    "synthetic, npz:PATH)",
-    "data_dir": "folder holding the dataset files",
-    "per_class": "training samples per class (class-balanced subset)",
-    "model": "model: mlp, cnn, resnet18, resnet34, resnet50",
-    "width": "model width",
-    "depth": "model depth",
-    "epochs": "training epochs",
-    "lr": "initial SGD learning rate",
-    "batch_size": "mini-batch size",
-    "weight_decay": "SGD weight decay",
-    "ufm_penalties": "UFM-penalty mode: explicit λ_W, λ_H, λ_b penalties instead of weight decay "
-    "on the classifier; the report draws the closed-form norms and uses these λ in the theory",
-    "lambda_w": "UFM-penalty mode: λ_W",
-    "lambda_h": "UFM-penalty mode: λ_H",
-    "lambda_b": "UFM-penalty mode: λ_b",
-}
-
-
-def _option_type(annotation: str) -> tuple[str, Any]:
-    """(kind, converter) from a TrainConfig field annotation string."""
-    if "bool" in annotation:
-        return "bool", None
-    if annotation.startswith("list[int]"):
-        return "list", int
-    if annotation.startswith("int"):
-        return "scalar", int
-    if annotation.startswith("float"):
-        return "scalar", float
-    return "scalar", str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="SEED",
-        help="seeds (repeats; figures show the mean and a min-max band; default: 0)",
+        help="seeds: CE and LS runs of one seed share initialisation and data order and are "
+        "compared as pairs; 3 or more make the verdicts more than indicative (default: the "
+        "preset's; quick and paper: 0 1 2, smoke: 0)",
     )
     parser.add_argument(
         "--out",
@@ -111,26 +82,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="train only")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     group = parser.add_argument_group(
-        "training options", "override the preset (same meaning as in `nclab train`)"
+        "training options",
+        "override the preset; same meaning as in `nclab train`; an option neither given nor "
+        "set by the preset has the default `nclab train --help` shows; with --dataset the "
+        "preset's --per-class and --test-per-class do not apply",
     )
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in MANAGED_FIELDS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind, conv = _option_type(str(f.type))
-        help_text = _TRAIN_HELP.get(f.name, f"TrainConfig.{f.name} (see `nclab train --help`)")
-        common = dict(dest=f"train_{f.name}", default=argparse.SUPPRESS, help=help_text)
-        if kind == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif kind == "list":
-            group.add_argument(flag, type=conv, nargs="+", **common)
-        else:
-            group.add_argument(flag, type=conv, metavar=re.sub(r"\W", "", f.name.upper()), **common)
+    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """TrainConfig options given on the command line."""
-    return {k[len("train_") :]: v for k, v in vars(args).items() if k.startswith("train_")}
+    given = vars(args).items()
+    return {k[len(TRAIN_PREFIX) :]: v for k, v in given if k.startswith(TRAIN_PREFIX)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"done in {result.seconds:.1f} s")
         if result.report is not None:
             for v in result.report.summary.verdicts:
-                print(f"  ({v.claim}) {v.statement}: {v.status}")
+                print(f"  ({v.claim}) {v.statement}: {v.verdict}")
             print(f"report: {result.report.html}")
             print(f"summary: {result.report.markdown}")
         print(f"runs: {result.out_dir / 'runs'}")

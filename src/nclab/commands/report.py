@@ -54,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {result.html}")
         print(f"summary: {result.markdown}")
         for v in result.summary.verdicts:
-            print(f"  ({v.claim}) {v.statement}: {v.status}")
+            print(f"  ({v.claim}) {v.statement}: {v.verdict}")
     return 0

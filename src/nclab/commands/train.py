@@ -10,10 +10,10 @@ import argparse
 import dataclasses
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.train.config import SCHEDULERS, TrainConfig
+from nclab.train.config import SYNTHETIC_ALIASES, TrainConfig, options
 
 HELP = "Train one classifier with per-epoch neural-collapse tracking."
 DESCRIPTION = (
@@ -27,94 +27,9 @@ DESCRIPTION = (
 
 _EXPLICIT = "_explicit_options"
 
-# option -> help text (defaults are appended by the parser's formatter)
-_HELP: dict[str, str] = {
-    "dataset": "dataset: fashion-mnist, mnist, cifar10, cifar100, stl10, tiny-imagenet, "
-    "synthetic, or npz:PATH",
-    "data_dir": "folder holding the dataset files (unset: standard locations, see docs/data.md)",
-    "per_class": "keep this many training samples per class (class-balanced, seeded; unset: all)",
-    "augment": "random crop (4-pixel padding) + horizontal flip on training images",
-    "synthetic_classes": "number of classes of the synthetic dataset",
-    "synthetic_dim": "input dimension of the synthetic dataset",
-    "synthetic_train_per_class": "training samples per class of the synthetic dataset",
-    "synthetic_test_per_class": "test samples per class of the synthetic dataset",
-    "model": "model: mlp, cnn, resnet18, resnet34, resnet50",
-    "width": "model width (unset: mlp 512 units, cnn 32 channels, resnets 64 channels)",
-    "depth": "model depth (unset: mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed)",
-    "bias": "give the classifier a bias",
-    "loss": "training loss: ce, ls (label smoothing), focal, mse",
-    "smoothing": "label smoothing δ in [0, 1) for --loss ls",
-    "epochs": "number of training epochs (with --resume: a larger value extends a run)",
-    "batch_size": "global mini-batch size (split over the processes under torchrun)",
-    "lr": "initial learning rate of SGD",
-    "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay (unset: 5e-4; in UFM-penalty mode unset means none, and "
-    "a value applies to the backbone only)",
-    "nesterov": "Nesterov momentum",
-    "scheduler": f"learning-rate schedule, stepped per epoch: {', '.join(SCHEDULERS)}",
-    "milestones": "epochs after which multistep multiplies the lr by --gamma "
-    "(unset: 1/2 and 3/4 of --epochs)",
-    "gamma": "multistep decay factor",
-    "ufm_penalties": "UFM-penalty mode: no optimizer weight decay on the classifier; add "
-    "λ_W/2||W||² + λ_b/2||b||² + λ_H/2·(N/B)||H_batch||² to the loss and log the closed-form "
-    "UFM norms (ufm_w_norm, ufm_h_norm)",
-    "lambda_w": "UFM-penalty mode: λ_W on the classifier weight",
-    "lambda_h": "UFM-penalty mode: λ_H on the features",
-    "lambda_b": "UFM-penalty mode: λ_b on the classifier bias",
-    "seed": "seed of the model initialisation, data order and per-class subset",
-    "device": "auto (CUDA when available), cpu or cuda",
-    "bf16": "bfloat16 autocast (CUDA only)",
-    "channels_last": "channels-last memory format (unset: on for conv nets on CPU)",
-    "threads": "torch intra-op threads (unset: torch's default)",
-    "eval_every": "evaluate every this many epochs (the last epoch is always evaluated)",
-    "checkpoint_every": "write checkpoints/last.pt every this many epochs (and at the end)",
-}
 
-_METAVAR: dict[str, str] = {
-    "dataset": "NAME",
-    "data_dir": "DIR",
-    "model": "NAME",
-    "loss": "NAME",
-    "scheduler": "NAME",
-    "device": "DEVICE",
-    "milestones": "EPOCH",
-    "per_class": "N",
-    "synthetic_classes": "K",
-    "synthetic_dim": "D",
-    "synthetic_train_per_class": "N",
-    "synthetic_test_per_class": "N",
-    "threads": "N",
-    "eval_every": "EPOCHS",
-    "checkpoint_every": "EPOCHS",
-    "smoothing": "DELTA",
-    "lambda_w": "LAMBDA",
-    "lambda_h": "LAMBDA",
-    "lambda_b": "LAMBDA",
-    "width": "N",
-    "depth": "N",
-    "epochs": "N",
-    "batch_size": "N",
-    "momentum": "M",
-    "gamma": "FACTOR",
-}
-
-
-class _Store(argparse.Action):
-    """``store`` that also records the option as given explicitly."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, values)
-        _mark(namespace, self.dest)
-
-
-class _StoreBool(argparse.BooleanOptionalAction):
-    """``--flag/--no-flag`` that also records the option as given explicitly."""
+class _Explicit(argparse.Action):
+    """Mixin: the action also records its option as given explicitly (``--config`` merging)."""
 
     def __call__(
         self,
@@ -127,19 +42,94 @@ class _StoreBool(argparse.BooleanOptionalAction):
         _mark(namespace, self.dest)
 
 
+class _Store(_Explicit, argparse._StoreAction):
+    """``store`` that also records the option as given explicitly."""
+
+
+class _StoreBool(_Explicit, argparse.BooleanOptionalAction):
+    """``--flag/--no-flag`` that also records the option as given explicitly (and, unlike
+    Python 3.11's, leaves the help text as given: the schema writes the default)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = kwargs.get("help")
+
+
 def _mark(namespace: argparse.Namespace, dest: str) -> None:
     explicit = set(getattr(namespace, _EXPLICIT, set()))
     explicit.add(dest)
     setattr(namespace, _EXPLICIT, explicit)
 
 
-def _value_type(field: dataclasses.Field[Any]) -> Any:
+def _value_type(field: dataclasses.Field[Any], parse: Callable[[Any], Any] | None) -> Any:
+    """argparse ``type`` of a field: its option's ``parse`` (a ``ValueError`` becomes argparse's
+    error message) or the converter of its annotation."""
+    if parse is not None:
+
+        def convert(text: str) -> Any:
+            try:
+                return parse(text)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        return convert
     annotation = str(field.type)
     if annotation.startswith("int") or annotation.startswith("list[int]"):
         return int
     if annotation.startswith("float"):
         return float
     return str
+
+
+def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
+    if field.default is None:
+        return unset or "unset"
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    return str(field.default)
+
+
+def add_config_options(
+    group: argparse._ArgumentGroup, *, prefix: str = "", defaults: bool = True
+) -> None:
+    """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
+    (:func:`nclab.train.config.options`): help, placeholder, choices (listed in the help;
+    :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
+    default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
+    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options.
+    The deprecated ``--synthetic-*`` aliases follow the fields."""
+    for name, (f, opt) in options().items():
+        if prefix and opt.per_run:
+            continue
+        text = opt.help
+        if opt.choices:
+            text += f": {', '.join(opt.choices)}"
+        if defaults:
+            text += f" (default: {_shown_default(f, opt.unset)})"
+        kwargs: dict[str, Any] = {
+            "dest": prefix + name,
+            "default": f.default if defaults else argparse.SUPPRESS,
+            "help": text.replace("%", "%%"),
+        }
+        flag = "--" + name.replace("_", "-")
+        if str(f.type).startswith("bool"):
+            group.add_argument(flag, action=_StoreBool, **kwargs)
+            continue
+        if str(f.type).startswith("list"):
+            kwargs["nargs"] = "+"
+        kind = _value_type(f, opt.parse)
+        kwargs["metavar"] = opt.metavar or ("N" if kind is int else name.upper())
+        group.add_argument(flag, action=_Store, type=kind, **kwargs)
+    for alias, key in SYNTHETIC_ALIASES.items():
+        group.add_argument(
+            "--" + alias.replace("_", "-"),
+            dest=prefix + alias,
+            action=_Store,
+            type=int,
+            metavar="N",
+            default=None if defaults else argparse.SUPPRESS,
+            help=f"deprecated alias of {key}=N in --dataset synthetic:...",
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--out",
         metavar="DIR",
-        help="run directory (unset: runs/<dataset>-<model>-<loss>-s<seed>)",
+        help="run directory (default: runs/<dataset>-<model>-<loss>-s<seed>)",
     )
     run.add_argument(
         "--resume",
@@ -165,25 +155,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="discard a previous run in --out and start over"
     )
     run.add_argument("--quiet", action="store_true", help="print nothing")
-
-    group = parser.add_argument_group("training options (TrainConfig fields)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": _HELP[f.name]}
-        if str(f.type).startswith("bool"):
-            group.add_argument(flag, action=_StoreBool, **kwargs)
-            continue
-        if f.name == "milestones":
-            kwargs["nargs"] = "+"
-        if f.name == "scheduler":
-            kwargs["choices"] = SCHEDULERS
-        kwargs["metavar"] = _METAVAR.get(f.name, f.name.upper().split("_")[-1])
-        group.add_argument(flag, action=_Store, type=_value_type(f), **kwargs)
+    add_config_options(parser.add_argument_group("training options (TrainConfig fields)"))
 
 
 def default_out_dir(config: TrainConfig) -> str:
-    """``runs/<dataset>-<model>-<loss>-s<seed>`` (dataset name made file-name safe)."""
-    dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(config.dataset).replace("npz:", "npz-"))
+    """``runs/<dataset>-<model>-<loss>-s<seed>`` (dataset name made file-name safe:
+    ``synthetic:k=5,d=48`` becomes ``synthetic-k5-d48``)."""
+    spec = str(config.dataset).replace(":", "-").replace(",", "-").replace("=", "")
+    dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
     dataset = dataset.strip("_") or "data"
     return f"runs/{dataset}-{config.model}-{config.loss}-s{config.seed}"
 
@@ -192,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the --config file (if any) with explicitly given options on top."""
     from nclab.train.config import config_from_dict, load_config_file
 
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    names = [*options(), *SYNTHETIC_ALIASES]
     if args.config is None:
         return config_from_dict({name: getattr(args, name) for name in names})
     values = {str(k).replace("-", "_"): v for k, v in load_config_file(args.config).items()}

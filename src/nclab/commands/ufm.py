@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from nclab.commands import HelpFormatter
+
 HELP = "Unconstrained feature model: closed form, solver, conditioning, convergence."
 DESCRIPTION = (
     "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
@@ -21,6 +23,8 @@ DESCRIPTION = (
     "See docs/theory.md."
 )
 
+#: Problem defaults: the small UFM of the convergence experiment (``CONVERGENCE_DEFAULTS``),
+#: repeated here so that ``--help`` does not import numpy; a test checks that they agree.
 _DEFAULTS: dict[str, Any] = dict(
     num_classes=10, n_per_class=50, dim=32, lambda_w=5e-3, lambda_h=5e-3, lambda_b=1e-3
 )
@@ -67,7 +71,7 @@ def _add_problem(p: argparse.ArgumentParser, *, dim: bool, smoothing: Sequence[f
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ufm_command", metavar="SUBCOMMAND")
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     p = sub.add_parser(
         "closed-form",
@@ -149,6 +153,14 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """``rows`` as JSON with ``--json`` (every key), else as a table of ``columns``."""
+    if args.json:
+        _emit_json(rows)
+    else:
+        _print_table(rows, columns)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -165,17 +177,13 @@ def _emit_json(payload: Any) -> None:
     print(json.dumps(_jsonable(payload), indent=2))
 
 
-def _problem(args: argparse.Namespace) -> dict[str, Any]:
-    out = dict(
-        num_classes=args.num_classes,
-        n_per_class=args.n_per_class,
-        lambda_w=args.lambda_w,
-        lambda_h=args.lambda_h,
-        lambda_b=args.lambda_b,
-    )
-    if hasattr(args, "dim"):
-        out["dim"] = args.dim
-    return out
+def _problem(args: argparse.Namespace, smoothing: float = 0.0) -> Any:
+    """The :class:`nclab.ufm.UFMProblem` of the command line with label smoothing ``smoothing``."""
+    from nclab.ufm import UFMProblem
+    from nclab.ufm.problem import PROBLEM_FIELDS
+
+    given = {name: getattr(args, name) for name in PROBLEM_FIELDS if hasattr(args, name)}
+    return UFMProblem(**{**given, "smoothing": smoothing})
 
 
 def _label(delta: float) -> str:
@@ -193,6 +201,15 @@ def _figure(ncols: int) -> tuple[Any, Any, Any]:
     return plt, fig, axes
 
 
+def _save(plt: Any, fig: Any, axes: Any, path: str, fontsize: int = 7) -> None:
+    """Legends and grids on every axis, then ``path`` as a 120 dpi PNG."""
+    for ax in axes:
+        ax.legend(fontsize=fontsize)
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _floor(values: Any, floor: float = 1e-17) -> Any:
     """``|values|`` clipped from below so that round-off zeros stay on a log axis."""
     import numpy as np
@@ -201,70 +218,36 @@ def _floor(values: Any, floor: float = 1e-17) -> Any:
 
 
 # --------------------------------------------------------------------------- commands
+#: Table columns of each sub-command (``--json`` prints every key).
+_COLUMNS: dict[str, list[str]] = {
+    "closed-form": "smoothing regime beta threshold logit_gap w_norm h_norm p_true loss objective "
+    "kappa_logit".split(),
+    "solve": "smoothing regime method iterations objective objective_closed_form relative_gap "
+    "w_norm w_norm_closed_form h_norm h_norm_closed_form nc1 nc2_wh nc3 seconds".split(),
+    "condition": "smoothing regime method num_params p_true kappa_logit kappa_logit_numeric "
+    "lambda_max lambda_min_nonzero ratio lambda_min_excl_shift ratio_excl_shift w_ratio h_ratio "
+    "orbit_dim zero_modes other_zero_modes".split(),
+    "convergence": "smoothing regime lr iters_to_objective_tol iters_to_nc1_tol "
+    "final_objective_gap final_nc1 final_w_norm w_norm_closed_form seconds".split(),
+}
+
+
 def _run_closed_form(args: argparse.Namespace) -> int:
     from nclab.ufm import closed_form
 
-    rows = [closed_form(smoothing=d, **_problem(args)).as_dict() for d in args.smoothing]
-    if args.json:
-        _emit_json(rows)
-        return 0
-    _print_table(
-        rows,
-        [
-            "smoothing",
-            "regime",
-            "beta",
-            "threshold",
-            "logit_gap",
-            "w_norm",
-            "h_norm",
-            "p_true",
-            "loss",
-            "objective",
-            "kappa_logit",
-        ],
-    )
+    rows = [closed_form(_problem(args, d)).as_dict() for d in args.smoothing]
+    _emit(args, rows, _COLUMNS["closed-form"])
     return 0
 
 
 def _run_solve(args: argparse.Namespace) -> int:
-    from nclab.ufm import solve
+    from nclab.ufm import SOLVERS
 
-    results = [
-        solve(
-            smoothing=d,
-            method=args.method,
-            lr=args.lr,
-            max_iters=args.max_iters,
-            seed=args.seed,
-            record_every=args.record_every,
-            **_problem(args),
-        )
-        for d in args.smoothing
-    ]
-    if args.json:
-        _emit_json([r.summary() for r in results])
-    else:
-        _print_table(
-            [r.summary() for r in results],
-            [
-                "smoothing",
-                "regime",
-                "method",
-                "iterations",
-                "objective",
-                "objective_closed_form",
-                "relative_gap",
-                "w_norm",
-                "w_norm_closed_form",
-                "h_norm",
-                "h_norm_closed_form",
-                "nc1",
-                "nc2_wh",
-                "nc3",
-                "seconds",
-            ],
-        )
+    options = dict(max_iters=args.max_iters, seed=args.seed, record_every=args.record_every)
+    if args.method == "gd":
+        options["lr"] = args.lr
+    results = [SOLVERS[args.method](_problem(args, d), **options) for d in args.smoothing]
+    _emit(args, [r.summary() for r in results], _COLUMNS["solve"])
     if args.plot:
         plt, fig, axes = _figure(2)
         for r in results:
@@ -283,11 +266,7 @@ def _run_solve(args: argparse.Namespace) -> int:
             xlabel="iteration", ylabel="(f - f*) / f*", title=f"UFM {args.method}: objective gap"
         )
         axes[1].set(xlabel="iteration", ylabel="metric", title="neural collapse")
-        for ax in axes:
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-        fig.savefig(args.plot, dpi=120)
-        plt.close(fig)
+        _save(plt, fig, axes, args.plot)
     return 0
 
 
@@ -295,7 +274,7 @@ def _run_condition(args: argparse.Namespace) -> int:
     from nclab.ufm import condition
 
     results = [
-        condition(smoothing=d, method=args.method, seed=args.seed, tol=args.tol, **_problem(args))
+        condition(_problem(args, d), method=args.method, seed=args.seed, tol=args.tol)
         for d in args.smoothing
     ]
     if args.plot:
@@ -314,28 +293,7 @@ def _run_condition(args: argparse.Namespace) -> int:
             ratio_excl_shift=r.ratio_excl_bias_shift,
         )
         flat.append(row)
-    _print_table(
-        flat,
-        [
-            "smoothing",
-            "regime",
-            "method",
-            "num_params",
-            "p_true",
-            "kappa_logit",
-            "kappa_logit_numeric",
-            "lambda_max",
-            "lambda_min_nonzero",
-            "ratio",
-            "lambda_min_excl_shift",
-            "ratio_excl_shift",
-            "w_ratio",
-            "h_ratio",
-            "orbit_dim",
-            "zero_modes",
-            "other_zero_modes",
-        ],
-    )
+    _print_table(flat, _COLUMNS["condition"])
     return 0
 
 
@@ -365,44 +323,22 @@ def _plot_condition(args: argparse.Namespace, results: list[Any]) -> None:
         f"lambda_W={args.lambda_w:g}, lambda_H={args.lambda_h:g}, lambda_b={args.lambda_b:g}",
         fontsize=9,
     )
-    for ax in axes:
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.savefig(args.plot, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, axes, args.plot)
 
 
 def _run_convergence(args: argparse.Namespace) -> int:
     from nclab.ufm import convergence
 
-    prob = _problem(args)
     results = convergence(
+        _problem(args),
         smoothings=args.smoothing,
         lr=args.lr,
         max_iters=args.max_iters,
         tol_objective=args.tol_objective,
         tol_nc1=args.tol_nc1,
         seed=args.seed,
-        **prob,
     )
-    if args.json:
-        _emit_json([r.summary() for r in results])
-    else:
-        _print_table(
-            [r.summary() for r in results],
-            [
-                "smoothing",
-                "regime",
-                "lr",
-                "iters_to_objective_tol",
-                "iters_to_nc1_tol",
-                "final_objective_gap",
-                "final_nc1",
-                "final_w_norm",
-                "w_norm_closed_form",
-                "seconds",
-            ],
-        )
+    _emit(args, [r.summary() for r in results], _COLUMNS["convergence"])
     if args.plot:
         plt, fig, axes = _figure(2)
         for r in results:
@@ -417,11 +353,7 @@ def _run_convergence(args: argparse.Namespace) -> int:
         axes[0].set(xlabel="iteration", ylabel="(f - f*) / f*", title="objective gap")
         axes[1].set(xlabel="iteration", ylabel="NC1", title="NC1")
         fig.suptitle(title, fontsize=9)
-        for ax in axes:
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
-        fig.savefig(args.plot, dpi=120)
-        plt.close(fig)
+        _save(plt, fig, axes, args.plot, fontsize=8)
     return 0
 
 

@@ -4,6 +4,7 @@ directories."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from nclab.report.figures import (
     FIGURES,
     calibration_figure,
     convergence_figure,
+    forest_figure,
     matched_figure,
     norms_figure,
     save_figure,
@@ -57,6 +59,7 @@ class ReportResult:
 
 def _figures(summary: ReportSummary, theory: TheoryPanel | None) -> dict[str, Figure | None]:
     return {
+        "compare_forest": forest_figure(summary),
         "compare_convergence": convergence_figure(summary),
         "compare_nc1_nc2": trajectory_figure(summary),
         "compare_matched_nc1": matched_figure(summary),
@@ -81,19 +84,27 @@ def build_report(
     False`` keeps its closed-form part only; ``ufm_max_iters`` caps the GD iterations.
     Raises FileNotFoundError when no run directory with metrics is found."""
     runs = load_runs(run_dirs)
-    summary = summarize(runs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    panel = None
+    panel, theory_warning = None, None
     if theory:
         try:
             panel = theory_panel(runs, convergence=ufm_convergence, max_iters=ufm_max_iters)
         except (ImportError, ValueError) as err:
-            summary.warnings.append(f"UFM theory panel omitted: {err}")
+            theory_warning = f"UFM theory panel omitted: {err}"
+    summary = summarize(runs, panel)
+    if theory_warning:
+        summary.warnings.append(theory_warning)
+    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[Path]] = {}
-    for stem, fig in _figures(summary, panel).items():
-        if fig is not None:
-            written[stem] = save_figure(fig, out, stem)
+    # Plotting libraries' warnings (empty log axes, glyphs, layout) go to the report's warnings
+    # list, not to the user's terminal.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for stem, fig in _figures(summary, panel).items():
+            if fig is not None:
+                written[stem] = save_figure(fig, out, stem)
+    notes = dict.fromkeys(f"figures: {w.message}" for w in caught)
+    summary.warnings.extend(notes)
     md = out / "summary.md"
     md.write_text(render_markdown(summary, panel), encoding="utf-8")
     js = out / "summary.json"

@@ -9,6 +9,7 @@ positive value when the data also contain zeros, e.g. a training error that reac
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "FIGURES",
     "calibration_figure",
     "convergence_figure",
+    "forest_figure",
     "group_colors",
     "matched_figure",
     "norms_figure",
@@ -40,6 +42,8 @@ BAND_NOTE = "lines: mean over seeds; bands: min–max over seeds"
 
 #: File stem -> what the figure shows (also the captions in report.html).
 FIGURES: dict[str, str] = {
+    "compare_forest": "Verdicts at a glance: for each claim and δ, the mean paired difference "
+    "LS − CE over seeds with its 95% Student-t interval and the line of no effect.",
     "compare_convergence": "Convergence: training/test error and NC metrics against epoch.",
     "compare_nc1_nc2": "NC1 against NC2 (nc2_wh) along training, points coloured by test error.",
     "compare_matched_nc1": "NC2 at matched NC1 (first crossing of each NC1 level).",
@@ -445,6 +449,84 @@ def ufm_figure(panel: TheoryPanel, summary: ReportSummary) -> Figure:
     )
     fig.suptitle(
         f"UFM theory: K={panel.num_classes}, n={panel.n_per_class}, {lam} ({source}). {gd}",
+        fontsize=9,
+    )
+    return fig
+
+
+def forest_figure(summary: ReportSummary) -> Figure | None:
+    """Every verdict in one figure: one panel per claim, one row per δ with the deciding
+    measure's mean paired difference LS − CE and its 95% interval (Student t over seeds), the
+    line of no effect (and the non-inferiority margin of claim (e)); the side where the claim
+    holds is shaded. Computed claims (f) have no interval."""
+    verdicts = [v for v in summary.verdicts if any(d.headline for d in v.per_delta)]
+    if not verdicts:
+        return None
+    keys = [g.key for g in summary.groups]
+    colors = group_colors(keys)
+    by_label = {k.label: colors[k] for k in keys}
+    ncols = min(3, len(verdicts))
+    nrows = -(-len(verdicts) // ncols)
+    fig = Figure(figsize=(4.4 * ncols, 0.9 + 1.9 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, v in zip(axes, verdicts, strict=False):
+        rows = [d for d in v.per_delta if d.headline is not None]
+        measure = rows[0].headline.measure
+        span = [measure.threshold, 0.0]
+        for i, d in enumerate(rows):
+            h = d.headline
+            y = len(rows) - 1 - i
+            color = by_label.get(d.label, (0.3, 0.3, 0.3, 1.0))
+            if h.effect is None:
+                ax.text(
+                    0.5,
+                    y,
+                    f"{d.label}: {d.verdict}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    transform=ax.get_yaxis_transform(),
+                )
+                continue
+            if h.ci_low is not None and h.ci_high is not None:
+                ax.errorbar(
+                    h.effect,
+                    y,
+                    xerr=[[h.effect - h.ci_low], [h.ci_high - h.effect]],
+                    fmt="o",
+                    color=color,
+                    capsize=4,
+                    ms=6,
+                )
+                span += [h.ci_low, h.ci_high]
+            else:
+                ax.plot(h.effect, y, "D" if h.computed else "o", color=color, ms=6)
+            per_seed = [x for x in h.differences if x is not None]
+            if len(per_seed) > 1:
+                ax.plot(per_seed, [y - 0.18] * len(per_seed), "|", color=color, ms=6, alpha=0.7)
+            span += [h.effect, *per_seed]
+        lo, hi = min(span), max(span)
+        pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.axvline(0.0, color="black", lw=0.9)
+        if measure.threshold != 0.0:
+            ax.axvline(measure.threshold, color="black", lw=0.9, ls="--")
+        if measure.better == "lower":
+            ax.axvspan(lo - pad, measure.threshold, color="tab:green", alpha=0.07, lw=0)
+        else:
+            ax.axvspan(measure.threshold, hi + pad, color="tab:green", alpha=0.07, lw=0)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{d.label}\n{d.verdict}" for d in reversed(rows)], fontsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_xlabel(f"LS − CE: {measure.unit}", fontsize=8)
+        ax.set_title(textwrap.fill(f"({v.claim}) {measure.description}", 48), fontsize=8)
+        ax.grid(alpha=0.3, lw=0.5, axis="x")
+    for ax in axes[len(verdicts) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        "Paired effects LS − CE per claim and δ: dot = mean over seeds, bar = 95% t interval, "
+        "ticks = single seeds, diamond = exact UFM computation; green side = the claim's "
+        "direction",
         fontsize=9,
     )
     return fig

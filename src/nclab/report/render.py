@@ -10,15 +10,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nclab.report.analysis import SeedStat
+from nclab.report.paired import sig
 from nclab.report.summary import (
     TEMPERATURE_FIT_FRACTION,
     MatchedComparison,
     ReportSummary,
 )
 from nclab.report.theory import TheoryPanel
-from nclab.report.verdicts import FAILS, HOLDS, PARTLY, UNDETERMINED, ClaimVerdict
+from nclab.report.verdicts import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    PAPER,
+    PARTLY,
+    UNDETERMINED,
+    ClaimVerdict,
+)
 
-__all__ = ["matched_table", "render_html", "render_markdown", "summary_table"]
+__all__ = [
+    "matched_table",
+    "render_html",
+    "render_markdown",
+    "summary_table",
+    "verdict_table",
+]
 
 STATS_NOTE = (
     "Values are the mean ± sample standard deviation over seeds (just the mean for one seed). "
@@ -146,11 +161,17 @@ def render_markdown(summary: ReportSummary, theory: TheoryPanel | None) -> str:
         "",
         STATS_NOTE,
         "",
-        "## Claims of the seed paper on this data",
+        "## Claims of the paper on this data",
+        "",
+        f"The claims of {PAPER}, judged per δ against CE from paired seeds. {VERDICT_NOTE}",
+        "",
+        _md_table(*verdict_table(summary)),
+        "",
+        "Evidence (every measure, deciding ones first):",
         "",
     ]
     out += [f"- {v.line()}" for v in summary.verdicts]
-    out += ["", "Verdict rules: docs/report.md (computed from the numbers above).", ""]
+    out += ["", "Verdict rules: docs/report.md.", ""]
     if summary.matched:
         out += ["## NC2 at matched NC1 (first crossing, seed means)", ""]
         for m in summary.matched:
@@ -219,16 +240,71 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-_STATUS_CLASS = {HOLDS: "holds", PARTLY: "partly", FAILS: "fails", UNDETERMINED: "undetermined"}
+_STATUS_CLASS = {
+    HOLDS: "holds",
+    PARTLY: "partly",
+    FAILS: "fails",
+    INCONCLUSIVE: "inconclusive",
+    UNDETERMINED: "undetermined",
+}
 
 
 def _verdict_html(v: ClaimVerdict) -> str:
-    """One claim as HTML: statement, coloured status, per-δ evidence."""
-    evidence = "; ".join(f"{d.label}: {d.text}" for d in v.per_delta)
-    status = f"<strong class='{_STATUS_CLASS.get(v.status, '')}'>{html.escape(v.status)}</strong>"
-    return f"({v.claim}) {html.escape(v.statement)}: {status}" + (
-        f" — {html.escape(evidence)}" if evidence else ""
+    """One claim as HTML: statement, coloured verdict, per-δ evidence."""
+    status = f"<strong class='{_STATUS_CLASS.get(v.status, '')}'>{html.escape(v.verdict)}</strong>"
+    items = "".join(
+        f"<li>{html.escape(d.label)}: <span class='{_STATUS_CLASS.get(d.status, '')}'>"
+        f"{html.escape(d.verdict)}</span> — {html.escape(d.text)}</li>"
+        for d in v.per_delta
     )
+    return f"({v.claim}) {html.escape(v.statement)}: {status}<ul>{items}</ul>"
+
+
+VERDICT_NOTE = (
+    "Effect: mean over seeds of the paired difference LS − CE (same seed = same initialisation "
+    "and data order) in the measure's unit; 95% CI: Student t over the paired differences. "
+    "holds: every seed supports the claim and, with 3 or more seeds, the interval excludes no "
+    "effect; does not hold: the same for the opposite; inconclusive: otherwise; indicative: "
+    "fewer than 3 seeds."
+)
+
+
+def verdict_table(summary: ReportSummary) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the verdict table: one row per claim and δ (deciding measure)."""
+    header = [
+        "claim",
+        "setting",
+        "verdict",
+        "seeds supporting",
+        "effect (LS − CE)",
+        "95% CI",
+        "measure",
+    ]
+    rows = []
+    for v in summary.verdicts:
+        for d in v.per_delta:
+            h = d.headline
+            if h is None:
+                rows.append([f"({v.claim})", d.label, d.verdict, "–", "–", "–", d.note])
+                continue
+            ci = (
+                "–"
+                if h.ci_low is None or h.ci_high is None
+                else f"[{sig(h.ci_low)}, {sig(h.ci_high)}]"
+            )
+            seeds = "computed" if h.computed else f"{h.supporting}/{h.n}"
+            rows.append(
+                [
+                    f"({v.claim})",
+                    d.label,
+                    d.verdict,
+                    seeds,
+                    sig(h.effect),
+                    ci,
+                    f"{h.measure.description} ({h.measure.unit})",
+                ]
+            )
+    return header, rows
 
 
 CSS = """
@@ -240,6 +316,7 @@ figure { margin: 1.5em 0; } figure img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #444; } pre { font-size: 0.8em; background: #f7f7f7;
 padding: 0.5em; overflow-x: auto; }
 .holds { color: #06640a; } .partly { color: #a65f00; } .fails { color: #a00; }
+.inconclusive { color: #555; } .undetermined { color: #888; }
 """
 
 
@@ -260,13 +337,15 @@ def render_html(
         "<h2>Summary</h2>",
         _html_table(header, rows),
         f"<p>{html.escape(STATS_NOTE)}</p>",
-        "<h2>Claims of the seed paper on this data</h2><ul>",
+        "<h2>Claims of the paper on this data</h2>",
+        f"<p>The claims of {html.escape(PAPER)}, judged per δ against CE from paired seeds. "
+        f"{html.escape(VERDICT_NOTE)}</p>",
+        _html_table(*verdict_table(summary)),
+        "<p>Evidence (every measure, deciding ones first):</p><ul>",
     ]
     for v in summary.verdicts:
         parts.append(f"<li>{_verdict_html(v)}</li>")
-    parts.append(
-        "</ul><p>Verdicts are computed from the numbers above; rules in docs/report.md.</p>"
-    )
+    parts.append("</ul><p>Verdict rules: docs/report.md.</p>")
     for m in summary.matched:
         h, r = matched_table(m)
         parts.append(f"<h3>NC2 at matched NC1: {html.escape(m.label)} vs CE</h3>")

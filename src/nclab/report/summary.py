@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,13 +21,10 @@ from nclab.report.analysis import (
     seed_stat,
 )
 from nclab.report.runs import GroupKey, RunData, group_runs
-from nclab.report.verdicts import (
-    ClaimVerdict,
-    claim_calibration,
-    claim_final,
-    claim_matched,
-    claim_sooner,
-)
+from nclab.report.verdicts import ClaimVerdict, LSGroup, all_claims
+
+if TYPE_CHECKING:
+    from nclab.report.theory import TheoryPanel
 
 __all__ = [
     "FINAL_KEYS",
@@ -52,6 +50,7 @@ class Calibration:
     temperature: float
     ece_raw: float
     ece_ts: float
+    ece_full: float  # ECE of the whole test set before scaling
     n_fit: int
     n_eval: int
     eval_idx: np.ndarray = field(repr=False, default_factory=lambda: np.array([], dtype=int))
@@ -77,6 +76,7 @@ def calibrate_run(run: RunData) -> Calibration | None:
         temperature=t,
         ece_raw=expected_calibration_error(z[eval_idx], y[eval_idx]),
         ece_ts=expected_calibration_error(z[eval_idx] / t, y[eval_idx]),
+        ece_full=expected_calibration_error(z, y),
         n_fit=len(fit_idx),
         n_eval=len(eval_idx),
         eval_idx=eval_idx,
@@ -209,53 +209,37 @@ def _summarize_group(key: GroupKey, runs: list[RunData]) -> GroupSummary:
     return GroupSummary(key, runs, milestones, finals, calibration, cal)
 
 
-def _option_names(runs: Sequence[RunData]) -> list[str]:
-    """Training options to compare between runs: the TrainConfig fields (when importable)."""
-    try:
-        import dataclasses
-
-        from nclab.train.config import TrainConfig
-
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-    except ImportError:  # pragma: no cover - nclab.train is part of the package
-        names = {k for r in runs for k in r.config}
-    return sorted(names & {k for r in runs for k in r.config})
-
-
 def _config_warnings(runs: Sequence[RunData]) -> list[str]:
-    """Training options (other than loss, smoothing, seed and performance knobs) that differ
-    between runs: the comparison is then not like for like."""
-    ignore = {
-        "loss",
-        "smoothing",
-        "seed",
-        "threads",
-        "device",
-        "data_dir",
-        "checkpoint_every",
-        "channels_last",
-    }
+    """Training options that differ between runs although the comparison needs them equal
+    (:data:`nclab.train.config.SETTING_FIELDS`: not loss, smoothing, seed or a performance knob):
+    the comparison is then not like for like."""
+    from nclab.train.config import SETTING_FIELDS
+
     out = []
-    for k in [k for k in _option_names(runs) if k not in ignore]:
+    for k in sorted(SETTING_FIELDS & {k for r in runs for k in r.config}):
         values = {json.dumps(r.config.get(k), sort_keys=True) for r in runs}
         if len(values) > 1:
             out.append(f"runs differ in {k!r}: {', '.join(sorted(values))}")
     return out
 
 
-def summarize(runs: Sequence[RunData]) -> ReportSummary:
-    """All statistics, matched-NC1 comparisons and verdicts for ``runs``."""
+def summarize(runs: Sequence[RunData], theory: TheoryPanel | None = None) -> ReportSummary:
+    """All statistics, matched-NC1 comparisons and verdicts (claim (f) from ``theory``, the UFM
+    panel of :func:`nclab.report.theory.theory_panel`) for ``runs``."""
     groups = [_summarize_group(k, v) for k, v in group_runs(runs).items()]
     ce = next((g for g in groups if g.key.is_ce), None)
     ls = [g for g in groups if g.key.is_ls]
     matched = [compare_matched(g.label, ce.runs, g.runs) for g in ls] if ce else []
-    verdicts = [
-        claim_sooner(ce.milestones if ce else None, {g.label: g.milestones for g in ls}),
-        claim_final(ce.finals if ce else None, {g.label: g.finals for g in ls}),
-        claim_matched(
-            {m.label: (m.fraction_lower, m.mean_difference) for m in matched}, has_ce=ce is not None
-        ),
-        claim_calibration(ce.calibration if ce else None, {g.label: g.calibration for g in ls}),
-    ]
+    ece = {
+        r.path: (None, None) if c is None else (c.ece_full, c.ece_ts)
+        for g in groups
+        for r, c in zip(g.runs, g.per_run_calibration, strict=True)
+    }
+    verdicts = all_claims(
+        ce.runs if ce else [],
+        [LSGroup(g.label, g.key.smoothing, g.runs) for g in ls],
+        ece,
+        theory,
+    )
     warnings = [w for r in runs for w in r.warnings] + _config_warnings(runs)
     return ReportSummary(groups, matched, verdicts, warnings)

@@ -133,11 +133,12 @@ def theory_panel(
     top = min(0.95, max(0.5, 1.2 * max(deltas, default=0.0)))
     grid_deltas = np.linspace(0.0, top, DELTA_GRID)
     names = ("logit_gap", "p_true", "kappa_logit", "w_norm", "h_norm")
-    rows = [closed_form(k, n, lw, lh, float(d), **extra) for d in grid_deltas]
+    problem = dict(num_classes=k, n_per_class=n, lambda_w=lw, lambda_h=lh, **extra)
+    rows = [closed_form(smoothing=float(d), **problem) for d in grid_deltas]
     grid = {name: np.array([getattr(r, name) for r in rows]) for name in names}
     at_runs = []
     for d in deltas:
-        cf = closed_form(k, n, lw, lh, d, **extra)
+        cf = closed_form(smoothing=d, **problem)
         at_runs.append(
             {"smoothing": d, **{name: getattr(cf, name) for name in names}, "regime": cf.regime}
         )

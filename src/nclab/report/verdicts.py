@@ -1,26 +1,35 @@
-"""Verdicts on the seed paper's claims, computed from the summary numbers.
+"""Verdicts on the claims of Guo, Andriopoulos, Zhao, Dong, Ling, Ross (2024), "Cross Entropy
+versus Label Smoothing: A Neural Collapse Perspective" (arXiv 2402.03979), from paired seeds.
 
-Every claim is judged per label-smoothing δ against the cross-entropy (CE) baseline, then the
-per-δ verdicts are combined (:func:`combine`): ``holds`` if it holds for every δ, ``does not
-hold`` if it holds for none, ``partly holds`` otherwise; ``undetermined`` where the data cannot
-decide (no CE run, a metric never logged, no predictions).
+Every claim is judged per label-smoothing δ against cross-entropy (CE) by the paired rules of
+:mod:`nclab.report.paired` (per-seed outcome, k of n seeds supporting, mean paired difference
+with a 95% Student-t interval, holds / does not hold / inconclusive / undetermined, indicative
+with fewer than 3 seeds). Each claim has one or more *deciding* measures (all must hold) and
+may report further measures as observations. Differences are always LS − CE.
 
-(a) *LS reaches zero training error and low NC1 sooner.* Milestones: first epoch with zero
-    training error, first epoch from which it stays zero to the end, first epoch with
-    nc1 < 0.1 and with nc1 < 0.01 (mean over seeds; a setting where some seed never gets there
-    counts as "never", i.e. +∞). Per δ: holds when LS is sooner on at least
-    one milestone and later on none; partly when sooner on some and later on others; does not
-    hold otherwise (later, or no difference); undetermined when neither setting reaches any.
-(b) *LS ends with lower NC1 and NC2.* Final nc1 and nc2_wh (mean over seeds): holds when LS is
-    lower on both, partly on one, does not hold on neither.
-(c) *LS has lower NC2 at matched NC1.* On 60 log-spaced NC1 levels covered by every run of both
-    settings (first-crossing interpolation, :mod:`nclab.report.analysis`), the fraction of levels
-    where the seed-mean LS nc2_wh is below CE's: >= 0.9 holds, <= 0.1 does not hold, else partly;
-    undetermined when the runs share no NC1 range.
-(d) *Calibration differs.* ECE on the evaluation half of the test set, before and after
-    temperature scaling. A difference is *material* when ``|ΔECE| >= max(0.01, 2·sqrt(s_LS² +
-    s_CE²))`` (s: standard deviation over seeds, 0 for one seed). Holds when the difference
-    before or after scaling is material; the text says which way and by how much.
+(a) *LS converges faster.* Decides: the curve-level measure ``mean over the epochs both runs
+    logged of log10(nc1_LS / nc1_CE)`` (negative: LS ahead), which a single noisy threshold
+    crossing cannot flip. Reported: the epochs of first zero training error, of zero training
+    error until the end, of nc1 < 0.1 and of nc1 < 0.01 (a run that never gets there counts as
+    its last epoch + 1, a censored value: the true difference is at least that large).
+(b) *LS ends with stronger collapse.* Decides: ``max(log10 nc1 ratio, log10 nc2_wh ratio)`` of
+    the final epoch, negative exactly when LS has both lower final NC1 and lower final NC2.
+    Reported: each of the two ratios; final nc3 and nc4 differences (observations).
+(c) *At matched NC1, LS has lower NC2.* Decides: per seed pair, the mean over
+    :data:`DENSE_LEVELS` log-spaced NC1 levels covered by both runs of ``log10(nc2_wh LS /
+    nc2_wh CE)`` at matched NC1 (first crossing, :mod:`nclab.report.analysis`).
+(d) *LS is better calibrated.* Decides: top-label ECE (15 bins) of the final model on the whole
+    test set before temperature scaling, in ECE points (×100). Reported: the ECE difference
+    after temperature scaling (T fitted on one half of the test set, ECE on the other).
+(e) *LS generalizes at least as well.* Decides: final test accuracy in percentage points,
+    holding when LS − CE > −:data:`ACCURACY_MARGIN` (non-inferiority).
+(f) *UFM theory (for the runs' K and n).* Decides, computed exactly by :mod:`nclab.ufm` (no
+    seeds): ``log10(κ_logit LS / κ_logit CE)`` at the closed-form minimizer, and the difference
+    in gradient-descent iterations to the objective tolerance at a shared step size.
+
+Per-δ verdicts combine over δ (:func:`combine`): **holds** when every δ holds, **does not
+hold** when every decided δ does not hold, **partly holds** when some δ holds, **inconclusive**
+otherwise; **undetermined** when no δ could be decided.
 """
 
 from __future__ import annotations
@@ -28,61 +37,179 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nclab.report.analysis import MILESTONES, SeedStat
+import numpy as np
+
+from nclab.report.analysis import MILESTONES, covered_range, log_levels, matched_nc2
+from nclab.report.paired import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    MIN_SEEDS,
+    PARTLY,
+    UNDETERMINED,
+    Measure,
+    PairedResult,
+    combine_measures,
+    computed,
+    differences,
+    paired,
+)
+from nclab.report.runs import RunData
+
+if TYPE_CHECKING:
+    from nclab.report.theory import TheoryPanel
 
 __all__ = [
+    "ACCURACY_MARGIN",
+    "CLAIMS",
     "FAILS",
     "HOLDS",
+    "INCONCLUSIVE",
+    "PAPER",
     "PARTLY",
     "UNDETERMINED",
     "ClaimVerdict",
     "DeltaVerdict",
+    "LSGroup",
+    "all_claims",
     "claim_calibration",
     "claim_final",
+    "claim_generalization",
     "claim_matched",
     "claim_sooner",
+    "claim_theory",
     "combine",
 ]
 
-HOLDS = "holds"
-PARTLY = "partly holds"
-FAILS = "does not hold"
-UNDETERMINED = "undetermined"
+#: The paper whose claims the report judges (every user-facing text names it so).
+PAPER = (
+    'Guo, Andriopoulos, Zhao, Dong, Ling, Ross (2024), "Cross Entropy versus Label Smoothing: '
+    'A Neural Collapse Perspective", arXiv 2402.03979'
+)
 
-MATERIAL_ECE = 0.01  # absolute ECE difference (1 percentage point) counted as material
-MATCHED_HOLDS = 0.9  # fraction of matched-NC1 levels where LS must be lower for "holds"
+#: Non-inferiority margin of claim (e), in test-accuracy percentage points.
+ACCURACY_MARGIN = 0.5
+DENSE_LEVELS = 60  # NC1 levels per seed pair for claim (c)
 
 CLAIMS = {
-    "a": "LS reaches zero training error and low NC1 sooner than CE",
-    "b": "LS ends with lower NC1 and NC2 than CE",
+    "a": "LS converges faster than CE (NC1 lower along training; zero training error and NC1 "
+    "thresholds sooner)",
+    "b": "LS ends with stronger collapse than CE (lower final NC1 and NC2)",
     "c": "LS has lower NC2 than CE at matched NC1",
-    "d": "LS and CE differ in calibration",
+    "d": "LS is better calibrated than CE (lower ECE before temperature scaling)",
+    "e": f"LS generalizes at least as well as CE (test accuracy not lower by more than "
+    f"{ACCURACY_MARGIN:g} points)",
+    "f": "UFM theory: LS has a better-conditioned minimizer (lower κ_logit) and gradient descent "
+    "reaches it in fewer iterations",
 }
 
 
 @dataclass(frozen=True)
-class DeltaVerdict:
-    """The verdict of one claim for one label-smoothing setting."""
+class LSGroup:
+    """The runs of one label-smoothing δ (``label`` e.g. ``LS δ=0.05``)."""
 
     label: str
+    smoothing: float
+    runs: Sequence[RunData]
+
+
+@dataclass(frozen=True)
+class DeltaVerdict:
+    """One claim for one δ: its status and the measures behind it (deciding ones first)."""
+
+    label: str
+    smoothing: float | None
     status: str
-    text: str
+    measures: tuple[PairedResult, ...] = ()
+    note: str = ""
+
+    @property
+    def headline(self) -> PairedResult | None:
+        """The first deciding measure (its effect and interval are the δ's headline)."""
+        return next((m for m in self.measures if m.measure.decides), None)
+
+    @property
+    def seeds(self) -> int | None:
+        """Paired seeds behind the verdict (None for a computed claim)."""
+        h = self.headline
+        if h is None:
+            return None
+        return None if h.computed else h.n
+
+    @property
+    def indicative(self) -> bool:
+        """Fewer than 3 paired seeds decided it."""
+        return self.seeds is not None and 0 < self.seeds < MIN_SEEDS
+
+    @property
+    def verdict(self) -> str:
+        """The status, marked ``(n seed(s), indicative)`` when fewer than 3 seeds decide it."""
+        return _marked(self.status, self.seeds if self.indicative else None)
+
+    @property
+    def text(self) -> str:
+        """Every measure's summary, deciding ones first."""
+        parts = [m.summary() for m in self.measures]
+        if self.note:
+            parts.insert(0, self.note)
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form (``summary.json``'s ``per_delta`` entries)."""
+        h = self.headline
+        seeds = [str(s) for s in h.seeds] if h is not None else []
+        return {
+            "label": self.label,
+            "smoothing": self.smoothing,
+            "status": self.status,
+            "verdict": self.verdict,
+            "indicative": self.indicative,
+            "seeds_total": None if h is None or h.computed else h.n,
+            "seeds_supporting": None if h is None or h.computed else h.supporting,
+            "effect": None if h is None else h.effect,
+            "ci_low": None if h is None else h.ci_low,
+            "ci_high": None if h is None else h.ci_high,
+            "measure": None if h is None else f"{h.measure.description} ({h.measure.unit})",
+            "per_seed": None
+            if h is None or h.computed
+            else dict(zip(seeds, h.outcomes, strict=True)),
+            "text": self.text,
+            "measures": [m.as_dict() for m in self.measures],
+        }
 
 
 @dataclass(frozen=True)
 class ClaimVerdict:
-    """A claim, its combined verdict and the per-δ evidence."""
+    """A claim, its verdict combined over δ and the per-δ evidence."""
 
     claim: str
     statement: str
     status: str
     per_delta: tuple[DeltaVerdict, ...] = field(default_factory=tuple)
 
+    @property
+    def seeds(self) -> int | None:
+        """The fewest paired seeds behind any decided δ (None for computed claims)."""
+        counts = [d.seeds for d in self.per_delta if d.seeds]
+        return min(counts) if counts else None
+
+    @property
+    def indicative(self) -> bool:
+        """Some δ rests on fewer than 3 seeds."""
+        return any(d.indicative for d in self.per_delta)
+
+    @property
+    def verdict(self) -> str:
+        """The status, marked indicative when fewer than 3 seeds decide some δ."""
+        return _marked(self.status, self.seeds if self.indicative else None)
+
     def line(self) -> str:
-        """One line: ``(a) statement: status — evidence; evidence``."""
-        evidence = "; ".join(f"{d.label}: {d.text}" for d in self.per_delta)
-        return f"({self.claim}) {self.statement}: **{self.status}**" + (
+        """One line: ``(a) statement: **verdict** — δ: evidence; ...``."""
+        evidence = " | ".join(f"{d.label}: {d.verdict} — {d.text}" for d in self.per_delta)
+        return f"({self.claim}) {self.statement}: **{self.verdict}**" + (
             f" — {evidence}" if evidence else ""
         )
 
@@ -92,8 +219,16 @@ class ClaimVerdict:
             "claim": self.claim,
             "statement": self.statement,
             "status": self.status,
-            "per_delta": [d.__dict__ for d in self.per_delta],
+            "verdict": self.verdict,
+            "indicative": self.indicative,
+            "per_delta": [d.as_dict() for d in self.per_delta],
         }
+
+
+def _marked(status: str, seeds: int | None) -> str:
+    if seeds is None or status == UNDETERMINED:
+        return status
+    return f"{status} ({seeds} seed{'s' if seeds != 1 else ''}, indicative)"
 
 
 def combine(statuses: Sequence[str]) -> str:
@@ -103,146 +238,332 @@ def combine(statuses: Sequence[str]) -> str:
         return UNDETERMINED
     if all(s == HOLDS for s in statuses):
         return HOLDS
-    if any(s in (HOLDS, PARTLY) for s in decided):
+    if HOLDS in decided:
         return PARTLY
-    return FAILS
+    if all(s == FAILS for s in decided):
+        return FAILS
+    return INCONCLUSIVE
 
 
-def _claim(claim: str, per_delta: Sequence[DeltaVerdict], missing_ce: bool) -> ClaimVerdict:
-    if missing_ce:
+def _claim(claim: str, ce: Sequence[RunData], per_delta: list[DeltaVerdict]) -> ClaimVerdict:
+    if not ce:
         return ClaimVerdict(
             claim,
             CLAIMS[claim],
             UNDETERMINED,
-            (DeltaVerdict("CE", UNDETERMINED, "no CE run to compare with"),),
+            (DeltaVerdict("CE", 0.0, UNDETERMINED, note="no CE run to compare with"),),
         )
     if not per_delta:
         return ClaimVerdict(
             claim,
             CLAIMS[claim],
             UNDETERMINED,
-            (DeltaVerdict("LS", UNDETERMINED, "no LS run to compare with"),),
+            (DeltaVerdict("LS", None, UNDETERMINED, note="no LS run to compare with"),),
         )
     return ClaimVerdict(
         claim, CLAIMS[claim], combine([d.status for d in per_delta]), tuple(per_delta)
     )
 
 
-def _epoch_text(value: float) -> str:
-    return "never" if math.isinf(value) else f"{value:g}"
+def _delta(group: LSGroup, measures: list[PairedResult], note: str = "") -> DeltaVerdict:
+    status = combine_measures([m.status for m in measures if m.measure.decides])
+    return DeltaVerdict(group.label, group.smoothing, status, tuple(measures), note)
 
 
-def claim_sooner(
-    ce: Mapping[str, SeedStat] | None, ls: Mapping[str, Mapping[str, SeedStat]]
-) -> ClaimVerdict:
-    """Claim (a). ``ce``/``ls[label]`` map milestone names (:data:`MILESTONES`) to epochs."""
+def _by_seed(runs: Sequence[RunData]) -> dict[int, RunData]:
+    out: dict[int, RunData] = {}
+    for run in runs:
+        out.setdefault(run.seed, run)  # duplicates of a seed: the first (sorted) run
+    return out
+
+
+def _per_seed(runs: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
+    return {seed: fn(run) for seed, run in _by_seed(runs).items()}
+
+
+def _run_differences(ce: Sequence[RunData], ls: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
+    """``fn(ls run) - fn(ce run)`` for every seed both settings have."""
+    return differences(_per_seed(ce, fn), _per_seed(ls, fn))
+
+
+def _pair_values(ce: Sequence[RunData], ls: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
+    """``fn(ce_run, ls_run)`` for every seed both settings have."""
+    a, b = _by_seed(ce), _by_seed(ls)
+    return {s: fn(a[s], b[s]) for s in sorted(set(a) & set(b))}
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+# ------------------------------------------------------------------------------ (a)
+
+CURVE_NC1 = Measure(
+    "nc1_curve", "mean over epochs of log10(nc1 LS / nc1 CE)", "log10 ratio", "lower"
+)
+
+
+def nc1_curve_gap(ce: RunData, ls: RunData) -> float | None:
+    """Mean over the epochs both runs logged (with finite, positive NC1) of
+    ``log10(nc1_LS / nc1_CE)``."""
+    a = dict(zip(ce.epochs.tolist(), ce.series("nc1").tolist(), strict=True))
+    b = dict(zip(ls.epochs.tolist(), ls.series("nc1").tolist(), strict=True))
+    gaps = [
+        math.log10(b[e] / a[e])
+        for e in sorted(set(a) & set(b))
+        if math.isfinite(a[e]) and math.isfinite(b[e]) and a[e] > 0 and b[e] > 0
+    ]
+    return float(np.mean(gaps)) if gaps else None
+
+
+def _censored_epoch(run: RunData, name: str) -> float | None:
+    """Epoch of milestone ``name``; a run that never reaches it counts as last epoch + 1."""
+    from nclab.report.analysis import milestone_epoch
+
+    value = milestone_epoch(run, name)
+    if value is not None:
+        return value
+    return float(run.epochs.max()) + 1 if run.rows else None
+
+
+def _milestone_difference(name: str):  # noqa: ANN202
+    from nclab.report.analysis import milestone_epoch
+
+    def diff(ce: RunData, ls: RunData) -> float | None:
+        if milestone_epoch(ce, name) is None and milestone_epoch(ls, name) is None:
+            return None  # neither gets there: nothing to compare
+        a, b = _censored_epoch(ce, name), _censored_epoch(ls, name)
+        return None if a is None or b is None else b - a
+
+    return diff
+
+
+def claim_sooner(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
+    """Claim (a) (module docstring)."""
     out = []
-    for label, stats in ls.items():
-        if ce is None:
-            break
-        sooner, later, parts = 0, 0, []
+    for group in ls:
+        measures = [paired(CURVE_NC1, _pair_values(ce, group.runs, nc1_curve_gap))]
         for name, (_, _, description) in MILESTONES.items():
-            c, s = ce[name].comparable, stats[name].comparable
-            short = description.replace("first epoch with ", "")
-            if math.isinf(c) and math.isinf(s):
-                parts.append(f"{short}: neither reaches it")
-                continue
-            if s < c:
-                sooner += 1
-                word = "sooner"
-            elif s > c:
-                later += 1
-                word = "later"
-            else:
-                word = "same epoch"
-            parts.append(f"{short}: LS {_epoch_text(s)} vs CE {_epoch_text(c)} ({word})")
-        if sooner == 0 and later == 0 and all("neither" in p for p in parts):
-            status = UNDETERMINED
-        elif sooner and not later:
-            status = HOLDS
-        elif sooner and later:
-            status = PARTLY
-        else:
-            status = FAILS
-        out.append(DeltaVerdict(label, status, ", ".join(parts)))
-    return _claim("a", out, ce is None)
+            m = Measure(f"epochs_{name}", description, "epochs", "lower", decides=False)
+            diffs = _pair_values(ce, group.runs, _milestone_difference(name))
+            never = [s for s, d in diffs.items() if d is None]
+            note = f"neither reaches it in seed(s) {', '.join(map(str, never))}" if never else ""
+            measures.append(paired(m, diffs, note))
+        out.append(_delta(group, measures))
+    return _claim("a", ce, out)
 
 
-def claim_final(
-    ce: Mapping[str, SeedStat] | None, ls: Mapping[str, Mapping[str, SeedStat]]
-) -> ClaimVerdict:
-    """Claim (b). ``ce``/``ls[label]`` map ``nc1`` and ``nc2_wh`` to final values."""
+# ------------------------------------------------------------------------------ (b)
+
+FINAL_COLLAPSE = Measure(
+    "final_collapse",
+    "max(log10 final nc1 ratio, log10 final nc2_wh ratio)",
+    "log10 ratio",
+    "lower",
+)
+
+
+def _log_ratio(key: str):  # noqa: ANN202
+    def fn(ce: RunData, ls: RunData) -> float | None:
+        a, b = ce.final(key), ls.final(key)
+        if not (math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0):
+            return None
+        return math.log10(b / a)
+
+    return fn
+
+
+def claim_final(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
+    """Claim (b) (module docstring)."""
     out = []
-    for label, stats in ls.items():
-        if ce is None:
-            break
-        lower, decided, parts = 0, 0, []
-        for key in ("nc1", "nc2_wh"):
-            c, s = ce[key].mean, stats[key].mean
-            if math.isnan(c) or math.isnan(s):
-                parts.append(f"final {key}: not logged")
-                continue
-            decided += 1
-            lower += s < c
-            word = "lower" if s < c else "not lower"
-            parts.append(f"final {key} LS {s:.3g} vs CE {c:.3g} ({word})")
-        if decided < 2:
-            status = UNDETERMINED
-        else:
-            status = HOLDS if lower == 2 else PARTLY if lower == 1 else FAILS
-        out.append(DeltaVerdict(label, status, ", ".join(parts)))
-    return _claim("b", out, ce is None)
+    for group in ls:
+        r1 = _pair_values(ce, group.runs, _log_ratio("nc1"))
+        r2 = _pair_values(ce, group.runs, _log_ratio("nc2_wh"))
+        both = {s: None if r1[s] is None or r2[s] is None else max(r1[s], r2[s]) for s in r1}
+        measures = [paired(FINAL_COLLAPSE, both)]
+        for key, ratios in (("nc1", r1), ("nc2_wh", r2)):
+            m = Measure(f"final_{key}", f"log10 final {key} ratio", "log10 ratio", decides=False)
+            measures.append(paired(m, ratios))
+        for key in ("nc3", "nc4"):
+            m = Measure(f"final_{key}", f"final {key} (observation)", "", decides=False)
+            final = lambda r, k=key: _finite_or_none(r.final(k))  # noqa: E731
+            measures.append(paired(m, _run_differences(ce, group.runs, final)))
+        out.append(_delta(group, measures))
+    return _claim("b", ce, out)
 
 
-def claim_matched(
-    fractions: Mapping[str, tuple[float | None, float | None]], has_ce: bool = True
-) -> ClaimVerdict:
-    """Claim (c). ``fractions[label] = (fraction of common NC1 levels where LS nc2 < CE nc2,
-    mean LS - CE nc2 difference over them)``, ``(None, None)`` when no common range."""
+# ------------------------------------------------------------------------------ (c)
+
+MATCHED = Measure(
+    "matched_nc2",
+    "mean over shared NC1 levels of log10(nc2_wh LS / CE) at matched NC1",
+    "log10 ratio",
+    "lower",
+)
+
+
+def matched_gap(ce: RunData, ls: RunData, num: int = DENSE_LEVELS) -> float | None:
+    """Mean over ``num`` log-spaced NC1 levels covered by both runs of
+    ``log10(nc2_wh_LS(ℓ) / nc2_wh_CE(ℓ))`` at matched NC1 (None without a shared range)."""
+    span = covered_range([ce, ls])
+    if span is None:
+        return None
+    levels = log_levels(*span, num)
+    a = matched_nc2(ce.series("nc1"), ce.series("nc2_wh"), levels)
+    b = matched_nc2(ls.series("nc1"), ls.series("nc2_wh"), levels)
+    ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
+    return float(np.mean(np.log10(b[ok] / a[ok]))) if ok.any() else None
+
+
+def claim_matched(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
+    """Claim (c) (module docstring)."""
     out = []
-    for label, (frac, mean_diff) in fractions.items():
-        if frac is None:
-            out.append(DeltaVerdict(label, UNDETERMINED, "no NC1 range shared with CE"))
-            continue
-        status = HOLDS if frac >= MATCHED_HOLDS else FAILS if frac <= 1 - MATCHED_HOLDS else PARTLY
-        text = f"LS nc2_wh lower on {100 * frac:.0f}% of the shared NC1 range"
-        if mean_diff is not None:
-            text += f" (mean LS - CE: {mean_diff:+.3g})"
-        out.append(DeltaVerdict(label, status, text))
-    return _claim("c", out, not has_ce)
+    for group in ls:
+        diffs = _pair_values(ce, group.runs, matched_gap)
+        note = "" if any(d is not None for d in diffs.values()) else "no NC1 range shared with CE"
+        out.append(_delta(group, [paired(MATCHED, diffs, note)]))
+    return _claim("c", ce, out)
 
 
-def _material(diff: float, s_ls: float, s_ce: float) -> bool:
-    spread = math.sqrt(
-        (s_ls if math.isfinite(s_ls) else 0.0) ** 2 + (s_ce if math.isfinite(s_ce) else 0.0) ** 2
-    )
-    return abs(diff) >= max(MATERIAL_ECE, 2.0 * spread)
+# ------------------------------------------------------------------------------ (d)
+
+ECE_RAW = Measure("ece", "ECE before temperature scaling (whole test set)", "ECE points", "lower")
+ECE_TS = Measure(
+    "ece_ts",
+    "ECE after temperature scaling (evaluation half)",
+    "ECE points",
+    "lower",
+    decides=False,
+)
 
 
 def claim_calibration(
-    ce: Mapping[str, SeedStat] | None, ls: Mapping[str, Mapping[str, SeedStat]]
+    ce: Sequence[RunData],
+    ls: Sequence[LSGroup],
+    ece: Mapping[Path, tuple[float | None, float | None]],
 ) -> ClaimVerdict:
-    """Claim (d). ``ce``/``ls[label]`` map ``ece_raw`` and ``ece_ts`` (evaluation half, before
-    and after temperature scaling) to values."""
+    """Claim (d). ``ece[run.path] = (ECE of the whole test set before scaling, ECE of the
+    evaluation half after scaling)``, as fractions; reported in points (×100)."""
+
+    def get(i: int):  # noqa: ANN202
+        def fn(run: RunData) -> float | None:
+            v = ece.get(run.path, (None, None))[i]
+            return None if v is None else 100.0 * v
+
+        return fn
+
     out = []
-    for label, stats in ls.items():
-        if ce is None:
-            break
-        parts, material = [], []
-        for key, when in (("ece_raw", "before TS"), ("ece_ts", "after TS")):
-            c, s = ce[key], stats[key]
-            if math.isnan(c.mean) or math.isnan(s.mean):
-                continue
-            diff = s.mean - c.mean
-            is_material = _material(diff, s.std, c.std)
-            material.append(is_material)
-            way = "lower" if diff < 0 else "higher" if diff > 0 else "equal"
-            parts.append(
-                f"ECE {when} LS {s.mean:.4f} vs CE {c.mean:.4f} ({way} by {100 * abs(diff):.2f} pp"
-                f"{'' if is_material else ', not material'})"
+    for group in ls:
+        measures = [
+            paired(ECE_RAW, _run_differences(ce, group.runs, get(0))),
+            paired(ECE_TS, _run_differences(ce, group.runs, get(1))),
+        ]
+        out.append(_delta(group, measures))
+    return _claim("d", ce, out)
+
+
+# ------------------------------------------------------------------------------ (e)
+
+ACCURACY = Measure(
+    "test_acc",
+    "final test accuracy",
+    "points",
+    "higher",
+    threshold=-ACCURACY_MARGIN,
+)
+
+
+def final_test_accuracy(run: RunData) -> float | None:
+    """Final test accuracy in percent: from ``predictions.npz`` (the whole test set) when
+    present, else the last row's ``test_acc``."""
+    if run.test_logits is not None and run.test_labels is not None and len(run.test_labels):
+        return 100.0 * float(np.mean(np.argmax(run.test_logits, 1) == run.test_labels))
+    acc = run.final("test_acc")
+    if not math.isfinite(acc):
+        return None
+    return acc if acc > 1.0 else 100.0 * acc
+
+
+def claim_generalization(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
+    """Claim (e) (module docstring)."""
+    out = []
+    for group in ls:
+        result = paired(ACCURACY, _run_differences(ce, group.runs, final_test_accuracy))
+        out.append(_delta(group, [result], note=f"margin {ACCURACY_MARGIN:g} points"))
+    return _claim("e", ce, out)
+
+
+# ------------------------------------------------------------------------------ (f)
+
+KAPPA = Measure(
+    "kappa_logit", "log10(κ_logit LS / κ_logit CE) at the UFM minimizer", "log10 ratio", "lower"
+)
+GD_ITERS = Measure(
+    "gd_iterations", "GD iterations to the objective tolerance", "iterations", "lower"
+)
+
+
+def claim_theory(
+    ce: Sequence[RunData], ls: Sequence[LSGroup], panel: TheoryPanel | None
+) -> ClaimVerdict:
+    """Claim (f): exact UFM computations of :mod:`nclab.ufm` for the runs' K and n."""
+    out = []
+    if panel is None:
+        out = [_delta(g, [computed(KAPPA, None, "UFM theory panel not computed")]) for g in ls]
+        return _claim("f", ce, out)
+    rows = {round(r["smoothing"], 12): r for r in panel.at_runs}
+    curves = {round(c.smoothing, 12): c for c in panel.curves}
+    ce_row, ce_curve = rows.get(0.0), curves.get(0.0)
+    for group in ls:
+        row = rows.get(round(group.smoothing, 12))
+        kappa = None
+        note = ""
+        if ce_row is None or row is None:
+            note = "closed form not computed"
+        elif "trivial" in (ce_row["regime"], row["regime"]):
+            note = "trivial UFM minimizer (W = H = 0): κ_logit undefined"
+        elif ce_row["kappa_logit"] > 0 and row["kappa_logit"] > 0:
+            kappa = math.log10(row["kappa_logit"] / ce_row["kappa_logit"])
+        measures = [computed(KAPPA, kappa, note)]
+        curve = curves.get(round(group.smoothing, 12))
+        if ce_curve is None or curve is None:
+            gd_note = next((n for n in panel.notes if "GD curves" in n), "GD not computed")
+            measures.append(computed(GD_ITERS, None, gd_note))
+        else:
+            a, b = ce_curve.iters_to_objective_tol, curve.iters_to_objective_tol
+            cs = panel.convergence_settings
+            where = (
+                f"K={cs.get('num_classes')}, n={cs.get('n_per_class')}, step "
+                f"{cs.get('lr')}, tolerance {cs.get('tol_objective')}"
             )
-        if not material:
-            out.append(DeltaVerdict(label, UNDETERMINED, "no test predictions"))
-            continue
-        out.append(DeltaVerdict(label, HOLDS if any(material) else FAILS, ", ".join(parts)))
-    return _claim("d", out, ce is None)
+            if a is None or b is None:
+                measures.append(
+                    computed(
+                        GD_ITERS,
+                        None,
+                        f"GD did not reach the tolerance ({where}): CE "
+                        f"{a if a is not None else 'never'}, LS "
+                        f"{b if b is not None else 'never'}",
+                    )
+                )
+            else:
+                measures.append(computed(GD_ITERS, float(b - a), f"CE {a}, LS {b} ({where})"))
+        out.append(_delta(group, measures))
+    return _claim("f", ce, out)
+
+
+def all_claims(
+    ce: Sequence[RunData],
+    ls: Sequence[LSGroup],
+    ece: Mapping[Path, tuple[float | None, float | None]],
+    panel: TheoryPanel | None,
+) -> list[ClaimVerdict]:
+    """Claims (a)-(f) in order."""
+    return [
+        claim_sooner(ce, ls),
+        claim_final(ce, ls),
+        claim_matched(ce, ls),
+        claim_calibration(ce, ls, ece),
+        claim_generalization(ce, ls),
+        claim_theory(ce, ls, panel),
+    ]

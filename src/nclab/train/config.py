@@ -1,96 +1,254 @@
-"""Training configuration: the :class:`TrainConfig` dataclass, its validation and file loading.
+"""Training configuration: :class:`TrainConfig`, its option schema, validation and file loading.
 
-This module imports no heavy library at import time (torch, numpy), so the CLI can build
-``nclab train --help`` from the dataclass fields quickly. Name checks against the dataset, model
-and loss registries import those modules lazily, inside :meth:`TrainConfig.validate`.
+Each field is declared with :func:`option`, which stores an :class:`Option` (help, placeholder,
+choices, and the field's role: identity, knob, per-run) in the field's metadata; the
+``nclab train``/``nclab compare`` parsers and the rules of resume (:data:`COMPARABLE_EXCEPT`),
+compare (:data:`PER_RUN_FIELDS`) and the report (:data:`SETTING_FIELDS`) are derived from it.
+This module imports no heavy library at import time (torch, numpy), so ``--help`` is quick; the
+checks against the loss registry import it lazily, inside :meth:`TrainConfig.validate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
+from nclab.names import DATASETS, DEVICES, LOSSES, MODELS, SCHEDULERS
+
 __all__ = [
     "COMPARABLE_EXCEPT",
+    "PER_RUN_FIELDS",
     "SCHEDULERS",
+    "SETTING_FIELDS",
+    "SYNTHETIC_ALIASES",
+    "Option",
     "TrainConfig",
     "config_differences",
     "config_from_dict",
     "load_config_file",
+    "options",
+    "parse_per_class",
 ]
-
-SCHEDULERS = ("multistep", "cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-
-#: Fields that may differ between a stopped run and its resumption: ``epochs`` (extending a run),
-#: ``threads`` (a performance knob) and ``data_dir`` (where the same files are found; moving a
-#: dataset folder does not change what is computed).
-COMPARABLE_EXCEPT = frozenset({"epochs", "threads", "data_dir"})
 
 #: Weight decay used for every parameter when ``weight_decay`` is left unset (outside UFM mode).
 DEFAULT_WEIGHT_DECAY = 5e-4
+
+
+@dataclass(frozen=True)
+class Option:
+    """What the command line, resume, ``nclab compare`` and the report need to know about one
+    :class:`TrainConfig` field: the one place to describe a training option.
+
+    Attributes:
+        help: one-line help (without the default: the parsers add it once).
+        metavar: placeholder in ``--help`` (default: from the type, ``N`` for integers).
+        unset: what ``None`` means, shown as the default of an optional field.
+        choices: the accepted values (from :mod:`nclab.names`, so ``--help`` needs no torch).
+        identity: part of a run's identity: a stopped run resumes, and ``nclab compare`` reuses
+            a run, only when every identity option is unchanged.  False for what may change
+            without changing what a run computes or means (``epochs`` extends a run).
+        knob: changes how or where a run executes, not its results (threads, device, paths):
+            the report does not require runs to agree on it.
+        per_run: ``nclab compare`` sets it for each run (from ``--smoothing``, ``--seeds``,
+            ``--jobs``); it is not a compare option and runs of one comparison differ in it.
+        parse: converts a value written on the command line or in a config file (default: by
+            the field's type); raises ``ValueError`` with what to write instead.
+    """
+
+    help: str
+    metavar: str | None = None
+    unset: str | None = None
+    choices: tuple[str, ...] | None = None
+    identity: bool = True
+    knob: bool = False
+    per_run: bool = False
+    parse: Callable[[Any], Any] | None = None
+
+
+def parse_per_class(value: Any) -> int | None:
+    """``per_class``/``test_per_class`` from a command line or file: a positive integer, or
+    ``all`` (None: every sample)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(
+                f"expected a positive integer or 'all' (every sample), got {value!r}"
+            ) from None
+    return value
+
+
+def option(default: Any, help: str, **schema: Any) -> Any:
+    """A :class:`TrainConfig` field with its :class:`Option` in the field's metadata."""
+    return dataclasses.field(default=default, metadata={"option": Option(help, **schema)})
+
+
+#: Schema of the sample-count options that also accept ``all``.
+_COUNT_OR_ALL: dict[str, Any] = {"metavar": "N|all", "parse": parse_per_class}
+
+#: The old ``synthetic_*`` options, kept for one release as aliases of the keys of the
+#: ``synthetic:k=K,d=D,n=N,test=M`` dataset spec (command line, config files, ``TrainConfig``).
+SYNTHETIC_ALIASES: dict[str, str] = {
+    "synthetic_classes": "k",
+    "synthetic_dim": "d",
+    "synthetic_train_per_class": "n",
+    "synthetic_test_per_class": "test",
+}
 
 
 @dataclass
 class TrainConfig:
     """Every option of one training run (one dataset, model, loss and seed).
 
-    Defaults train the default MLP on Fashion-MNIST to 100% training accuracy.
-    ``weight_decay=None`` means 5e-4 on all parameters, or, in UFM-penalty mode, no optimizer
-    weight decay at all (give a value to keep it on the backbone in that mode).
-    ``milestones=None`` means ``[epochs // 2, 3 * epochs // 4]`` for the multistep scheduler.
-    ``channels_last=None`` enables channels-last memory format for conv nets on CPU.
-    ``threads=None`` leaves torch's intra-op thread count as it is.
+    Each field declares its help, placeholder, choices and role in its :class:`Option`
+    metadata (:func:`options`); the ``nclab train`` and ``nclab compare`` parsers, resume's and
+    compare's identity checks and the report's like-for-like check are generated from it.
+    Defaults train the default MLP on Fashion-MNIST to 100% training accuracy.  The
+    ``synthetic_*`` arguments are deprecated aliases folded into the ``dataset`` spec.
+    ``per_class``/``test_per_class`` also accept ``"all"`` (= None, every sample).
     """
 
     # data
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    per_class: int | None = None
-    augment: bool = False
-    synthetic_classes: int = 10
-    synthetic_dim: int = 32
-    synthetic_train_per_class: int = 100
-    synthetic_test_per_class: int = 100
+    dataset: str = option(
+        "fashion-mnist",
+        f"dataset: {', '.join(DATASETS)}; synthetic:k=K,d=D,n=N,test=M (K classes, input "
+        "dimension D, N training and M test samples per class; defaults 10, 32, 100, 100); or "
+        "npz:PATH (your own arrays)",
+        metavar="NAME",
+    )
+    data_dir: str | None = option(
+        None,
+        "folder holding the dataset files",
+        metavar="DIR",
+        unset="standard locations, see docs/data.md",
+        identity=False,
+        knob=True,
+    )
+    per_class: int | None = option(
+        None,
+        "keep this many training samples per class (class-balanced, seeded), or 'all'",
+        unset="all",
+        **_COUNT_OR_ALL,
+    )
+    test_per_class: int | None = option(
+        None,
+        "evaluate the per-epoch test metrics on a fixed class-balanced subset of this many test "
+        "samples per class (the same for every seed and loss; the final epoch always uses the "
+        "whole test set), or 'all'",
+        unset="the whole test set every epoch",
+        **_COUNT_OR_ALL,
+    )
+    augment: bool = option(False, "random crop (4-pixel padding) + horizontal flip on images")
     # model
-    model: str = "mlp"
-    width: int | None = None
-    depth: int | None = None
-    bias: bool = True
+    model: str = option("mlp", "model", metavar="NAME", choices=MODELS)
+    width: int | None = option(
+        None, "model width", unset="mlp 512 units, cnn 32 channels, resnets 64 channels"
+    )
+    depth: int | None = option(
+        None, "model depth", unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed"
+    )
+    bias: bool = option(True, "give the classifier a bias")
     # loss
-    loss: str = "ce"
-    smoothing: float = 0.0
+    loss: str = option(
+        "ce", "training loss (ls: label smoothing)", metavar="NAME", choices=LOSSES, per_run=True
+    )
+    smoothing: float = option(
+        0.0, "label smoothing δ in [0, 1) for --loss ls", metavar="DELTA", per_run=True
+    )
     # optimisation
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    nesterov: bool = False
-    scheduler: str = "cosine"
-    milestones: list[int] | None = None
-    gamma: float = 0.1
+    epochs: int = option(
+        60, "training epochs (with --resume: a larger value extends a run)", identity=False
+    )
+    batch_size: int = option(
+        128, "global mini-batch size (split over the processes under torchrun)"
+    )
+    lr: float = option(0.01, "initial learning rate of SGD")
+    momentum: float = option(0.9, "SGD momentum", metavar="M")
+    weight_decay: float | None = option(
+        None,
+        "SGD weight decay",
+        metavar="DECAY",
+        unset="5e-4; in UFM-penalty mode none, and a value applies to the backbone only",
+    )
+    nesterov: bool = option(False, "Nesterov momentum")
+    scheduler: str = option(
+        "cosine", "learning-rate schedule, stepped per epoch", metavar="NAME", choices=SCHEDULERS
+    )
+    milestones: list[int] | None = option(
+        None,
+        "epochs after which multistep multiplies the lr by --gamma",
+        metavar="EPOCH",
+        unset="1/2 and 3/4 of --epochs",
+    )
+    gamma: float = option(0.1, "multistep decay factor", metavar="FACTOR")
     # UFM-penalty mode
-    ufm_penalties: bool = False
-    lambda_w: float = 5e-4
-    lambda_h: float = 5e-4
-    lambda_b: float = 5e-4
+    ufm_penalties: bool = option(
+        False,
+        "UFM-penalty mode: no optimizer weight decay on the classifier; add λ_W/2||W||² + "
+        "λ_b/2||b||² + λ_H/2·(N/B)||H_batch||² to the loss and log the closed-form UFM norms "
+        "(ufm_w_norm, ufm_h_norm), which the report draws",
+    )
+    lambda_w: float = option(5e-4, "UFM-penalty mode: λ_W on the classifier", metavar="LAMBDA")
+    lambda_h: float = option(5e-4, "UFM-penalty mode: λ_H on the features", metavar="LAMBDA")
+    lambda_b: float = option(5e-4, "UFM-penalty mode: λ_b on the bias", metavar="LAMBDA")
     # run
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool | None = None
-    threads: int | None = None
-    eval_every: int = 1
-    checkpoint_every: int = 1
+    seed: int = option(
+        0, "seed of the model initialisation, data order and per-class subset", per_run=True
+    )
+    device: str = option(
+        "auto", "device (auto: CUDA when available)", metavar="DEVICE", choices=DEVICES, knob=True
+    )
+    bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
+    channels_last: bool | None = option(
+        None, "channels-last memory format", unset="on for conv nets on CPU", knob=True
+    )
+    threads: int | None = option(
+        None,
+        "torch intra-op threads",
+        unset="torch's default",
+        identity=False,
+        knob=True,
+        per_run=True,
+    )
+    eval_every: int = option(
+        1, "evaluate every this many epochs (the last epoch is always evaluated)", metavar="EPOCHS"
+    )
+    checkpoint_every: int = option(
+        1,
+        "write checkpoints/last.pt every this many epochs (and at the end)",
+        metavar="EPOCHS",
+        knob=True,
+    )
+    # deprecated aliases of the synthetic dataset spec (not stored)
+    synthetic_classes: InitVar[int | None] = None
+    synthetic_dim: InitVar[int | None] = None
+    synthetic_train_per_class: InitVar[int | None] = None
+    synthetic_test_per_class: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self,
+        synthetic_classes: int | None,
+        synthetic_dim: int | None,
+        synthetic_train_per_class: int | None,
+        synthetic_test_per_class: int | None,
+    ) -> None:
         if self.milestones is not None:
             self.milestones = [_as_int("milestones", m) for m in self.milestones]
+        aliases = dict(
+            synthetic_classes=synthetic_classes,
+            synthetic_dim=synthetic_dim,
+            synthetic_train_per_class=synthetic_train_per_class,
+            synthetic_test_per_class=synthetic_test_per_class,
+        )
+        self.dataset = _dataset_spec(self.dataset, aliases)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -102,11 +260,7 @@ class TrainConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_every", self.eval_every)
         _positive_int("checkpoint_every", self.checkpoint_every)
-        _positive_int("synthetic_classes", self.synthetic_classes, minimum=2)
-        _positive_int("synthetic_dim", self.synthetic_dim)
-        _positive_int("synthetic_train_per_class", self.synthetic_train_per_class)
-        _positive_int("synthetic_test_per_class", self.synthetic_test_per_class)
-        for name in ("per_class", "width", "depth", "threads"):
+        for name in ("per_class", "test_per_class", "width", "depth", "threads"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value)
@@ -154,18 +308,74 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# ---------------------------------------------------------------------------- the schema
+
+
+@functools.cache
+def options() -> dict[str, tuple[dataclasses.Field[Any], Option]]:
+    """Every training option: name -> (dataclass field, :class:`Option`), in field order.
+
+    ``TypeError`` (at import, through the rules below) for a field declared without
+    :func:`option`, naming it."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if not isinstance(f.metadata.get("option"), Option):
+            raise TypeError(
+                f"TrainConfig.{f.name} has no option schema: declare it as "
+                f"{f.name}: ... = option(default, help, ...)"
+            )
+        out[f.name] = (f, f.metadata["option"])
+    return out
+
+
+def _names(keep: Any) -> frozenset[str]:
+    return frozenset(name for name, (_, opt) in options().items() if keep(opt))
+
+
+#: Options that may differ between a stopped run and its resumption, and between a finished run
+#: and the one ``nclab compare`` would train in its place (``epochs`` is checked separately).
+COMPARABLE_EXCEPT: frozenset[str] = _names(lambda o: not o.identity)
+#: Options ``nclab compare`` sets for each run; they are not compare options.
+PER_RUN_FIELDS: frozenset[str] = _names(lambda o: o.per_run)
+#: Options the runs of one comparison must share for it to be like for like (the report warns
+#: about the others' differences only when they are here).
+SETTING_FIELDS: frozenset[str] = _names(lambda o: not (o.per_run or o.knob))
+
+
+def _dataset_spec(dataset: str, aliases: dict[str, int | None]) -> str:
+    """``dataset`` with the deprecated ``synthetic_*`` values folded in; a synthetic dataset is
+    written out in full (``synthetic:k=10,d=32,n=100,test=100``) so that equal data compare
+    equal.  The aliases are ignored for other datasets, as they always were."""
+    name = str(dataset)
+    if not name.strip().lower().startswith("synthetic"):
+        return name
+    from nclab.data import parse_synthetic, synthetic_name
+
+    spec = parse_synthetic(name)
+    for alias, value in aliases.items():
+        if value is None:
+            continue
+        key = SYNTHETIC_ALIASES[alias]
+        _positive_int(alias, value)
+        if spec.setdefault(key, value) != value:
+            raise ValueError(
+                f"{alias}={value} contradicts {key}={spec[key]} in dataset {name!r}; give the "
+                "value once, in the dataset spec"
+            )
+    return synthetic_name(**spec)
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
 def _check_names(cfg: TrainConfig) -> None:
-    from nclab.data import DATASETS
     from nclab.losses import get_loss
-    from nclab.models import MODELS
 
     name = str(cfg.dataset)
-    if not (name.lower() in DATASETS or name.startswith("npz:")):
+    if not (name.lower() in DATASETS or name.startswith(("npz:", "synthetic:"))):
         raise ValueError(
-            f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)} or npz:PATH"
+            f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}, "
+            "synthetic:k=K,d=D,n=N,test=M or npz:PATH"
         )
     if str(cfg.model).lower() not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; available models: {', '.join(MODELS)}")
@@ -214,10 +424,15 @@ def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def _accepted_names() -> set[str]:
+    """Option names a configuration may hold: the fields and the deprecated aliases."""
+    return {*_field_names(), *SYNTHETIC_ALIASES}
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build a config from a mapping of option names (``-`` or ``_`` spelling); unknown keys
     raise ``ValueError`` listing the valid ones."""
-    known = set(_field_names())
+    known = _accepted_names()
     values: dict[str, Any] = {}
     unknown: list[str] = []
     for key, value in data.items():
@@ -235,12 +450,16 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 _FLOAT_FIELDS = frozenset(
-    {"smoothing", "lr", "momentum", "weight_decay", "gamma", "lambda_w", "lambda_h", "lambda_b"}
+    name for name, (f, _) in options().items() if str(f.type).startswith("float")
 )
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Numbers written as strings (YAML reads ``1e-3`` as a string) become floats."""
+    """A value from a config file: the option's own ``parse`` (``per_class: all`` becomes None);
+    numbers written as strings (YAML reads ``1e-3`` as a string) become floats."""
+    parse = options()[name][1].parse if name in options() else None  # None: an alias
+    if parse is not None:
+        return parse(value)
     if name in _FLOAT_FIELDS and isinstance(value, str):
         try:
             return float(value)
@@ -267,7 +486,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
     if "versions" in data and "hostname" in data:  # a run directory's config.json
-        known = set(_field_names())
+        known = _accepted_names()
         data = {k: v for k, v in data.items() if k in known}
     return data
 
@@ -276,16 +495,23 @@ def config_differences(
     saved: dict[str, Any], current: TrainConfig, ignore: frozenset[str] = COMPARABLE_EXCEPT
 ) -> list[str]:
     """Names of the options whose values differ between a saved config dict and ``current``,
-    as ``"name: saved -> current"`` strings (options in ``ignore`` are skipped)."""
+    as ``"name: saved -> current"`` strings (options in ``ignore`` are skipped).  A config saved
+    with the deprecated ``synthetic_*`` options compares by the dataset spec they stand for; an
+    option the saved config lacks (added to nclab after the run started) counts as its default,
+    which is what that run used, so adding an option does not orphan existing runs."""
+    saved = dict(saved)
+    aliases = {alias: saved.pop(alias, None) for alias in SYNTHETIC_ALIASES}
+    if "dataset" in saved:
+        try:
+            saved["dataset"] = _dataset_spec(saved["dataset"], aliases)
+        except ValueError:
+            pass  # a saved value that no longer parses simply differs
     now = current.to_dict()
     out = []
-    for name in _field_names():
-        if name in ignore:
-            continue
-        before = saved.get(name, dataclasses.MISSING)
-        if before is dataclasses.MISSING or _normal(before) != _normal(now[name]):
-            shown = "(missing)" if before is dataclasses.MISSING else repr(before)
-            out.append(f"{name}: {shown} -> {now[name]!r}")
+    for name, (f, _) in options().items():
+        before = saved.get(name, f.default)
+        if name not in ignore and _normal(before) != _normal(now[name]):
+            out.append(f"{name}: {before!r} -> {now[name]!r}")
     return out
 
 

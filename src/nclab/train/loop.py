@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from nclab import __version__
-from nclab.data import DataBundle, augment_batch, load_dataset
+from nclab.data import DataBundle, augment_batch, class_balanced_indices, load_dataset
 from nclab.losses import get_loss
 from nclab.models import build_model, count_parameters
 from nclab.train.config import TrainConfig, config_differences
@@ -334,7 +334,8 @@ class _Run:
     net: nn.Module
     optimizer: torch.optim.SGD
     loss_fn: nn.Module
-    evaluator: Evaluator
+    evaluator: Evaluator  # per-epoch evaluation (test subset with ``test_per_class``)
+    final_evaluator: Evaluator  # the final epoch's: always the whole test set
     autocast: Any
     channels_last: bool
     local_batch: int
@@ -424,10 +425,6 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         config.data_dir,
         per_class=config.per_class,
         seed=config.seed,
-        num_classes=config.synthetic_classes,
-        synthetic_dim=config.synthetic_dim,
-        synthetic_train_per_class=config.synthetic_train_per_class,
-        synthetic_test_per_class=config.synthetic_test_per_class,
     )
     if config.augment and len(data.input_shape) != 3:
         raise ValueError(f"--augment needs image data; {config.dataset} holds flat vectors")
@@ -462,19 +459,30 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         if config.bf16
         else contextlib.nullcontext
     )
-    shard_train, shard_test = ctx.shard(data.num_train), ctx.shard(data.num_test)
-    evaluator = Evaluator(
-        x_train=data.x_train[shard_train].contiguous().to(device),
-        y_train=data.y_train[shard_train].contiguous().to(device),
-        x_test=data.x_test[shard_test].contiguous().to(device),
-        y_test=data.y_test[shard_test].contiguous().to(device),
-        num_test=data.num_test,
-        num_classes=data.num_classes,
-        loss_fn=loss_fn,
-        ctx=ctx,
-        autocast=autocast,
-        channels_last=channels_last,
-    )
+    shard_train = ctx.shard(data.num_train)
+    x_eval_train = data.x_train[shard_train].contiguous().to(device)
+    y_eval_train = data.y_train[shard_train].contiguous().to(device)
+
+    def evaluator_on(x_test: Tensor, y_test: Tensor) -> Evaluator:
+        shard = ctx.shard(len(y_test))
+        return Evaluator(
+            x_train=x_eval_train,
+            y_train=y_eval_train,
+            x_test=x_test[shard].contiguous().to(device),
+            y_test=y_test[shard].contiguous().to(device),
+            num_test=len(y_test),
+            num_classes=data.num_classes,
+            loss_fn=loss_fn,
+            ctx=ctx,
+            autocast=autocast,
+            channels_last=channels_last,
+        )
+
+    final_evaluator = evaluator_on(data.x_test, data.y_test)
+    evaluator = final_evaluator
+    if config.test_per_class is not None:
+        idx = fixed_test_subset(data.y_test, config.test_per_class, data.num_classes)
+        evaluator = evaluator_on(data.x_test[idx], data.y_test[idx])
     x_train = evaluator.x_train if not ctx.enabled else data.x_train.to(device)
     y_train = evaluator.y_train if not ctx.enabled else data.y_train.to(device)
     return _Run(
@@ -488,6 +496,7 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         optimizer=optimizer,
         loss_fn=loss_fn,
         evaluator=evaluator,
+        final_evaluator=final_evaluator,
         autocast=autocast,
         channels_last=bool(channels_last),
         local_batch=config.batch_size // ctx.world_size,
@@ -505,12 +514,12 @@ def _ufm_prediction(config: TrainConfig, data: DataBundle) -> dict[str, Any] | N
 
     n_per_class = max(1, round(data.num_train / data.num_classes))
     cf = closed_form(
-        data.num_classes,
-        n_per_class,
-        config.lambda_w,
-        config.lambda_h,
-        config.smoothing if config.loss == "ls" else 0.0,
-        config.lambda_b,
+        num_classes=data.num_classes,
+        n_per_class=n_per_class,
+        lambda_w=config.lambda_w,
+        lambda_h=config.lambda_h,
+        smoothing=config.smoothing if config.loss == "ls" else 0.0,
+        lambda_b=config.lambda_b,
     )
     return cf.as_dict()
 
@@ -533,6 +542,7 @@ def _epoch(run: _Run, epoch: int) -> None:
         timing["eval_forward"] = run.last_eval.timings["forward"]
         timing["metrics"] = run.last_eval.timings["metrics"]
         row = {"epoch": epoch, "lr": lr, **run.last_eval.metrics}
+        row["test_size"] = _evaluator_for(run, epoch).num_test
         if run.ufm is not None:
             row["ufm_w_norm"] = run.ufm["w_norm"]
             row["ufm_h_norm"] = run.ufm["h_norm"]
@@ -548,11 +558,28 @@ def _epoch(run: _Run, epoch: int) -> None:
     run.progress.epoch_done(epoch, row)
 
 
+def _evaluator_for(run: _Run, epoch: int) -> Evaluator:
+    """The final epoch is evaluated on the whole test set, the others on the per-epoch set."""
+    return run.final_evaluator if epoch == run.config.epochs else run.evaluator
+
+
+def fixed_test_subset(labels: Tensor, per_class: int, num_classes: int) -> Tensor:
+    """The fixed test subset of ``test_per_class``: ``per_class`` test samples of every class
+    drawn with seed 0, so every seed and loss of a comparison is evaluated on the same images."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    if per_class > int(counts.min()):
+        raise ValueError(
+            f"test_per_class={per_class} but a class has only {int(counts.min())} test samples; "
+            f"choose test_per_class <= {int(counts.min())} or leave it unset (whole test set)"
+        )
+    return torch.as_tensor(class_balanced_indices(labels, per_class, 0, num_classes))
+
+
 def _evaluate(run: _Run, epoch: int) -> EvalResult:
     """Evaluate the model after ``epoch`` (rank 0's BatchNorm statistics on every rank)."""
     run.ctx.broadcast_buffers(run.model)
     try:
-        return run.evaluator(run.model)
+        return _evaluator_for(run, epoch)(run.model)
     except NonFiniteFeaturesError:
         raise TrainingDivergedError(
             epoch, 0, float("nan"), _last_checkpoint_epoch(run), run.files.checkpoint

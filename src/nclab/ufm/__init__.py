@@ -1,18 +1,13 @@
 """Unconstrained feature model (UFM) under cross-entropy and label smoothing.
 
-Closed form of the global minimizer, float64 solvers (GD, L-BFGS), Hessian conditioning at the
-minimizer and the GD convergence experiment of Guo et al., "Cross Entropy versus Label
-Smoothing: A Neural Collapse Perspective" (arXiv 2402.03979).  Derivation: ``docs/theory.md``.
+Every function takes one problem object, :class:`UFMProblem` (or its fields as keywords): the
+closed form of the global minimizer, float64 solvers (:func:`solve_gd`, :func:`solve_lbfgs`, one
+:class:`SolveResult`), Hessian conditioning at the minimizer and the GD convergence experiment
+of Guo et al., "Cross Entropy versus Label Smoothing: A Neural Collapse Perspective" (arXiv
+2402.03979).  Derivation: ``docs/theory.md``.
 """
 
-from nclab.ufm.closed_form import (
-    DEFAULT_LAMBDA_B,
-    UFMClosedForm,
-    closed_form,
-    minimizer,
-    sample_labels,
-    simplex_etf,
-)
+from nclab.ufm.closed_form import UFMClosedForm, closed_form, minimizer, simplex_etf
 from nclab.ufm.conditioning import (
     BlockSpectrum,
     HessianConditioning,
@@ -23,21 +18,18 @@ from nclab.ufm.conditioning import (
     lanczos_extremes,
     logit_conditioning,
 )
-from nclab.ufm.objective import (
-    HessianVectorProduct,
-    UFMProblem,
-    objective,
-    objective_and_grad,
-    objective_torch,
-)
+from nclab.ufm.objective import HessianVectorProduct, objective, objective_and_grad, objective_torch
+from nclab.ufm.problem import DEFAULT_LAMBDA_B, UFMProblem, sample_labels
 from nclab.ufm.solver import (
     CONVERGENCE_DEFAULTS,
+    SOLVERS,
     ConvergenceResult,
     SolveResult,
     convergence,
     nc1_value,
     nc_record,
-    solve,
+    solve_gd,
+    solve_lbfgs,
 )
 
 __all__ = [
@@ -66,5 +58,7 @@ __all__ = [
     "objective_torch",
     "sample_labels",
     "simplex_etf",
-    "solve",
+    "SOLVERS",
+    "solve_gd",
+    "solve_lbfgs",
 ]

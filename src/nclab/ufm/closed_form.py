@@ -18,8 +18,7 @@ target ``t = (1 - delta) e_k + delta/K 1`` (``delta = 0`` is plain cross-entropy
   (NC1 + self-duality), the rows of ``W`` form a simplex ETF with equal norms, ``b = 0`` and
   the logit gap (true minus any other logit) is ``g* = log(1/(beta + delta/K) - (K - 1))``.
 
-Sample ordering used throughout :mod:`nclab.ufm`: ``labels = np.repeat(np.arange(K), n)``, i.e.
-column ``k n + i`` of ``H`` is sample ``i`` of class ``k``.
+Sample ordering and packing: :mod:`nclab.ufm.problem`.
 """
 
 from __future__ import annotations
@@ -30,37 +29,7 @@ from typing import Any
 
 import numpy as np
 
-#: Default bias penalty.  Any ``lambda_b > 0`` gives the same minimizer (``b = 0``) and the same
-#: objective value; a small positive value keeps the minimizer unique up to the rotation symmetry
-#: (with ``lambda_b = 0`` the objective is also invariant under ``b -> b + c 1``).
-DEFAULT_LAMBDA_B: float = 1e-3
-
-
-def validate_problem(
-    num_classes: int,
-    n_per_class: int,
-    lambda_w: float,
-    lambda_h: float,
-    smoothing: float,
-    lambda_b: float,
-) -> None:
-    """Raise ``ValueError`` with an actionable message for an ill-posed UFM."""
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2 (got {num_classes!r})")
-    if int(n_per_class) != n_per_class or n_per_class < 1:
-        raise ValueError(f"n_per_class must be an integer >= 1 (got {n_per_class!r})")
-    for name, value in (("lambda_w", lambda_w), ("lambda_h", lambda_h)):
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(
-                f"{name} must be a finite number > 0 (got {value!r}); the UFM without weight "
-                "decay has no minimizer"
-            )
-    if not math.isfinite(lambda_b) or lambda_b < 0:
-        raise ValueError(f"lambda_b must be a finite number >= 0 (got {lambda_b!r})")
-    if not math.isfinite(smoothing) or not 0.0 <= smoothing < 1.0:
-        raise ValueError(
-            f"smoothing (delta) must lie in [0, 1) (got {smoothing!r}); 0 is cross-entropy"
-        )
+from nclab.ufm.problem import UFMProblem, as_problem
 
 
 @dataclass(frozen=True)
@@ -113,38 +82,31 @@ class UFMClosedForm:
         return asdict(self)
 
 
-def closed_form(
-    num_classes: int,
-    n_per_class: int,
-    lambda_w: float,
-    lambda_h: float,
-    smoothing: float = 0.0,
-    lambda_b: float = DEFAULT_LAMBDA_B,
-) -> UFMClosedForm:
+def closed_form(problem: UFMProblem | None = None, /, **problem_fields: Any) -> UFMClosedForm:
     """Global minimum of the regularized UFM in closed form.
 
     Reduction (docs/theory.md): on the ETF/self-dual family the objective is the 1-D convex
     function ``phi(g) = log(1 + (K-1) e^{-g}) + delta (K-1) g/K + (K-1) beta g`` of the logit gap
     ``g >= 0``, whose stationarity condition ``e^{-g}/(1 + (K-1) e^{-g}) = beta + delta/K`` gives
     ``g*``; ``phi(g*)`` is also a lower bound of ``f`` everywhere, so it is the global minimum.
-    ``lambda_b`` does not change the value (the bias is 0 at the minimizer); it is recorded and
-    validated only.
+    ``lambda_b`` and ``dim`` do not change the value (the bias is 0 at the minimizer).  Takes a
+    :class:`UFMProblem` or its fields as keywords.
     """
-    validate_problem(num_classes, n_per_class, lambda_w, lambda_h, smoothing, lambda_b)
-    K, n, delta = int(num_classes), int(n_per_class), float(smoothing)
-    beta = math.sqrt(n * lambda_w * lambda_h)
-    threshold = (1.0 - delta) / K
+    pr = as_problem(problem, problem_fields)
+    K, n, delta = pr.num_classes, pr.n_per_class, pr.smoothing
+    lambda_w, lambda_h = pr.lambda_w, pr.lambda_h
+    beta = pr.beta
     common = dict(
         beta=beta,
-        threshold=threshold,
+        threshold=(1.0 - delta) / K,
         num_classes=K,
         n_per_class=n,
         smoothing=delta,
-        lambda_w=float(lambda_w),
-        lambda_h=float(lambda_h),
-        lambda_b=float(lambda_b),
+        lambda_w=lambda_w,
+        lambda_h=lambda_h,
+        lambda_b=pr.lambda_b,
     )
-    if beta >= threshold:
+    if not pr.collapses:
         return UFMClosedForm(
             regime="trivial",
             logit_gap=0.0,
@@ -195,42 +157,23 @@ def simplex_etf(num_classes: int) -> np.ndarray:
     return math.sqrt(K / (K - 1)) * basis
 
 
-def sample_labels(num_classes: int, n_per_class: int) -> np.ndarray:
-    """Labels in the order used by :func:`minimizer` and the solvers: ``repeat(arange(K), n)``."""
-    return np.repeat(np.arange(int(num_classes)), int(n_per_class))
-
-
 def minimizer(
-    num_classes: int,
-    n_per_class: int,
-    lambda_w: float,
-    lambda_h: float,
-    smoothing: float = 0.0,
-    lambda_b: float = DEFAULT_LAMBDA_B,
-    dim: int | None = None,
-    seed: int = 0,
+    problem: UFMProblem | None = None, /, *, seed: int = 0, **problem_fields: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One global minimizer ``(W* (K, d), H* (d, N), b* (K,))`` in float64.
 
     ``W* = ||w|| M R^T`` with ``M`` the unit simplex ETF (:func:`simplex_etf`) and ``R`` a random
     ``d x (K-1)`` matrix with orthonormal columns drawn from ``seed`` (every minimizer is such a
     rotation of another); ``H*`` has column ``k n + i`` equal to ``sqrt(lambda_W/(n lambda_H)) w_k``
-    (labels ``np.repeat(np.arange(K), n)``); ``b* = 0``.  ``dim`` defaults to ``K - 1`` and must
-    be at least ``K - 1`` in the collapse regime.  In the trivial regime all three are zero.
+    (labels ``np.repeat(np.arange(K), n)``); ``b* = 0``.  ``d = problem.dim`` must be at least
+    ``K - 1`` in the collapse regime.  In the trivial regime all three are zero.
     """
-    cf = closed_form(num_classes, n_per_class, lambda_w, lambda_h, smoothing, lambda_b)
-    K, n = cf.num_classes, cf.n_per_class
-    d = K - 1 if dim is None else dim
-    if int(d) != d or d < 1:
-        raise ValueError(f"dim must be a positive integer (got {dim!r})")
-    d = int(d)
+    pr = as_problem(problem, problem_fields)
+    cf = closed_form(pr)
+    K, n, d = pr.num_classes, pr.n_per_class, int(pr.dim)
     if cf.regime == "trivial":
         return np.zeros((K, d)), np.zeros((d, K * n)), np.zeros(K)
-    if d < K - 1:
-        raise ValueError(
-            f"dim={d} < K-1={K - 1}: a simplex ETF of {K} classes needs at least K-1 dimensions "
-            "(the closed form assumes d >= K-1); use dim >= K-1"
-        )
+    pr.require_etf_dim()
     rng = np.random.default_rng(seed)
     rot, _ = np.linalg.qr(rng.standard_normal((d, K - 1)))
     W = cf.w_norm * simplex_etf(K) @ rot.T

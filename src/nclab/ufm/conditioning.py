@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from nclab.ufm.closed_form import DEFAULT_LAMBDA_B, UFMClosedForm, closed_form, minimizer
-from nclab.ufm.objective import (
-    HessianVectorProduct,
-    UFMProblem,
-    objective_torch,
-    smoothed_ce_torch,
-)
+from nclab.ufm.closed_form import closed_form, minimizer
+from nclab.ufm.objective import HessianVectorProduct, objective_torch, smoothed_ce_torch
+from nclab.ufm.problem import UFMProblem, as_problem
 
 
 # --------------------------------------------------------------------------- logit space
@@ -55,22 +51,22 @@ class LogitConditioning:
 
 
 def logit_conditioning(
-    num_classes: int,
-    n_per_class: int,
-    lambda_w: float,
-    lambda_h: float,
-    smoothing: float = 0.0,
-    lambda_b: float = DEFAULT_LAMBDA_B,
+    problem: UFMProblem | None = None, /, **problem_fields: Any
 ) -> LogitConditioning:
-    """Numerical logit-Hessian spectrum at the closed-form minimizer vs the closed form."""
+    """Numerical logit-Hessian spectrum at the closed-form minimizer vs the closed form.
+
+    Takes a :class:`UFMProblem` (its ``dim`` is irrelevant: the logits do not depend on it) or
+    its fields as keywords.
+    """
     import torch
 
-    cf = closed_form(num_classes, n_per_class, lambda_w, lambda_h, smoothing, lambda_b)
+    pr = replace(as_problem(problem, problem_fields), dim=None)
+    cf = closed_form(pr)
     K = cf.num_classes
-    W, H, b = minimizer(K, cf.n_per_class, lambda_w, lambda_h, smoothing, lambda_b)
+    W, H, b = minimizer(pr)
     z = torch.as_tensor(W @ H[:, 0] + b, dtype=torch.float64)  # logits of a class-0 sample
     hess = torch.autograd.functional.hessian(
-        lambda logits: smoothed_ce_torch(logits, 0, float(smoothing)), z
+        lambda logits: smoothed_ce_torch(logits, 0, pr.smoothing), z
     ).numpy()
     evals, evecs = np.linalg.eigh(np.eye(K) - np.full((K, K), 1.0 / K))
     V = evecs[:, evals > 0.5]  # orthonormal basis of 1^perp
@@ -377,43 +373,36 @@ def _block_lanczos(
 
 
 def condition(
-    num_classes: int,
-    n_per_class: int,
-    dim: int,
-    lambda_w: float,
-    lambda_h: float,
-    smoothing: float = 0.0,
-    lambda_b: float = DEFAULT_LAMBDA_B,
+    problem: UFMProblem | None = None,
+    /,
+    *,
     method: str = "auto",
     seed: int = 0,
     tol: float = 1e-12,
     ncv: int = 40,
     zero_tol: float = 1e-9,
     dense_limit: int = 2500,
+    **problem_fields: Any,
 ) -> HessianConditioning:
-    """Hessian conditioning of the UFM at ``minimizer(..., dim=dim, seed=seed)``.
+    """Hessian conditioning of the UFM at ``minimizer(problem, seed=seed)``.
 
-    ``method="auto"`` uses the dense autograd Hessian when the problem has at most
-    ``dense_limit`` parameters and Lanczos otherwise.  ``tol``/``ncv`` are ARPACK's relative
-    tolerance and Krylov dimension; ``zero_tol`` (relative to ``lambda_max``) decides which dense
-    eigenvalues count as zero.
+    Takes a :class:`UFMProblem` or its fields as keywords.  ``method="auto"`` uses the dense
+    autograd Hessian when the problem has at most ``dense_limit`` parameters and Lanczos
+    otherwise.  ``tol``/``ncv`` are ARPACK's relative tolerance and Krylov dimension;
+    ``zero_tol`` (relative to ``lambda_max``) decides which dense eigenvalues count as zero.
     """
     if method not in ("auto", "dense", "lanczos"):
         raise ValueError(f"method must be 'auto', 'dense' or 'lanczos' (got {method!r})")
     t0 = time.perf_counter()
-    problem = UFMProblem(num_classes, n_per_class, dim, lambda_w, lambda_h, smoothing, lambda_b)
-    cf: UFMClosedForm = closed_form(
-        num_classes, n_per_class, lambda_w, lambda_h, smoothing, lambda_b
-    )
-    W, H, b = minimizer(
-        num_classes, n_per_class, lambda_w, lambda_h, smoothing, lambda_b, dim, seed
-    )
-    x = problem.pack(W, H, b)
+    problem = as_problem(problem, problem_fields)
+    lambda_b = problem.lambda_b
+    cf = closed_form(problem)
+    x = problem.pack(*minimizer(problem, seed=seed))
     sym = RotationSymmetry(problem, x, include_bias_shift=(lambda_b == 0))
     sym_all = RotationSymmetry(problem, x, include_bias_shift=True)
     if method == "auto":
         method = "dense" if problem.num_params <= dense_limit else "lanczos"
-    logit = logit_conditioning(num_classes, n_per_class, lambda_w, lambda_h, smoothing, lambda_b)
+    logit = logit_conditioning(problem)
     if method == "dense":
         res = _dense_analysis(problem, x, sym, sym_all, zero_tol)
     else:
@@ -448,7 +437,7 @@ def condition(
         regime=cf.regime,
         num_classes=cf.num_classes,
         n_per_class=cf.n_per_class,
-        dim=int(dim),
+        dim=int(problem.dim),
         num_params=problem.num_params,
         method=method,
         ratio=res["lambda_max"] / res["lambda_min_nonzero"],

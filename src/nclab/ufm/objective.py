@@ -1,8 +1,8 @@
 """The UFM objective, its analytic gradient and Hessian-vector product (numpy, float64).
 
-Parameters are packed as one flat vector ``x = [vec(W) (K d), vec(H) (d N), b (K)]`` (row-major
-``ravel``).  With logits ``Z = W H + b 1^T`` (K x N), softmax ``P`` (column-wise) and smoothed
-targets ``T`` (column ``i`` is ``(1-delta) e_{y_i} + delta/K 1``):
+Parameters are packed as one flat vector ``x = [vec(W) (K d), vec(H) (d N), b (K)]``
+(:meth:`nclab.ufm.problem.UFMProblem.pack`).  With logits ``Z = W H + b 1^T`` (K x N), softmax
+``P`` (column-wise) and smoothed targets ``T`` (column ``i`` is ``(1-delta) e_{y_i} + delta/K 1``):
 
     f = (1/N) sum_i [logsumexp(Z_i) - T_i . Z_i] + lambda_W/2 ||W||^2 + lambda_H/2 ||H||^2
         + lambda_b/2 ||b||^2
@@ -20,79 +20,14 @@ Hessian-vector product along ``(V_W, V_H, v_b)``: with ``dZ = V_W H + W V_H + v_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:  # torch is imported lazily so that `import nclab.ufm` stays light
     import torch
 
-from nclab.ufm.closed_form import DEFAULT_LAMBDA_B, sample_labels, validate_problem
-
-
-@dataclass(frozen=True)
-class UFMProblem:
-    """A UFM instance: sizes, penalties, smoothing and the (balanced) labels."""
-
-    num_classes: int
-    n_per_class: int
-    dim: int
-    lambda_w: float
-    lambda_h: float
-    smoothing: float = 0.0
-    lambda_b: float = DEFAULT_LAMBDA_B
-    labels: np.ndarray = field(init=False, repr=False)
-    targets: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        validate_problem(
-            self.num_classes,
-            self.n_per_class,
-            self.lambda_w,
-            self.lambda_h,
-            self.smoothing,
-            self.lambda_b,
-        )
-        if int(self.dim) != self.dim or self.dim < 1:
-            raise ValueError(f"dim must be a positive integer (got {self.dim!r})")
-        K = int(self.num_classes)
-        labels = sample_labels(K, self.n_per_class)
-        targets = np.full((K, labels.size), self.smoothing / K)
-        targets[labels, np.arange(labels.size)] += 1.0 - self.smoothing
-        object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "targets", targets)
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.num_classes * self.n_per_class)
-
-    @property
-    def num_params(self) -> int:
-        K, d = int(self.num_classes), int(self.dim)
-        return K * d + d * self.num_samples + K
-
-    def pack(self, W: np.ndarray, H: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Flatten ``(W, H, b)`` into one float64 vector."""
-        return np.concatenate(
-            [np.ravel(W).astype(np.float64), np.ravel(H).astype(np.float64), np.ravel(b)]
-        ).astype(np.float64)
-
-    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Views ``(W (K,d), H (d,N), b (K,))`` into a flat vector."""
-        K, d, N = int(self.num_classes), int(self.dim), self.num_samples
-        W = x[: K * d].reshape(K, d)
-        H = x[K * d : K * d + d * N].reshape(d, N)
-        b = x[K * d + d * N :]
-        return W, H, b
-
-    def random_init(self, seed: int = 0, scale: float = 0.1) -> np.ndarray:
-        """Gaussian initialisation with standard deviation ``scale`` (bias starts at 0)."""
-        rng = np.random.default_rng(seed)
-        K, d, N = int(self.num_classes), int(self.dim), self.num_samples
-        W = scale * rng.standard_normal((K, d))
-        H = scale * rng.standard_normal((d, N))
-        return self.pack(W, H, np.zeros(K))
+from nclab.ufm.problem import UFMProblem
 
 
 def _softmax_lse(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,15 +45,19 @@ def loss_term(problem: UFMProblem, W: np.ndarray, H: np.ndarray, b: np.ndarray) 
     return float(np.mean(lse - np.sum(problem.targets * Z, axis=0)))
 
 
+def penalty(problem: UFMProblem, W: Any, H: Any, b: Any) -> Any:
+    """``lambda_W/2 ||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2`` (numpy or torch arrays)."""
+    return 0.5 * (
+        problem.lambda_w * (W * W).sum()
+        + problem.lambda_h * (H * H).sum()
+        + problem.lambda_b * (b * b).sum()
+    )
+
+
 def objective(problem: UFMProblem, x: np.ndarray) -> float:
     """Value of ``f`` at the packed point ``x``."""
     W, H, b = problem.unpack(x)
-    reg = 0.5 * (
-        problem.lambda_w * np.sum(W * W)
-        + problem.lambda_h * np.sum(H * H)
-        + problem.lambda_b * np.sum(b * b)
-    )
-    return loss_term(problem, W, H, b) + float(reg)
+    return loss_term(problem, W, H, b) + float(penalty(problem, W, H, b))
 
 
 def objective_and_grad(problem: UFMProblem, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -128,17 +67,12 @@ def objective_and_grad(problem: UFMProblem, x: np.ndarray) -> tuple[float, np.nd
     Z = W @ H + b[:, None]
     P, lse = _softmax_lse(Z)
     T = problem.targets
-    loss = float(np.mean(lse - np.sum(T * Z, axis=0)))
-    reg = 0.5 * (
-        problem.lambda_w * np.sum(W * W)
-        + problem.lambda_h * np.sum(H * H)
-        + problem.lambda_b * np.sum(b * b)
-    )
+    value = float(np.mean(lse - np.sum(T * Z, axis=0)) + penalty(problem, W, H, b))
     G = (P - T) / N
     gW = G @ H.T + problem.lambda_w * W
     gH = W.T @ G + problem.lambda_h * H
     gb = G.sum(axis=1) + problem.lambda_b * b
-    return loss + float(reg), np.concatenate([gW.ravel(), gH.ravel(), gb])
+    return value, np.concatenate([gW.ravel(), gH.ravel(), gb])
 
 
 class HessianVectorProduct:
@@ -179,19 +113,11 @@ def objective_torch(problem: UFMProblem, x: torch.Tensor) -> torch.Tensor:
     """
     import torch
 
-    K, d, N = int(problem.num_classes), int(problem.dim), problem.num_samples
-    W = x[: K * d].reshape(K, d)
-    H = x[K * d : K * d + d * N].reshape(d, N)
-    b = x[K * d + d * N :]
+    W, H, b = problem.unpack(x)
     Z = W @ H + b[:, None]
     T = torch.as_tensor(problem.targets, dtype=x.dtype)
     loss = torch.mean(torch.logsumexp(Z, dim=0) - torch.sum(T * Z, dim=0))
-    reg = 0.5 * (
-        problem.lambda_w * torch.sum(W * W)
-        + problem.lambda_h * torch.sum(H * H)
-        + problem.lambda_b * torch.sum(b * b)
-    )
-    return loss + reg
+    return loss + penalty(problem, W, H, b)
 
 
 def smoothed_ce_torch(logits: torch.Tensor, label: int, smoothing: float) -> torch.Tensor:

@@ -1,0 +1,245 @@
+"""Verdicts from paired seeds on synthetic run directories whose truth is known.
+
+Each fake run has NC1 decaying like ``exp(-rate·epoch)``, NC2 tied to NC1 as
+``nc2 = level · nc1^0.3`` (so at matched NC1 the NC2 ratio of two runs is their ``level`` ratio),
+test predictions with a set accuracy and a set confidence (so the ECE is known in closed form),
+and seed-dependent noise. The tests set LS clearly better, clearly worse or mixed, and check the
+verdicts, the indicative marking, and the intervals against scipy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from nclab.report.paired import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    UNDETERMINED,
+    Measure,
+    differences,
+    paired,
+    sig,
+    t_interval,
+)
+from nclab.report.runs import load_runs
+from nclab.report.summary import summarize
+from nclab.report.verdicts import PARTLY, combine
+
+K = 4
+N_TEST = 2000
+EPOCHS = 30
+
+
+def write_run(
+    root: Path,
+    *,
+    delta: float,
+    seed: int,
+    rate: float = 0.2,
+    nc2_level: float = 0.5,
+    accuracy: float = 0.80,
+    confidence: float = 0.80,
+    zero_at: int = 12,
+) -> Path:
+    """One fake run directory (config.json, metrics.jsonl, predictions.npz, DONE)."""
+    loss = "ce" if delta == 0 else "ls"
+    run = root / f"{loss}{delta:g}_seed{seed}"
+    run.mkdir(parents=True)
+    rng = np.random.default_rng(seed * 7919 + int(delta * 1000))
+    config = {
+        "dataset": "synthetic",
+        "per_class": 50,
+        "model": "mlp",
+        "loss": loss,
+        "smoothing": delta,
+        "seed": seed,
+        "epochs": EPOCHS,
+        "num_classes": K,
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    rows = []
+    for e in range(1, EPOCHS + 1):
+        nc1 = 2.0 * math.exp(-rate * e) * (1 + 0.05 * rng.random())
+        rows.append(
+            {
+                "epoch": e,
+                "train_acc": 1.0 if e >= zero_at else 0.5 + 0.01 * e,
+                "test_acc": accuracy,
+                "nc1": nc1,
+                "nc2_wh": nc2_level * nc1**0.3,
+                "nc3": 0.1,
+                "nc4": 0.0,
+                "ece": 0.0,
+            }
+        )
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labels = rng.integers(0, K, N_TEST)
+    correct = rng.permutation(N_TEST) < round(accuracy * N_TEST)
+    pred = np.where(correct, labels, (labels + 1 + rng.integers(0, K - 1, N_TEST)) % K)
+    scale = math.log(confidence * (K - 1) / (1 - confidence))  # softmax max = confidence
+    logits = scale * np.eye(K)[pred]
+    np.savez(run / "predictions.npz", test_logits=logits, test_labels=labels)
+    (run / "DONE").write_text("done\n")
+    return run
+
+
+def verdicts_of(root: Path) -> dict[str, object]:
+    summary = summarize(load_runs([root]))
+    return {v.claim: v for v in summary.verdicts}
+
+
+def _study(root: Path, seeds, ls_better: dict[int, bool], accuracy_gap: float = 2.0) -> Path:
+    """CE and LS δ=0.1 for ``seeds``; LS better (or worse) on every claim per seed."""
+    for seed in seeds:
+        jitter = 0.01 * seed
+        write_run(root, delta=0.0, seed=seed, rate=0.2 + jitter, confidence=0.95 - jitter)
+        good = ls_better[seed]
+        write_run(
+            root,
+            delta=0.1,
+            seed=seed,
+            rate=(0.3 if good else 0.12) + jitter,
+            nc2_level=0.3 if good else 0.8,
+            accuracy=0.80 + (accuracy_gap if good else -accuracy_gap) / 100 + 0.001 * seed,
+            confidence=(0.81 if good else 0.99) - jitter / 10,
+            zero_at=8 if good else 16,
+        )
+    return root
+
+
+@pytest.mark.parametrize("better", [True, False])
+def test_clear_effects_in_every_seed_give_holds_or_does_not_hold(tmp_path, better):
+    seeds = (0, 1, 2)
+    verdicts = verdicts_of(_study(tmp_path, seeds, dict.fromkeys(seeds, better)))
+    expected = HOLDS if better else FAILS
+    for claim in "abcde":
+        d = verdicts[claim].per_delta[0]
+        assert d.status == expected, (claim, d.text)
+        assert verdicts[claim].status == expected
+        assert not d.indicative and d.verdict == expected
+        h = d.headline
+        assert h.n == 3 and h.supporting == (3 if better else 0)
+        side = (h.ci_high < h.measure.threshold) == (h.measure.better == "lower")
+        assert side == better, (claim, h.ci_low, h.ci_high)
+    assert verdicts["f"].status == UNDETERMINED  # no theory panel given
+
+
+def test_mixed_seeds_are_inconclusive(tmp_path):
+    verdicts = verdicts_of(_study(tmp_path, (0, 1, 2), {0: True, 1: False, 2: True}))
+    for claim in "abcde":
+        d = verdicts[claim].per_delta[0]
+        assert d.status == INCONCLUSIVE, (claim, d.text)
+        assert d.headline.supporting == 2
+
+
+def test_one_seed_is_indicative(tmp_path):
+    verdicts = verdicts_of(_study(tmp_path, (0,), {0: True}))
+    for claim in "abcde":
+        v = verdicts[claim]
+        assert v.status == HOLDS and v.indicative
+        assert v.verdict == "holds (1 seed, indicative)"
+        assert v.per_delta[0].headline.ci_low is None  # no interval from one pair
+
+
+def test_ls_clearly_worse_calibrated_does_not_hold(tmp_path):
+    """The case a user met: LS far worse calibrated than CE in every seed (ECE about 0.11 vs
+    0.02) must not be reported as holding."""
+    for seed in (0, 1, 2):
+        write_run(tmp_path, delta=0.0, seed=seed, accuracy=0.80, confidence=0.82 + 0.002 * seed)
+        write_run(tmp_path, delta=0.1, seed=seed, accuracy=0.80, confidence=0.91 + 0.003 * seed)
+    d = verdicts_of(tmp_path)["d"].per_delta[0]
+    assert d.status == FAILS
+    h = d.headline
+    # ECE = |confidence - accuracy| for these predictions, in points
+    expected = [100 * ((0.91 + 0.003 * s - 0.80) - (0.82 + 0.002 * s - 0.80)) for s in range(3)]
+    assert h.effect == pytest.approx(np.mean(expected), abs=0.05)
+    assert h.ci_low > 0
+
+
+def test_interval_equals_scipy():
+    rng = np.random.default_rng(3)
+    ce, ls = rng.normal(5, 1, 6), rng.normal(4.2, 1, 6)
+    low, high = t_interval(ls - ce)
+    ref = stats.ttest_rel(ls, ce).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    m = Measure("x", "x", "u")
+    result = paired(m, differences(dict(enumerate(ce)), dict(enumerate(ls))))
+    assert result.effect == pytest.approx(float(np.mean(ls - ce)), rel=1e-12)
+    assert (result.ci_low, result.ci_high) == pytest.approx((ref.low, ref.high), rel=1e-12)
+
+
+def test_verdicts_in_summary_json(tmp_path):
+    from nclab.report import build_report
+
+    runs = _study(tmp_path / "runs", (0, 1, 2), {0: True, 1: True, 2: True})
+    result = build_report([runs], tmp_path / "report", theory=False)
+    data = json.loads(result.json.read_text())
+    claims = {v["claim"]: v for v in data["verdicts"]}
+    assert set(claims) == set("abcdef")
+    entry = claims["b"]["per_delta"][0]
+    for key in (
+        "smoothing",
+        "seeds_total",
+        "seeds_supporting",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "measure",
+        "status",
+        "per_delta" if False else "label",
+    ):
+        assert key in entry
+    assert entry["smoothing"] == 0.1 and entry["seeds_total"] == 3
+    assert entry["ci_low"] <= entry["effect"] <= entry["ci_high"] < 0
+    assert "compare_forest" in result.figures
+    md = result.markdown.read_text()
+    assert "Guo, Andriopoulos, Zhao, Dong, Ling, Ross (2024)" in md and "seed paper" not in md
+
+
+def test_combine_over_deltas_and_sig():
+    assert combine([HOLDS, HOLDS]) == HOLDS
+    assert combine([HOLDS, FAILS]) == PARTLY
+    assert combine([FAILS, FAILS, UNDETERMINED]) == FAILS
+    assert combine([FAILS, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combine([UNDETERMINED]) == UNDETERMINED
+    assert sig(7.666666666) == "7.667" and sig(0.000123456) == "0.0001235"
+    assert sig(123456.0) == "1.235e+05"
+
+
+def test_theory_claim_follows_the_ufm_computation(tmp_path):
+    """Claim (f) is computed by nclab.ufm: its κ verdict matches closed_form directly, and its GD
+    verdict matches the iteration counts of the panel's curves."""
+    from nclab.report.theory import theory_panel
+    from nclab.report.verdicts import LSGroup, claim_theory
+    from nclab.ufm import closed_form
+
+    for seed in (0,):
+        write_run(tmp_path, delta=0.0, seed=seed)
+        write_run(tmp_path, delta=0.1, seed=seed)
+    runs = load_runs([tmp_path])
+    panel = theory_panel(runs, max_iters=3000)
+    ce = [r for r in runs if r.group.is_ce]
+    ls = [LSGroup("LS δ=0.1", 0.1, [r for r in runs if r.group.is_ls])]
+    d = claim_theory(ce, ls, panel).per_delta[0]
+    kappa, gd = d.measures
+    n = panel.n_per_class
+    lam = dict(lambda_w=panel.lambda_w, lambda_h=panel.lambda_h)
+    ref = [
+        closed_form(num_classes=K, n_per_class=n, smoothing=s, **lam).kappa_logit
+        for s in (0.0, 0.1)
+    ]
+    assert kappa.effect == pytest.approx(math.log10(ref[1] / ref[0]), rel=1e-9)
+    assert kappa.status == (HOLDS if ref[1] < ref[0] else FAILS)
+    iters = {c.smoothing: c.iters_to_objective_tol for c in panel.curves}
+    if None not in iters.values():
+        assert gd.effect == iters[0.1] - iters[0.0]
+        assert gd.status == (HOLDS if iters[0.1] < iters[0.0] else FAILS)
+    else:
+        assert gd.status == UNDETERMINED
