@@ -1049,3 +1049,19 @@ def test_unvalidated_non_finite_features_are_reported_by_compute() -> None:
             continue
         with pytest.raises(ValueError, match=r"not finite \(per-batch validation was off\)"):
             acc.compute()
+
+
+def test_cli_per_class(tmp_path, capsys) -> None:
+    h, y = make_data(np.random.default_rng(30), per_class=(10, 40, 25, 31, 17))
+    path = tmp_path / "f.npz"
+    np.savez(path, features=h, labels=y)
+    want = NCAccumulator(5, 8).update(h, y).update_ncc(h, y).per_class()
+    assert cli_main(["metrics", str(path), "--per-class", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["per_class"]
+    assert got["count"] == [10, 40, 25, 31, 17]
+    np.testing.assert_allclose(got["variability"], want.variability, rtol=1e-12)
+    np.testing.assert_allclose(got["nc1"], want.nc1, rtol=1e-9)
+    assert cli_main(["metrics", str(path), "--per-class"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[-6].split() == ["class", "count", "variability", "nc1"]
+    assert table[-4].split()[:2] == ["1", "40"]

@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.npz", help="npz with 'features' and 'labels'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also show each class's sample count, variability and NC1",
+    )
+    parser.add_argument(
         "--ood",
         metavar="OOD.npz",
         help="npz with out-of-distribution 'features' (M x d): adds nc5",
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from nclab.metrics import nc_metrics
+    from nclab.metrics import one_shot_accumulator
 
     arrays = _load(args.file)
     features, labels = arrays["features"], arrays["labels"]
@@ -99,22 +104,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         k = int(np.max(labels)) + 1 if np.size(labels) else 0
     ood = None if args.ood is None else _load(args.ood, ("features",))["features"]
-    metrics = nc_metrics(
-        features,
-        labels,
-        arrays.get("weight"),
-        arrays.get("bias"),
-        num_classes=k,
-        ood_features=ood,
-    ).as_dict()
+    weight, bias = arrays.get("weight"), arrays.get("bias")
+    acc = one_shot_accumulator(features, labels, weight, bias, num_classes=k, ood_features=ood)
+    metrics = acc.compute(weight, bias).as_dict()
+    per_class = acc.per_class().as_dict() if args.per_class else None
     n, d = np.shape(features)
+
+    def strict(value: float | None) -> float | None:
+        return value if value is None or np.isfinite(value) else None
 
     if args.json:
         # strict JSON: non-finite values (e.g. an infinite CDNV) become null
-        strict = {name: v if v is None or np.isfinite(v) else None for name, v in metrics.items()}
-        out = {"file": args.file, "num_samples": n, "num_classes": k, "dim": d, "metrics": strict}
+        finite = {name: strict(v) for name, v in metrics.items()}
+        out = {"file": args.file, "num_samples": n, "num_classes": k, "dim": d, "metrics": finite}
         if args.ood is not None:
             out["ood_file"] = args.ood
+        if per_class is not None:
+            out["per_class"] = {
+                name: None if v is None else [strict(x) for x in v] for name, v in per_class.items()
+            }
         print(json.dumps(out, indent=2, allow_nan=False))
         return 0
 
@@ -125,4 +133,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {shown:>12}  {_MEANINGS.get(name, '')}")
     if metrics["nc2_w"] is None:
         print("  (n/a: add 'weight' (K x d) and 'bias' (K) to the file for classifier metrics)")
+    if per_class is not None:
+        print(f"\n  {'class':>5}  {'count':>8}  {'variability':>12}  {'nc1':>12}")
+        for c in range(k):
+            row = [f"{per_class[key][c]:.6g}" for key in ("count", "variability", "nc1")]
+            print(f"  {c:>5}  {row[0]:>8}  {row[1]:>12}  {row[2]:>12}")
     return 0

@@ -62,6 +62,7 @@ __all__ = [
     "nc_metrics_from_stats",
     "nc_metrics_ufm",
     "nearest_class_mean_predict",
+    "one_shot_accumulator",
     "ood_orthogonality",
     "rank_cutoff",
     "self_duality",
@@ -102,6 +103,25 @@ def nc_metrics(
     cdnv_dist_exp: float = 1.0,
 ) -> NCMetrics:
     """NC metrics of ``features`` (N, d) with ``labels`` (N,) in one call.
+
+    ``one_shot_accumulator(...).compute(weight, bias)``; see :func:`one_shot_accumulator`.
+    """
+    acc = one_shot_accumulator(
+        features, labels, weight, bias, num_classes=num_classes, ood_features=ood_features
+    )
+    return acc.compute(weight, bias, cdnv_dist_exp=cdnv_dist_exp)
+
+
+def one_shot_accumulator(
+    features: Any,
+    labels: Any,
+    weight: Any = None,
+    bias: Any = None,
+    *,
+    num_classes: int | None = None,
+    ood_features: Any = None,
+) -> NCAccumulator:
+    """A projected :class:`NCAccumulator` that has seen both passes over ``features``.
 
     Runs the exact two-pass ``projected`` engine on the features' device (class means, then the
     within-class statistics along the class-mean directions and the nearest-class-mean tallies
@@ -147,7 +167,7 @@ def nc_metrics(
             raise _nonfinite_error(ood, "ood_features")
         acc.update_ood(ood)
     acc.update_ncc(x, y, weight=weight, bias=bias)
-    return acc.compute(weight, bias, cdnv_dist_exp=cdnv_dist_exp)
+    return acc
 
 
 def nc_metrics_ufm(weight: Any, features_dn: Any, labels: Any, bias: Any = None) -> NCMetrics:
