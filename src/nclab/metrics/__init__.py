@@ -93,22 +93,17 @@ def _power_of_two_scale(x: torch.Tensor, name: str) -> float:
 
 
 def nc_metrics(
-    features: Any,
-    labels: Any,
-    weight: Any = None,
-    bias: Any = None,
-    *,
-    num_classes: int | None = None,
-    ood_features: Any = None,
-    cdnv_dist_exp: float = 1.0,
+    features: Any, labels: Any, weight: Any = None, bias: Any = None, **options: Any
 ) -> NCMetrics:
     """NC metrics of ``features`` (N, d) with ``labels`` (N,) in one call.
 
-    ``one_shot_accumulator(...).compute(weight, bias)``; see :func:`one_shot_accumulator`.
+    ``one_shot_accumulator(features, labels, weight, bias, num_classes=..., ood_features=...)``
+    followed by ``compute(weight, bias, cdnv_dist_exp=...)``: keyword ``options`` are
+    ``num_classes``, ``ood_features`` and ``cdnv_dist_exp`` (see :func:`one_shot_accumulator`
+    and :meth:`NCAccumulator.compute`).
     """
-    acc = one_shot_accumulator(
-        features, labels, weight, bias, num_classes=num_classes, ood_features=ood_features
-    )
+    cdnv_dist_exp = options.pop("cdnv_dist_exp", 1.0)
+    acc = one_shot_accumulator(features, labels, weight, bias, **options)
     return acc.compute(weight, bias, cdnv_dist_exp=cdnv_dist_exp)
 
 
