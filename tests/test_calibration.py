@@ -9,11 +9,17 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from nclab.calibration import (
     ReliabilityBins,
+    adaptive_calibration_error,
+    brier_score,
+    calibration_metrics,
+    classwise_calibration_error,
     expected_calibration_error,
     fit_temperature,
+    maximum_calibration_error,
     nll,
     reliability_bins,
     split_for_temperature,
+    top_k_accuracy,
 )
 
 
@@ -151,3 +157,74 @@ def test_bad_inputs():
         split_for_temperature(1)
     with pytest.raises(ValueError, match="NaN"):
         expected_calibration_error(logits * float("nan"), labels)
+
+
+# ---------------------------------------------------------------- the rest of the calibration set
+
+
+def _probs(logits):
+    return torch.softmax(logits.double(), dim=1)
+
+
+@pytest.mark.parametrize("seed,scale", [(0, 3.0), (1, 1.0), (2, 6.0)])
+def test_mce_nll_and_top5_match_torch_and_torchmetrics(seed, scale):
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    logits, labels = _data(scale=scale, seed=seed)
+    probs = _probs(logits)
+    ref_mce = multiclass_calibration_error(probs, labels, num_classes=10, n_bins=15, norm="max")
+    assert abs(maximum_calibration_error(logits, labels) - float(ref_mce)) < 1e-6
+    assert maximum_calibration_error(logits, labels) >= expected_calibration_error(logits, labels)
+    ref_nll = torch.nn.functional.cross_entropy(logits, labels)
+    assert abs(nll(logits, labels) - float(ref_nll)) < 1e-12
+    for k in (1, 5):
+        ref = multiclass_accuracy(logits, labels, num_classes=10, top_k=k, average="micro")
+        assert abs(top_k_accuracy(logits, labels, k) - float(ref)) < 1e-6
+    assert top_k_accuracy(logits, labels, 10) == 1.0
+
+
+def test_brier_adaptive_and_classwise_ece_match_direct_loops():
+    logits, labels = _data(n=600, k=4, seed=5)
+    p = _probs(logits).numpy()
+    y = labels.numpy()
+    n, k = p.shape
+    onehot = np.eye(k)[y]
+    assert abs(brier_score(logits, labels) - np.mean(np.sum((p - onehot) ** 2, axis=1))) < 1e-12
+
+    conf, pred = p.max(axis=1), p.argmax(axis=1)
+    order = sorted(range(n), key=lambda i: (conf[i], i))
+    for n_bins in (1, 7, 15):
+        size, extra = divmod(n, n_bins)
+        ace, start = 0.0, 0
+        for b in range(n_bins):  # equal-mass bins: the first `extra` bins hold one more sample
+            members = order[start : start + size + (b < extra)]
+            start += len(members)
+            acc = np.mean([pred[i] == y[i] for i in members])
+            ace += len(members) / n * abs(acc - np.mean(conf[members]))
+        assert abs(adaptive_calibration_error(logits, labels, n_bins) - ace) < 1e-12
+
+        cw = 0.0
+        for c in range(k):
+            for b in range(n_bins):
+                lo, hi = b / n_bins, (b + 1) / n_bins
+                members = [i for i in range(n) if lo < p[i, c] <= hi]
+                if members:
+                    freq = np.mean([y[i] == c for i in members])
+                    cw += len(members) / n * abs(freq - np.mean(p[members, c]))
+        assert abs(classwise_calibration_error(logits, labels, n_bins) - cw / k) < 1e-12
+
+
+def test_calibration_metrics_bundle_and_perfect_predictions():
+    logits, labels = _data(n=300, k=6, seed=7)
+    got = calibration_metrics(logits, labels)
+    assert set(got) == {"ece", "mce", "ece_adaptive", "ece_classwise", "nll", "brier", "top5_acc"}
+    assert got["ece"] == expected_calibration_error(logits, labels)
+    sharp = torch.full((50, 3), -1e3, dtype=torch.float64)
+    y = torch.arange(50) % 3
+    sharp[torch.arange(50), y] = 1e3  # confident and right: perfectly calibrated
+    perfect = calibration_metrics(sharp, y)
+    for key in ("ece", "mce", "ece_adaptive", "ece_classwise", "nll", "brier"):
+        assert perfect[key] < 1e-12, key
+    assert perfect["top5_acc"] == 1.0
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        top_k_accuracy(logits, labels, 0)

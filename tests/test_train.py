@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from nclab import cli
 from nclab.calibration import expected_calibration_error
 from nclab.data import load_dataset
 from nclab.losses import get_loss
-from nclab.metrics import NCAccumulator
 from nclab.train import (
     RunFiles,
     TrainConfig,
@@ -39,13 +37,7 @@ from nclab.train import (
 )
 from nclab.train import loop as train_loop
 from nclab.train.distributed import DistContext
-from nclab.train.evaluate import (
-    Evaluator,
-    NonFiniteFeaturesError,
-    class_sums,
-    means_basis,
-    projected_statistics,
-)
+from nclab.train.evaluate import Evaluator, NonFiniteFeaturesError
 from nclab.train.rundir import read_metrics, rewrite_rows
 from nclab.ufm import closed_form
 
@@ -534,32 +526,6 @@ def test_evaluator_recomputes_features_when_not_kept(tmp_path: Path) -> None:
     assert kept == pytest.approx(logged, rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.parametrize(("k", "d", "spread"), [(6, 40, 1.0), (6, 40, 1e-4), (10, 4, 0.5)])
-def test_projected_statistics_give_the_streaming_metrics(k: int, d: int, spread: float) -> None:
-    """The kept-features path (scatter restricted to the class-mean span) gives the same NC
-    metrics as NCAccumulator fed sample by sample, also near collapse (tiny spread around
-    far-away means) and for d < K - 1 (the span is all of R^d)."""
-    gen = torch.Generator().manual_seed(k * d)
-    y = torch.arange(k).repeat(50)[torch.randperm(50 * k, generator=gen)]
-    mu = 5.0 + torch.randn(k, d, generator=gen)
-    h = (mu[y] + spread * torch.randn(50 * k, d, generator=gen)).float()
-    logits = torch.randn(50 * k, k, generator=gen)
-    w, b = torch.randn(k, d, generator=gen), torch.randn(k, generator=gen)
-    counts, sums = class_sums(h, y, k)
-    means = sums / counts[:, None]
-    stats = projected_statistics(h, y, k, means_basis(means), ncc=(means, logits))
-    state = {n: v.numpy() if isinstance(v, torch.Tensor) else v for n, v in stats.items()}
-    acc = NCAccumulator(k, d)
-    acc.load_state_dict({"num_classes": k, "dim": d, **state})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # d < K - 1 warns in both paths
-        fast = acc.compute(w, b).as_dict()
-        ref_acc = NCAccumulator(k, d).update(h, y)
-        ref = ref_acc.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
-    assert fast == pytest.approx(ref, rel=1e-8, abs=1e-12)
-    assert fast["nc1"] > 0
-
-
 # ---------------------------------------------------------------------------- DDP
 
 
@@ -633,25 +599,6 @@ def test_run_files_get_the_usual_permissions(tmp_path: Path) -> None:
     expected = plain.stat().st_mode & 0o777
     for name in ("config.json", "metrics.jsonl", "metrics.csv", "checkpoints/last.pt"):
         assert (out / name).stat().st_mode & 0o777 == expected, name
-
-
-def test_fused_ncc_tallies_equal_the_separate_pass() -> None:
-    """The NCC/NC4 tallies computed inside projected_statistics (on the class-centred chunk)
-    equal NCAccumulator.update_ncc's direct distances, against the split's own means and
-    against other means (test features scored with train means)."""
-    gen = torch.Generator().manual_seed(3)
-    k, d, n = 7, 24, 700
-    y = torch.arange(k).repeat(n // k)
-    h = (torch.randn(k, d, generator=gen)[y] + 0.8 * torch.randn(n, d, generator=gen)).float()
-    logits = torch.randn(n, k, generator=gen)
-    counts, sums = class_sums(h, y, k)
-    own = sums / counts[:, None]
-    other = own + 0.3 * torch.randn(k, d, generator=gen, dtype=torch.float64)
-    for ref in (own, other):
-        fused = projected_statistics(h, y, k, means_basis(own), ncc=(ref, logits))
-        direct = NCAccumulator(k, d).update_ncc(h, y, means=ref.numpy(), logits=logits).tallies
-        assert {name: fused[name] for name in direct} == {n: int(v) for n, v in direct.items()}
-        assert 0 < direct["ncc_correct"] < n and 0 < direct["nc4_mismatch"] < n
 
 
 @pytest.mark.parametrize(

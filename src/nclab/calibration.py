@@ -1,4 +1,4 @@
-"""Calibration: expected calibration error, reliability-diagram bins and temperature scaling.
+"""Calibration: ECE and its variants, NLL, Brier score, top-k accuracy, temperature scaling.
 
 All functions take ``logits`` (N, K) and integer ``labels`` (N,) as torch tensors or numpy
 arrays and compute in float64. With ``p_i = softmax(z_i)``, the confidence is
@@ -12,6 +12,16 @@ closed on the right; a confidence of exactly 0 would go to the first bin). Then
 
 Temperature scaling (Guo et al. 2017) picks ``T > 0`` minimising the mean negative log-likelihood
 ``NLL(T) = mean_i [logsumexp(z_i / T) - z_iy / T]``.
+
+The rest of the calibration set (see ``docs/metrics.md``):
+
+- MCE ``max_b |acc(B_b) - conf(B_b)|`` over non-empty equal-width bins (Naeini et al. 2015);
+- adaptive ECE: the ECE formula over ``n_bins`` equal-mass bins of the sorted confidences
+  (Nixon et al. 2019; Mukhoti et al. 2020);
+- classwise ECE ``(1/K) sum_k sum_b (|B_kb|/N) |mean_{B_kb} [y_i = k] - mean_{B_kb} p_ik|``
+  with equal-width bins of ``p_ik`` over all samples (Kull et al. 2019);
+- Brier score ``mean_i sum_k (p_ik - [y_i = k])^2`` (Brier 1950, multi-class form);
+- top-k accuracy ``mean_i [y_i among the k largest logits]``.
 """
 
 from __future__ import annotations
@@ -25,7 +35,13 @@ from scipy.special import log_softmax, logsumexp
 
 __all__ = [
     "ReliabilityBins",
+    "adaptive_calibration_error",
+    "brier_score",
+    "calibration_metrics",
+    "classwise_calibration_error",
     "expected_calibration_error",
+    "maximum_calibration_error",
+    "top_k_accuracy",
     "fit_temperature",
     "nll",
     "reliability_bins",
@@ -102,8 +118,7 @@ def reliability_bins(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> 
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # searchsorted 'left': first j with edges[j] >= c, so edges[j-1] < c <= edges[j] -> bin j-1
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    idx = _equal_width_bin(conf, n_bins)
     count = np.bincount(idx, minlength=n_bins).astype(np.int64)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
@@ -116,6 +131,96 @@ def reliability_bins(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> 
 def expected_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
     """Top-label ECE ``Σ_b (|B_b|/N) |acc(B_b) - conf(B_b)|`` with bins ``(b/n, (b+1)/n]``."""
     return reliability_bins(logits, labels, n_bins).ece
+
+
+def maximum_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """MCE ``max_b |acc(B_b) - conf(B_b)|`` over the non-empty equal-width bins of the ECE."""
+    bins = reliability_bins(logits, labels, n_bins)
+    nz = bins.count > 0
+    return float(np.max(np.abs(bins.accuracy[nz] - bins.confidence[nz])))
+
+
+def _binned_gap(
+    values: np.ndarray, targets: np.ndarray, bin_index: np.ndarray, n_bins: int
+) -> float:
+    """``sum_b (|B_b|/N) |mean_{B_b} targets - mean_{B_b} values|``, i.e.
+    ``sum_b |sum_{B_b} targets - sum_{B_b} values| / N``."""
+    value_sum = np.bincount(bin_index, weights=values, minlength=n_bins)
+    target_sum = np.bincount(bin_index, weights=targets, minlength=n_bins)
+    return float(np.sum(np.abs(target_sum - value_sum)) / len(values))
+
+
+def _equal_width_bin(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Index of the bin ``(b/n, (b+1)/n]`` holding each value (0 goes to the first bin)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # searchsorted 'left': first j with edges[j] >= c, so edges[j-1] < c <= edges[j] -> bin j-1
+    return np.clip(np.searchsorted(edges, values, side="left") - 1, 0, n_bins - 1)
+
+
+def adaptive_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Top-label ECE over ``n_bins`` equal-mass bins: the samples sorted by confidence (stable
+    order) are split into ``n_bins`` consecutive groups whose sizes differ by at most one
+    (``numpy.array_split``); ``sum_b (|B_b|/N) |acc(B_b) - conf(B_b)|``."""
+    n_bins = _check_bins(n_bins)
+    z, y = _as_numpy(logits, labels)
+    p = np.exp(log_softmax(z, axis=1))
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    order = np.argsort(conf, kind="stable")
+    bin_index = np.empty(len(conf), dtype=np.int64)
+    for b, members in enumerate(np.array_split(order, min(n_bins, len(conf)))):
+        bin_index[members] = b
+    return _binned_gap(conf, correct, bin_index, n_bins)
+
+
+def classwise_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Classwise ECE: for each class k, equal-width bins of ``p_ik`` over all samples and the gap
+    between the frequency of class k and the mean ``p_ik`` per bin, weighted by ``|B_kb|/N``;
+    averaged over the K classes."""
+    n_bins = _check_bins(n_bins)
+    z, y = _as_numpy(logits, labels)
+    p = np.exp(log_softmax(z, axis=1))
+    k = p.shape[1]
+    total = 0.0
+    for c in range(k):
+        total += _binned_gap(
+            p[:, c], (y == c).astype(np.float64), _equal_width_bin(p[:, c], n_bins), n_bins
+        )
+    return total / k
+
+
+def brier_score(logits: ArrayLike, labels: ArrayLike) -> float:
+    """Multi-class Brier score ``mean_i sum_k (p_ik - [y_i = k])^2`` (0 best, 2 worst)."""
+    z, y = _as_numpy(logits, labels)
+    p = np.exp(log_softmax(z, axis=1))
+    p[np.arange(len(y)), y] -= 1.0
+    return float(np.mean(np.sum(p * p, axis=1)))
+
+
+def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 5) -> float:
+    """Fraction of samples whose label is among the ``min(k, K)`` largest logits (a label tied
+    with the k-th largest logit counts as a hit)."""
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    z, y = _as_numpy(logits, labels)
+    k = min(int(k), z.shape[1])
+    true = z[np.arange(len(y)), y]
+    above = np.sum(z > true[:, None], axis=1)  # logits strictly larger than the label's
+    return float(np.mean(above < k))
+
+
+def calibration_metrics(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> dict[str, float]:
+    """The calibration set in one call: ``ece``, ``mce``, ``ece_adaptive``, ``ece_classwise``,
+    ``nll``, ``brier``, ``top5_acc`` (float64, see the module docstring)."""
+    return {
+        "ece": expected_calibration_error(logits, labels, n_bins),
+        "mce": maximum_calibration_error(logits, labels, n_bins),
+        "ece_adaptive": adaptive_calibration_error(logits, labels, n_bins),
+        "ece_classwise": classwise_calibration_error(logits, labels, n_bins),
+        "nll": nll(logits, labels),
+        "brier": brier_score(logits, labels),
+        "top5_acc": top_k_accuracy(logits, labels, 5),
+    }
 
 
 def nll(logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0) -> float:

@@ -10,7 +10,9 @@ DESCRIPTION = (
     "equiangularity, norms) of features stored in an .npz file. The file must hold 'features' "
     "(N x d) and integer 'labels' (N,); optional 'weight' (K x d, as stored by torch.nn.Linear) "
     "and 'bias' (K,) enable the classifier metrics; optional 'num_classes' fixes K (otherwise K "
-    "is the number of rows of 'weight', or max label + 1). Definitions: docs/metrics.md."
+    "is the number of rows of 'weight', or max label + 1). --ood adds NC5 from the 'features' of "
+    "an out-of-distribution .npz. The metrics do not depend on the scale of the features. "
+    "Definitions: docs/metrics.md."
 )
 
 # Metric name -> short meaning, in display order.
@@ -31,34 +33,54 @@ _MEANINGS: dict[str, str] = {
     "maxangle_w": "mean |cos + 1/(K-1)|, classifier rows",
     "w_norm": "mean classifier row norm",
     "h_norm": "mean centred class-mean norm",
+    "nc1_trace_ratio": "tr(Sigma_W) / tr(Sigma_B)",
+    "hsu_log_mean": "mean -log||u_k - u_l||, normalised centred means",
+    "hsu_log_var": "variance of the log kernel",
+    "hsu_riesz_mean": "mean Riesz (d-2)-kernel of normalised centred means",
+    "hsu_riesz_var": "variance of the Riesz kernel",
+    "bias_collapse": "||W mu_G + b||",
+    "nc1_correct": "NC1 of correctly classified samples",
+    "nc1_incorrect": "NC1 of misclassified samples",
+    "nc5": "mean |cos(mu_k - mu_G, mu_OOD - mu_G)|, ID/OOD orthogonality",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.npz", help="npz with 'features' and 'labels'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also show each class's sample count, variability and NC1",
+    )
+    parser.add_argument(
+        "--ood",
+        metavar="OOD.npz",
+        help="npz with out-of-distribution 'features' (M x d): adds nc5",
+    )
 
 
-def _load(path: str) -> dict[str, object]:
+def _load(path: str, required: tuple[str, ...] = ("features", "labels")) -> dict[str, object]:
     import os
 
     import numpy as np
 
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{path} not found; pass an .npz file holding 'features' (N x d) and 'labels' (N)"
+            f"{path} not found; pass an .npz file holding "
+            + " and ".join(f"'{name}'" for name in required)
         )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable .npz file ({err})") from err
-    missing = [name for name in ("features", "labels") if name not in arrays]
+    missing = [name for name in required if name not in arrays]
     if missing:
         raise ValueError(
             f"{path} lacks array(s) {', '.join(repr(m) for m in missing)} (it has: "
             f"{', '.join(sorted(arrays)) or 'nothing'}); save with "
-            "np.savez(path, features=..., labels=...)"
+            f"np.savez(path, {', '.join(f'{name}=...' for name in required)})"
         )
     return arrays
 
@@ -68,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from nclab.metrics import nc_metrics
+    from nclab.metrics import one_shot_accumulator
 
     arrays = _load(args.file)
     features, labels = arrays["features"], arrays["labels"]
@@ -81,14 +103,27 @@ def run(args: argparse.Namespace) -> int:
         k = int(np.shape(arrays["weight"])[0])
     else:
         k = int(np.max(labels)) + 1 if np.size(labels) else 0
-    metrics = nc_metrics(
-        features, labels, arrays.get("weight"), arrays.get("bias"), num_classes=k
-    ).as_dict()
+    ood = None if args.ood is None else _load(args.ood, ("features",))["features"]
+    weight, bias = arrays.get("weight"), arrays.get("bias")
+    acc = one_shot_accumulator(features, labels, weight, bias, num_classes=k, ood_features=ood)
+    metrics = acc.compute(weight, bias).as_dict()
+    per_class = acc.per_class().as_dict() if args.per_class else None
     n, d = np.shape(features)
 
+    def strict(value: float | None) -> float | None:
+        return value if value is None or np.isfinite(value) else None
+
     if args.json:
-        out = {"file": args.file, "num_samples": n, "num_classes": k, "dim": d, "metrics": metrics}
-        print(json.dumps(out, indent=2))
+        # strict JSON: non-finite values (e.g. an infinite CDNV) become null
+        finite = {name: strict(v) for name, v in metrics.items()}
+        out = {"file": args.file, "num_samples": n, "num_classes": k, "dim": d, "metrics": finite}
+        if args.ood is not None:
+            out["ood_file"] = args.ood
+        if per_class is not None:
+            out["per_class"] = {
+                name: None if v is None else [strict(x) for x in v] for name, v in per_class.items()
+            }
+        print(json.dumps(out, indent=2, allow_nan=False))
         return 0
 
     print(f"{args.file}: N={n} samples, K={k} classes, d={d}")
@@ -98,4 +133,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {shown:>12}  {_MEANINGS.get(name, '')}")
     if metrics["nc2_w"] is None:
         print("  (n/a: add 'weight' (K x d) and 'bias' (K) to the file for classifier metrics)")
+    if per_class is not None:
+        print(f"\n  {'class':>5}  {'count':>8}  {'variability':>12}  {'nc1':>12}")
+        for c in range(k):
+            row = [f"{per_class[key][c]:.6g}" for key in ("count", "variability", "nc1")]
+            print(f"  {c:>5}  {row[0]:>8}  {row[1]:>12}  {row[2]:>12}")
     return 0

@@ -6,22 +6,18 @@ set (no augmentation). The NC metrics come from :class:`~nclab.metrics.NCAccumul
 
 * **kept features (default).** The pass keeps its features and logits (float32, on the compute
   device, in buffers reused from one evaluation to the next: ``N · d · 4`` bytes, 30 MB for
-  Fashion-MNIST per-class 500 plus its test set at d = 512).
-  Then, in float64, exact per-class counts, sums and scalar scatters (O(N d)) and the
-  within-class scatter *restricted to the span of the centred class means* (O(N d K) instead of
-  O(N d²)) are loaded into the accumulator with ``load_state_dict``, and the nearest-class-mean
-  tallies (ncc_acc, nc4) are computed against the train means without a second forward pass.
-  NC1 = tr(Σ_W Σ_B⁺)/K only sees Σ_W through ``v^T Σ_W v`` for v in that span (Σ_B⁺ vanishes on
-  its complement), so every metric is the same as feeding the accumulator batch by batch
-  (``tests/test_train.py`` checks this against the streaming path); the full d x d scatter,
-  3-4x more work than everything else here for d = 512, is never formed.
+  Fashion-MNIST per-class 500 plus its test set at d = 512) and feeds them to a
+  ``mode="projected"`` accumulator on the same device: class sums (pass 1), then the
+  within-class statistics along the class-mean directions plus the nearest-class-mean tallies
+  against the train means (pass 2, no second forward pass). O(N d K) float64 work instead of
+  the d x d scatter's O(N d²), exact for every metric (see docs/metrics.md).
 * **streaming (fallback)**, when the kept features would exceed
-  :data:`KEEP_FEATURES_MAX_BYTES`: ``NCAccumulator.update`` per batch, then a second forward
-  pass for ``update_ncc``.
+  :data:`KEEP_FEATURES_MAX_BYTES`: ``mode="streaming"`` accumulators fed per batch, then a
+  second forward pass for ``update_ncc``.
 
-Under DDP every rank evaluates its rank-strided shard; counts/sums are all-reduced first (the
-projection needs the global means), then the accumulators (``all_reduce``) and the loss sums;
-the test logits are gathered (for the ECE and ``predictions.npz``).
+Under DDP every rank evaluates its rank-strided shard; the accumulators are all-reduced after
+each pass (the second pass needs the global means), then the loss sums; the test logits are
+gathered (for the calibration metrics and ``predictions.npz``).
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nclab.calibration import expected_calibration_error
+from nclab.calibration import calibration_metrics
 from nclab.metrics import NCAccumulator
 from nclab.train.distributed import DistContext
 
@@ -45,17 +41,20 @@ __all__ = [
     "EvalResult",
     "Evaluator",
     "NonFiniteFeaturesError",
-    "class_sums",
-    "means_basis",
-    "projected_statistics",
 ]
 
 #: Batch size of the evaluation passes (eval mode: the result does not depend on it).
 EVAL_BATCH_SIZE = 1024
 #: Largest feature store kept per pass; bigger passes use the streaming path.
 KEEP_FEATURES_MAX_BYTES = 2 * 2**30
-#: Rows per chunk for the float64 statistics (bounds the temporaries).
-_CHUNK = 1024
+#: Calibration metrics of the test logits logged besides ``ece`` (see nclab.calibration).
+_CALIBRATION_KEYS = ("mce", "ece_adaptive", "ece_classwise", "brier", "top5_acc")
+#: NCMetrics fields left out of metrics.jsonl, whose every value must be a finite number:
+#: undefined in some epochs (nc1_incorrect at 100% accuracy, bias_collapse without a bias,
+#: nc5 without out-of-distribution data) or overflowing while class means are nearly parallel
+#: (the Riesz kernel ||u_k - u_l||^-(d-2)). NCAccumulator.compute() gives them on demand.
+_NOT_LOGGED = ("hsu_riesz_mean", "hsu_riesz_var", "bias_collapse", "nc1_correct",
+               "nc1_incorrect", "nc5")  # fmt: skip
 
 Autocast = Callable[[], contextlib.AbstractContextManager[None]]
 
@@ -91,112 +90,6 @@ class EvalResult:
     test_logits: Tensor
     test_labels: Tensor
     timings: dict[str, float] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------ statistics
-
-
-def _chunks(n: int) -> Iterator[slice]:
-    for start in range(0, n, _CHUNK):
-        yield slice(start, min(n, start + _CHUNK))
-
-
-class _Scratch:
-    """Preallocated float64 chunk buffers: allocating a fresh multi-MB temporary per chunk
-    costs page faults that dominate these memory-bound loops."""
-
-    def __init__(self, dim: int, device: torch.device) -> None:
-        self.z = torch.empty(_CHUNK, dim, dtype=torch.float64, device=device)
-        self.g = torch.empty(_CHUNK, dim, dtype=torch.float64, device=device)
-
-    def centred(self, h: Tensor, y: Tensor, means: Tensor) -> Tensor:
-        """``h - means[y]`` in float64 (a view into the scratch buffer)."""
-        n = h.shape[0]
-        z, g = self.z[:n], self.g[:n]
-        z.copy_(h)
-        torch.index_select(means, 0, y, out=g)
-        return z.sub_(g)
-
-    def shifted(self, h: Tensor, centre: Tensor) -> Tensor:
-        """``h - centre`` in float64 (a view into the scratch buffer)."""
-        z = self.z[: h.shape[0]]
-        z.copy_(h)
-        return z.sub_(centre)
-
-
-def class_sums(h: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-class counts (K,) and feature sums (K, d), float64."""
-    counts = torch.bincount(y, minlength=num_classes).double()
-    sums = torch.zeros(num_classes, h.shape[1], dtype=torch.float64, device=h.device)
-    buf = torch.empty(min(_CHUNK, h.shape[0]), h.shape[1], dtype=torch.float64, device=h.device)
-    for s in _chunks(h.shape[0]):
-        chunk = buf[: s.stop - s.start]
-        chunk.copy_(h[s])
-        sums.index_add_(0, y[s], chunk)
-    return counts, sums
-
-
-def means_basis(means: Tensor) -> Tensor:
-    """(r, d) orthonormal rows spanning the centred class means, ``r = min(K-1, d)``."""
-    centred = means - means.mean(dim=0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    rank = min(means.shape[0] - 1, means.shape[1])
-    return vh[:rank].contiguous()
-
-
-def projected_statistics(
-    h: Tensor,
-    y: Tensor,
-    num_classes: int,
-    basis: Tensor,
-    totals: tuple[Tensor, Tensor] | None = None,
-    ncc: tuple[Tensor, Tensor] | None = None,
-) -> dict[str, Tensor | int]:
-    """Sufficient statistics of ``(h, y)`` for :class:`~nclab.metrics.NCAccumulator`, float64:
-    exact ``counts``, ``sums`` and ``class_scatter`` (Σ ||h_i - μ_k||² per class), and the
-    within-class ``scatter`` projected on the rows of ``basis`` (r, d):
-    ``Bᵀ (B Zᵀ Z Bᵀ) B = P S P`` with ``Z = H - μ_y`` (rows centred on their class mean) and
-    ``P = Bᵀ B``. ``totals``: ``class_sums(h, y, num_classes)`` if already computed.
-
-    ``ncc = (reference_means, logits)`` adds the nearest-class-mean tallies of
-    :meth:`~nclab.metrics.NCAccumulator.update_ncc` (``ncc_*``, ``nc4_*``) in the same pass:
-    with ``c`` the mean of the reference means ``ν_k`` and ``m_k = ν_k - c``, the NCC scores
-    ``||m_k||² - 2 m_k·(h - c)`` need ``m_k·(h - c) = m_k·z + m_k·(μ_y - c)``, i.e. one more
-    (K x d) product on the centred chunk ``z`` that is already in float64."""
-    counts, sums = class_sums(h, y, num_classes) if totals is None else totals
-    means = sums / counts.clamp(min=1.0)[:, None]
-    class_scatter = torch.zeros(num_classes, dtype=torch.float64, device=h.device)
-    r = basis.shape[0]
-    gram = torch.zeros(r, r, dtype=torch.float64, device=h.device)
-    rows = basis
-    if ncc is not None:
-        ref, logits = ncc
-        m = ref - ref.mean(dim=0)
-        offset = m @ (means - ref.mean(dim=0)).T  # (K, K): m_k · (μ_l - c)
-        sq = (m * m).sum(dim=1)
-        rows = torch.cat([basis, m])
-        correct = mismatch = 0
-    scratch = _Scratch(h.shape[1], h.device)
-    for s in _chunks(h.shape[0]):
-        z = scratch.centred(h[s], y[s], means)
-        p = rows @ z.T  # (r [+ K], chunk)
-        gram += p[:r] @ p[:r].T
-        if ncc is not None:
-            dots = p[r:].add_(offset[:, y[s]])  # m_k · (h - c)
-            pred = dots.mul_(-2.0).add_(sq[:, None]).argmin(dim=0)
-            correct += int((pred == y[s]).sum())
-            mismatch += int((pred != logits[s].argmax(dim=1)).sum())
-        class_scatter.index_add_(0, y[s], z.square_().sum(dim=1))
-    out: dict[str, Tensor | int] = {
-        "counts": counts,
-        "sums": sums,
-        "class_scatter": class_scatter,
-        "scatter": basis.T @ gram @ basis,
-    }
-    if ncc is not None:
-        n = int(h.shape[0])
-        out.update(ncc_total=n, ncc_correct=correct, nc4_total=n, nc4_mismatch=mismatch)
-    return out
 
 
 # ------------------------------------------------------------------------------ evaluator
@@ -245,15 +138,15 @@ class Evaluator:
         bias = None if bias is None else bias.detach().double()
 
         train_acc, test_acc, recompute = self._accumulators(model, train, test)
-        train_nc = train_acc.compute(weight, bias).as_dict()
-        test_nc = test_acc.compute(weight, bias).as_dict()
+        train_nc = _logged(train_acc.compute(weight, bias).as_dict())
+        test_nc = _logged(test_acc.compute(weight, bias).as_dict())
         sums = self.ctx.sum(
             [train.loss_sum, train.ce_sum, train.correct, train.count]
             + [test.loss_sum, test.ce_sum, test.correct, test.count]
         )
         test_logits = self.ctx.gather_strided(test.logits.cpu().clone(), self.num_test)
         test_labels = self.ctx.gather_strided(test.labels.cpu().clone(), self.num_test)
-        ece = expected_calibration_error(test_logits, test_labels, n_bins=15)
+        calib = calibration_metrics(test_logits, test_labels, n_bins=15)
         t2 = time.perf_counter()
 
         metrics: dict[str, float | None] = {
@@ -265,7 +158,9 @@ class Evaluator:
             "test_ce": sums[5] / sums[7],
             "test_acc": sums[6] / sums[7],
             "test_error": 1.0 - sums[6] / sums[7],
-            "ece": ece,
+            "ece": calib["ece"],
+            # the rest of the calibration set (test_ce is the NLL)
+            **{key: calib[key] for key in _CALIBRATION_KEYS},
             **train_nc,
             **{f"test_{k}": v for k, v in test_nc.items()},
         }
@@ -305,7 +200,7 @@ class Evaluator:
             labels=y,
             logits=self._buffer(f"{split}_logits", n, self.num_classes, x.device),
             features=self._buffer(f"{split}_features", n, dim, x.device) if keep else None,
-            acc=None if keep else NCAccumulator(self.num_classes, dim),
+            acc=None if keep else self._accumulator("streaming", dim, x.device),
         )
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         loss_sum, ce_sum, correct = zero, zero, zero
@@ -331,15 +226,15 @@ class Evaluator:
 
     # ------------------------------------------------------------------ accumulators
 
-    def _class_totals(self, h: Tensor, y: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
-        """Rank-local (counts, sums) and the global class means (all-reduced)."""
-        local = class_sums(h, y, self.num_classes)
-        k, d = local[1].shape
-        flat = self.ctx.all_sum(torch.cat([local[0], local[1].reshape(-1)]))
-        counts, sums = flat[:k], flat[k:].reshape(k, d)
-        if not torch.isfinite(sums).all():
+    def _accumulator(self, mode: str, dim: int, device: torch.device) -> NCAccumulator:
+        # one sync per pass is paid below (finite sums); none per batch
+        return NCAccumulator(self.num_classes, dim, mode=mode, device=device, validate=False)
+
+    def _first_pass_done(self, acc: NCAccumulator) -> None:
+        """Reduce the first pass over the ranks; NaN/Inf features surface in the class sums."""
+        acc.all_reduce()
+        if not bool(torch.isfinite(acc.shifted_sums).all()):
             raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf values")
-        return local, sums / counts.clamp(min=1.0)[:, None]
 
     def _accumulators(
         self, model: nn.Module, train: PassOutput, test: PassOutput
@@ -348,21 +243,17 @@ class Evaluator:
         and reduced over the ranks, and the seconds spent in a second forward pass."""
         if train.features is None or test.features is None:
             return self._streaming_accumulators(model, train, test)
-        splits = []
-        for out in (train, test):
-            h, y = out.features, out.labels
-            splits.append((h, y, out.logits, *self._class_totals(h, y)))
-        train_means = splits[0][4]
         accs = []
-        for h, y, logits, local, means in splits:
-            basis = means_basis(means)
-            stats = projected_statistics(
-                h, y, self.num_classes, basis, local, ncc=(train_means, logits)
-            )
-            state = {k: v.cpu().numpy() if isinstance(v, Tensor) else v for k, v in stats.items()}
-            acc = NCAccumulator(self.num_classes, int(h.shape[1]))
-            acc.load_state_dict({"num_classes": self.num_classes, "dim": acc.dim, **state})
-            accs.append(acc.all_reduce())
+        for out in (train, test):
+            acc = self._accumulator("projected", int(out.features.shape[1]), out.features.device)
+            acc.update(out.features, out.labels)
+            self._first_pass_done(acc)
+            accs.append(acc)
+        for acc, out in zip(accs, (train, test), strict=True):
+            # the test split is scored with the train means (frozen by the train pass, scale 1)
+            means = None if acc is accs[0] else accs[0].frozen_means
+            acc.update_ncc(out.features, out.labels, means=means, logits=out.logits)
+            acc.all_reduce()
         return accs[0], accs[1], 0.0
 
     def _streaming_accumulators(
@@ -370,12 +261,11 @@ class Evaluator:
     ) -> tuple[NCAccumulator, NCAccumulator, float]:
         """Fallback: accumulators fed batch by batch; a second forward pass (its seconds are
         returned) for the NCC tallies."""
-        train.acc.all_reduce()
-        test.acc.all_reduce()
-        means = train.acc.class_means()
+        for out in (train, test):
+            self._first_pass_done(out.acc)
+        means = torch.from_numpy(train.acc.class_means()).to(train.acc.device)
         recompute = 0.0
         for out, x in ((train, self.x_train), (test, self.x_test)):
-            tally = NCAccumulator(self.num_classes, out.acc.dim)
             start = 0
             for xb, yb in self._batches(x, out.labels):
                 t = time.perf_counter()
@@ -383,6 +273,11 @@ class Evaluator:
                 recompute += time.perf_counter() - t
                 logits = out.logits[start : start + yb.shape[0]]
                 start += yb.shape[0]
-                tally.update_ncc(h, yb, means=means, logits=logits)
-            out.acc.merge(tally.all_reduce())
+                ref = None if out is train else means
+                out.acc.update_ncc(h, yb, means=ref, logits=logits)
+            out.acc.all_reduce()
         return train.acc, test.acc, recompute
+
+
+def _logged(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: v for k, v in metrics.items() if k not in _NOT_LOGGED}

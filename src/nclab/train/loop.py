@@ -741,6 +741,10 @@ def _train_one_epoch(run: _Run, epoch: int) -> None:
         # value per channel"); it joins the previous batch, so every sample is still used.
         steps -= 1
     run.net.train()
+    # The loss is checked for NaN/Inf on the device each step; the host reads the flag (a
+    # synchronisation, and an all-reduce under DDP) every step only for one CPU process.
+    check_every = 1 if run.device.type == "cpu" and not ctx.enabled else NONFINITE_CHECK_EVERY
+    watch = _LossWatch(run.device)
     for step in run.progress.batches(range(steps), steps, epoch):
         idx = order[step * bs : (step + 1) * bs if step < steps - 1 else n]
         xb, yb = run.x_train[idx], run.y_train[idx]
@@ -753,14 +757,40 @@ def _train_one_epoch(run: _Run, epoch: int) -> None:
         loss = run.loss_fn(logits.float(), yb)
         if config.ufm_penalties:
             loss = loss + ufm_penalty(run.model, h, config, run.data.num_train)
-        if ctx.any(not bool(torch.isfinite(loss))):
-            value = float(loss.detach())
-            raise TrainingDivergedError(
-                epoch, step + 1, value, _last_checkpoint_epoch(run), run.files.checkpoint
-            )
+        watch.record(loss, step)
+        if (step + 1) % check_every == 0 or step == steps - 1:
+            watch.raise_if_diverged(run, epoch, step)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
+
+
+#: Steps between host reads of the device-side non-finite-loss flag (GPU or DDP runs).
+NONFINITE_CHECK_EVERY = 32
+
+
+class _LossWatch:
+    """First non-finite loss of an epoch, recorded on the device without synchronising."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.full((), math.nan, dtype=torch.float64, device=device)
+
+    def record(self, loss: Tensor, step: int) -> None:
+        first = ~torch.isfinite(loss.detach()) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.value = torch.where(first, loss.detach().double(), self.value)
+
+    def raise_if_diverged(self, run: _Run, epoch: int, step: int) -> None:
+        """Read the flag (every rank, same steps) and raise :class:`TrainingDivergedError`
+        naming the first bad step (this rank's, else the current one)."""
+        bad_step = int(self.step)
+        if run.ctx.any(bad_step >= 0):
+            at = bad_step if bad_step >= 0 else step
+            value = float(self.value) if bad_step >= 0 else math.nan
+            raise TrainingDivergedError(
+                epoch, at + 1, value, _last_checkpoint_epoch(run), run.files.checkpoint
+            )
 
 
 def _last_checkpoint_epoch(run: _Run) -> int:
