@@ -1240,6 +1240,23 @@ def _spawn(argv: list[str], **kwargs: object) -> subprocess.Popen:
     )
 
 
+def _wait_python_handles_sigint(proc: subprocess.Popen, limit: float = 60) -> None:
+    """Wait until the child's interpreter has installed its SIGINT handler (Linux: bit 2 of
+    SigCgt in /proc/PID/status), so a Ctrl-C is Python's to handle, not the default action
+    that kills a process still starting its interpreter (exit -2 on a loaded machine)."""
+    deadline = time.monotonic() + limit
+    status = Path(f"/proc/{proc.pid}/status")
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:  # the child has just exited
+            return
+        caught = next((int(x.split()[1], 16) for x in lines if x.startswith("SigCgt:")), 0)
+        if caught & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.01)
+
+
 def _wait_rows(metrics: Path, count: int, proc: subprocess.Popen, limit: float = 120) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and proc.poll() is None:
@@ -1269,7 +1286,8 @@ def test_ctrl_c_during_training_then_resume_equals_uninterrupted(tmp_path):
 def test_ctrl_c_at_startup_exits_130_and_leaves_nothing(tmp_path):
     out = tmp_path / "run"
     proc = _spawn(["train", *SLOW_RUN, "--epochs", "3", "--out", str(out)])
-    time.sleep(0.4)  # inside the start-up: imports, dataset, model
+    _wait_python_handles_sigint(proc)
+    time.sleep(0.2)  # inside the start-up: imports (torch takes about a second), dataset, model
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     err = err.decode()
