@@ -90,7 +90,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         "quick",
-        "about 4 minutes on 2 CPU cores: Fashion-MNIST, 300 training images per class (3,000), "
+        "about 3 minutes on 2 CPU cores: Fashion-MNIST, 300 training images per class (3,000), "
         "per-epoch test metrics on a fixed 200 per class (2,000) and the final epoch on the whole "
         "test set (10,000), MLP 784-256x4-10 (BatchNorm), SGD lr 0.05, momentum 0.9, weight "
         "decay 2e-3, batch 64, cosine schedule, 150 epochs, seeds 0 1 2; every run reaches 100% "
