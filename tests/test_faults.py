@@ -1374,3 +1374,45 @@ def test_output_piped_into_head_ends_quietly():
     )
     assert len(proc.stdout) == 10
     assert proc.stderr.decode() == ""
+
+
+# ---------------------------------------------------------------------------- nclab metrics files
+
+
+def _metrics_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.npz"
+    rng = np.random.default_rng(0)
+    if kind == "random_bytes":
+        path.write_bytes(rng.bytes(4000))
+    elif kind == "truncated":
+        np.savez(path, features=rng.normal(size=(200, 8)), labels=np.arange(200) % 4)
+        path.write_bytes(path.read_bytes()[:900])
+    elif kind == "huge_label":
+        np.savez(path, features=rng.normal(size=(20, 4)), labels=np.array([0] * 19 + [10**9]))
+    elif kind == "huge_num_classes":
+        np.savez(path, features=rng.normal(size=(20, 4)), labels=np.arange(20) % 2,
+                 num_classes=np.array(10**9))  # fmt: skip
+    elif kind == "float_labels":
+        np.savez(path, features=rng.normal(size=(20, 4)), labels=np.linspace(0, 1, 20))
+    elif kind == "object_array":
+        np.savez(path, features=np.array([None, 1], dtype=object), labels=np.zeros(2, int))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("random_bytes", "not an .npz file"),
+        ("truncated", "npz"),
+        ("huge_label", "classes (largest label 1000000000"),
+        ("huge_num_classes", "1000000000 classes"),
+        ("float_labels", "must be integers"),
+        ("object_array", "never unpickles"),
+    ],
+)
+def test_nclab_metrics_refuses_bad_files_in_one_line(kind, says, tmp_path, capsys):
+    """`nclab metrics FILE` on hostile or malformed files: one line, exit 2, no allocation sized
+    by a forged label, no advice to load with pickle."""
+    path = _metrics_file(tmp_path, kind)
+    err = expect_clear_error(["metrics", str(path)], capsys, watch=(tmp_path,), says=says)
+    assert "allow_pickle" not in err

@@ -61,25 +61,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str, required: tuple[str, ...] = ("features", "labels")) -> dict[str, object]:
-    import os
+    """The arrays of an untrusted ``.npz`` (:func:`nclab.data.read_npz`: no unpickling, headers
+    checked against the stored bytes before any allocation)."""
+    from nclab.data import read_npz
 
-    import numpy as np
-
-    if not os.path.isfile(path):
+    try:
+        arrays = read_npz(path, ("features", "labels", "weight", "bias", "num_classes"))
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"{path} not found; pass an .npz file holding "
             + " and ".join(f"'{name}'" for name in required)
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable .npz file ({err})") from err
+        ) from None
     missing = [name for name in required if name not in arrays]
     if missing:
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:  # read_npz has checked it is a zip archive
+            held = sorted(n.removesuffix(".npy") for n in archive.namelist())
         raise ValueError(
             f"{path} lacks array(s) {', '.join(repr(m) for m in missing)} (it has: "
-            f"{', '.join(sorted(arrays)) or 'nothing'}); save with "
+            f"{', '.join(held) or 'nothing'}); save with "
             f"np.savez(path, {', '.join(f'{name}=...' for name in required)})"
         )
     return arrays
@@ -102,7 +103,19 @@ def run(args: argparse.Namespace) -> int:
     elif "weight" in arrays:
         k = int(np.shape(arrays["weight"])[0])
     else:
-        k = int(np.max(labels)) + 1 if np.size(labels) else 0
+        labels_arr = np.asarray(labels)
+        if labels_arr.dtype.kind not in "iu":
+            raise ValueError(
+                f"{args.file}: 'labels' must be integers, got dtype {labels_arr.dtype}"
+            )
+        k = int(labels_arr.max()) + 1 if labels_arr.size else 0
+    n_samples = int(np.shape(features)[0]) if np.ndim(features) else 0
+    if k > max(n_samples, 1):
+        raise ValueError(
+            f"{args.file}: {k} classes (largest label {k - 1}, or 'num_classes'/'weight') but only "
+            f"{n_samples} samples: NC metrics need every class present; relabel the classes "
+            "0..K-1"
+        )
     ood = None if args.ood is None else _load(args.ood, ("features",))["features"]
     weight, bias = arrays.get("weight"), arrays.get("bias")
     acc = one_shot_accumulator(features, labels, weight, bias, num_classes=k, ood_features=ood)
