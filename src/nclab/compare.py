@@ -29,7 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nclab.train.config import MAX_SEED, PER_RUN_FIELDS, TrainConfig, config_differences
+from nclab.train.config import (
+    DATASET_SPECIFIC_FIELDS,
+    MAX_SEED,
+    PER_RUN_FIELDS,
+    TrainConfig,
+    config_differences,
+)
 from nclab.train.rundir import RunFiles, atomic_write, lock_directory, read_json, read_rows
 
 if TYPE_CHECKING:
@@ -50,10 +56,6 @@ __all__ = [
 
 #: Options that :func:`compare` sets per run; they cannot be overridden (``Option.per_run``).
 MANAGED_FIELDS = PER_RUN_FIELDS
-
-#: Preset options that belong to the preset's dataset: dropped when ``--dataset`` names another
-#: dataset, unless given explicitly.
-DATASET_SPECIFIC = ("per_class", "test_per_class")
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
         )
     preset_options = dict(preset.train)
     if "dataset" in cfg.train and cfg.train["dataset"] != preset_options.get("dataset"):
-        for key in DATASET_SPECIFIC:
+        for key in DATASET_SPECIFIC_FIELDS:  # the preset's subset sizes belong to its dataset
             preset_options.pop(key, None)
     options = {**preset_options, **cfg.train}
     if options.get("ufm_penalties") and "weight_decay" not in cfg.train:

@@ -23,6 +23,7 @@ from nclab.names import DATASETS, DEVICES, LOSSES, MODELS, SCHEDULERS
 
 __all__ = [
     "COMPARABLE_EXCEPT",
+    "DATASET_SPECIFIC_FIELDS",
     "PER_RUN_FIELDS",
     "SCHEDULERS",
     "SETTING_FIELDS",
@@ -62,6 +63,8 @@ class Option:
             ``--jobs``); it is not a compare option and runs of one comparison differ in it.
         parse: converts a value written on the command line or in a config file (default: by
             the field's type); raises ``ValueError`` with what to write instead.
+        dataset_specific: a value that belongs to one dataset (a subset size): a preset's value
+            is dropped when ``nclab compare --dataset`` names another dataset.
     """
 
     help: str
@@ -72,6 +75,7 @@ class Option:
     knob: bool = False
     per_run: bool = False
     parse: Callable[[Any], Any] | None = None
+    dataset_specific: bool = False
 
 
 def parse_per_class(value: Any) -> int | None:
@@ -95,7 +99,11 @@ def option(default: Any, help: str, **schema: Any) -> Any:
 
 
 #: Schema of the sample-count options that also accept ``all``.
-_COUNT_OR_ALL: dict[str, Any] = {"metavar": "N|all", "parse": parse_per_class}
+_COUNT_OR_ALL: dict[str, Any] = {
+    "metavar": "N|all",
+    "parse": parse_per_class,
+    "dataset_specific": True,
+}
 
 #: The old ``synthetic_*`` options, kept for one release as aliases of the keys of the
 #: ``synthetic:k=K,d=D,n=N,test=M`` dataset spec (command line, config files, ``TrainConfig``).
@@ -359,6 +367,8 @@ PER_RUN_FIELDS: frozenset[str] = _names(lambda o: o.per_run)
 #: Options the runs of one comparison must share for it to be like for like (the report warns
 #: about the others' differences only when they are here).
 SETTING_FIELDS: frozenset[str] = _names(lambda o: not (o.per_run or o.knob))
+#: Options whose preset value belongs to the preset's dataset (``nclab compare --dataset``).
+DATASET_SPECIFIC_FIELDS: frozenset[str] = _names(lambda o: o.dataset_specific)
 
 
 def _dataset_spec(dataset: str, aliases: dict[str, int | None]) -> str:
