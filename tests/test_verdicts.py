@@ -30,7 +30,7 @@ from nclab.report.paired import (
 )
 from nclab.report.runs import load_runs
 from nclab.report.summary import summarize
-from nclab.report.verdicts import PARTLY, combine
+from nclab.report.verdicts import ACCURACY, MIXED, PARTLY, combine
 
 K = 4
 N_TEST = 2000
@@ -193,19 +193,26 @@ def test_verdicts_in_summary_json(tmp_path):
         "ci_high",
         "measure",
         "status",
-        "per_delta" if False else "label",
+        "label",
     ):
         assert key in entry
     assert entry["smoothing"] == 0.1 and entry["seeds_total"] == 3
     assert entry["ci_low"] <= entry["effect"] <= entry["ci_high"] < 0
     assert "compare_forest" in result.figures
-    md = result.markdown.read_text()
-    assert "Guo, Andriopoulos, Zhao, Dong, Ling, Ross (2024)" in md and "seed paper" not in md
+    for text in (result.markdown.read_text(), result.html.read_text(), result.json.read_text()):
+        assert "Guo, Andriopoulos, Zhao, Dong, Ling, Ross (2024)" in text or "Guo" not in text
+        assert "seed paper" not in text
+    assert "Guo, Andriopoulos, Zhao, Dong, Ling, Ross (2024)" in result.markdown.read_text()
+    for claim in claims.values():
+        for entry in claim["per_delta"]:
+            assert {"smoothing", "seeds_total", "seeds_supporting", "effect", "ci_low",
+                    "ci_high", "measure"} <= set(entry)  # fmt: skip
 
 
 def test_combine_over_deltas_and_sig():
     assert combine([HOLDS, HOLDS]) == HOLDS
-    assert combine([HOLDS, FAILS]) == PARTLY
+    assert combine([HOLDS, FAILS]) == MIXED
+    assert combine([HOLDS, INCONCLUSIVE]) == PARTLY
     assert combine([FAILS, FAILS, UNDETERMINED]) == FAILS
     assert combine([FAILS, INCONCLUSIVE]) == INCONCLUSIVE
     assert combine([UNDETERMINED]) == UNDETERMINED
@@ -243,3 +250,92 @@ def test_theory_claim_follows_the_ufm_computation(tmp_path):
         assert gd.status == (HOLDS if iters[0.1] < iters[0.0] else FAILS)
     else:
         assert gd.status == UNDETERMINED
+
+
+def _judge(diffs, measure=None):
+    return paired(measure or Measure("x", "x", "u"), dict(enumerate(diffs)))
+
+
+def test_every_seed_supporting_is_not_enough_when_the_interval_covers_zero():
+    """With 3 seeds, 'holds' also needs the t interval beyond the threshold; the reverse for
+    'does not hold'."""
+    spread = [-0.1, -0.1, -5.0]  # all lower, but t_{0.975,2} · s / sqrt(3) > |mean|
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(spread), scale=stats.sem(spread))
+    assert low < 0 < high
+    assert _judge(spread).status == INCONCLUSIVE
+    assert _judge([-x for x in spread]).status == INCONCLUSIVE
+    assert _judge([-1.0, -1.1, -0.9]).status == HOLDS
+    assert _judge([1.0, 1.1, 0.9]).status == FAILS
+    assert _judge([-1.0, 0.0, -1.0]).status == INCONCLUSIVE  # a tie is not support
+    two = _judge([-1.0, -9.0])  # n = 2: every seed supports; interval ignored, indicative
+    assert two.status == HOLDS and two.indicative and two.ci_low < 0 < two.ci_high
+
+
+def test_accuracy_claim_uses_its_non_inferiority_margin():
+    """Claim (e): LS 0.2-0.3 points below CE in every seed is within the 0.5-point margin
+    (holds); 0.7-0.9 points below is beyond it (does not hold); against 0 it would fail."""
+    assert ACCURACY.threshold == -0.5
+    assert _judge([-0.3, -0.2, -0.25], ACCURACY).status == HOLDS
+    at_zero = Measure("acc", "accuracy", "points", "higher")  # the same claim without a margin
+    assert _judge([-0.3, -0.2, -0.25], at_zero).status == FAILS
+    assert _judge([-0.8, -0.9, -0.7], ACCURACY).status == FAILS
+    assert _judge([-0.4, -0.6, -0.5], ACCURACY).status == INCONCLUSIVE
+
+
+def test_a_broken_seed_does_not_drop_out_of_the_evidence(tmp_path):
+    """An LS seed whose metrics became NaN and that has no predictions makes the claims it
+    touches inconclusive, never 'holds' on the remaining seeds."""
+    _study(tmp_path, (0, 1, 2), dict.fromkeys((0, 1, 2), True))
+    broken = tmp_path / "ls0.1_seed2"
+    rows = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    rows[-1].update(nc1=float("nan"), nc2_wh=float("nan"), test_acc=float("nan"))
+    (broken / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (broken / "predictions.npz").unlink()
+    verdicts = verdicts_of(tmp_path)
+    for claim in "bde":
+        d = verdicts[claim].per_delta[0]
+        assert d.status == INCONCLUSIVE, (claim, d.text)
+        assert d.headline.undefined == [2] and "undefined for seed(s) 2" in d.text
+
+
+def test_unpaired_and_duplicate_seeds_are_named(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / "a", delta=0.0, seed=seed)
+    for seed in (1, 2):
+        write_run(tmp_path / "a", delta=0.1, seed=seed)
+    d = verdicts_of(tmp_path / "a")["b"].per_delta[0]
+    assert d.headline.seeds == (1,)
+    assert "CE seed(s) 0 have no LS run" in d.text and "LS seed(s) 2 have no CE run" in d.text
+    write_run(tmp_path / "b", delta=0.0, seed=0)
+    write_run(tmp_path / "b", delta=0.1, seed=3)
+    c = verdicts_of(tmp_path / "b")["c"].per_delta[0]
+    assert c.status == UNDETERMINED and "no seed in common with CE" in c.text
+    assert "no NC1 range" not in c.text
+    write_run(tmp_path / "c" / "one", delta=0.0, seed=0)
+    write_run(tmp_path / "c" / "two", delta=0.0, seed=0)
+    write_run(tmp_path / "c" / "one", delta=0.1, seed=0)
+    summary = summarize(load_runs([tmp_path / "c"]))
+    assert any("CE has 2 runs of seed 0" in w for w in summary.warnings)
+
+
+def test_milestone_censoring_never_reverses_the_direction(tmp_path):
+    """An LS run cut short (10 of 30 epochs) that never reaches zero training error must not
+    count as reaching it sooner than a CE run that does at epoch 12: that pair is undefined;
+    an LS run that lasted 30 epochs without reaching it is at least 30 + 1 - 12 = 19 later."""
+    from nclab.report.verdicts import LSGroup, claim_sooner
+
+    for seed in (0, 1):
+        write_run(tmp_path, delta=0.0, seed=seed, zero_at=12)
+    short = write_run(tmp_path, delta=0.1, seed=0, zero_at=99)
+    rows = (short / "metrics.jsonl").read_text().splitlines()[:10]
+    (short / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    write_run(tmp_path, delta=0.1, seed=1, zero_at=99)
+    runs = load_runs([tmp_path])
+    ce = [r for r in runs if r.group.is_ce]
+    ls = [LSGroup("LS δ=0.1", 0.1, [r for r in runs if r.group.is_ls])]
+    zero = next(
+        m for m in claim_sooner(ce, ls).per_delta[0].measures
+        if m.measure.key == "epochs_zero_train_error"
+    )  # fmt: skip
+    assert zero.differences == (None, 30 + 1 - 12)
+    assert zero.outcomes[1] == "contradicts"

@@ -58,8 +58,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nclab",
-        description="nclab: neural collapse under cross-entropy and label smoothing "
-        "(Guo et al., arXiv 2402.03979).",
+        description="nclab: neural collapse under cross-entropy and label smoothing, after Guo, "
+        "Andriopoulos, Zhao, Dong, Ling, Ross (2024), 'Cross Entropy versus Label Smoothing: A "
+        "Neural Collapse Perspective', arXiv 2402.03979.",
     )
     parser.add_argument("--version", action="version", version=f"nclab {__version__}")
     parser.add_argument(

@@ -19,8 +19,9 @@ HELP = "Unconstrained feature model: closed form, solver, conditioning, converge
 DESCRIPTION = (
     "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
     "||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2 with N = n K balanced samples "
-    "(Guo et al., arXiv 2402.03979). delta = 0 is cross-entropy, delta > 0 label smoothing. "
-    "See docs/theory.md."
+    "(Guo, Andriopoulos, Zhao, Dong, Ling, Ross (2024), 'Cross Entropy versus Label Smoothing: "
+    "A Neural Collapse Perspective', arXiv 2402.03979). delta = 0 is cross-entropy, delta > 0 "
+    "label smoothing. See docs/theory.md."
 )
 
 #: Problem defaults: the small UFM of the convergence experiment (``CONVERGENCE_DEFAULTS``),

@@ -91,7 +91,8 @@ class SeedStat:
 
     @property
     def comparable(self) -> float:
-        """The mean when every seed has a value, else +inf ("never"): used by the verdicts."""
+        """The mean when every seed has a value, else +inf ("never") (the verdicts pair seeds
+        instead, :mod:`nclab.report.verdicts`)."""
         return self.mean if self.all_reached else math.inf
 
     def format(self, digits: int = 3, integer: bool = False) -> str:

@@ -9,11 +9,13 @@ A CE run and an LS run of the same seed start from the same weights and see the 
   lies on the other side, **tie** when ``d_s == c``;
 * effect: the mean paired difference ``d̄``; 95% interval: Student t over the paired
   differences, ``d̄ ± t_{0.975, n-1} · s / √n`` (``s``: sample standard deviation, ``n >= 2``);
-* verdict: **holds** when every seed supports and, with ``n >= 3``, the interval lies entirely
-  on the claim's side of ``c``; **does not hold** when every seed contradicts and, with
-  ``n >= 3``, the interval lies entirely on the other side; **inconclusive** otherwise;
-  **undetermined** when no seed has a defined difference. With ``n < 3`` the verdict is marked
-  *indicative*: a t interval from one or two pairs says almost nothing.
+* verdict: **holds** when every paired seed supports and, with ``n >= 3``, the interval lies
+  entirely on the claim's side of ``c``; **does not hold** when every paired seed contradicts
+  and, with ``n >= 3``, the interval lies entirely on the other side; **inconclusive**
+  otherwise, including when some paired seed has no defined difference (a broken run must not
+  drop out of the evidence); **undetermined** when no seed has a defined difference. With
+  ``n < 3`` the verdict is marked *indicative*: a t interval from one or two pairs says almost
+  nothing.
 
 These are the rules of docs/report.md; :mod:`nclab.report.verdicts` applies them to the claims of
 Guo et al. (2024), "Cross Entropy versus Label Smoothing: A Neural Collapse Perspective",
@@ -34,6 +36,7 @@ __all__ = [
     "HOLDS",
     "INCONCLUSIVE",
     "MIN_SEEDS",
+    "MIXED",
     "PARTLY",
     "UNDETERMINED",
     "Measure",
@@ -51,6 +54,7 @@ FAILS = "does not hold"
 INCONCLUSIVE = "inconclusive"
 UNDETERMINED = "undetermined"
 PARTLY = "partly holds"  # only when combining over δ: holds for some δ, fails for none
+MIXED = "mixed"  # only when combining over δ: holds for some δ, does not hold for others
 
 SUPPORTS, CONTRADICTS, TIE = "supports", "contradicts", "tie"
 CONFIDENCE = 0.95
@@ -72,7 +76,9 @@ class Measure:
 
     ``better`` is ``"lower"`` or ``"higher"``: the direction the claim predicts for LS − CE;
     ``threshold`` is the value the difference is compared with (0, or ``-margin`` for a
-    non-inferiority claim); ``decides`` is False for measures reported as observations only."""
+    non-inferiority claim); ``decides`` is False for measures reported alongside the deciding
+    ones; ``observation`` marks those that are not part of the claim at all (their seeds are
+    counted as lower/higher, not as supporting)."""
 
     key: str
     description: str
@@ -80,6 +86,12 @@ class Measure:
     better: str = "lower"
     threshold: float = 0.0
     decides: bool = True
+    observation: bool = False
+
+    @property
+    def label(self) -> str:
+        """``description (unit)``."""
+        return f"{self.description} ({self.unit})" if self.unit else self.description
 
     def side(self, difference: float) -> str:
         """Per-seed outcome of one difference."""
@@ -139,6 +151,11 @@ class PairedResult:
         return self.outcomes.count(SUPPORTS)
 
     @property
+    def undefined(self) -> list[int]:
+        """Paired seeds without a defined difference."""
+        return [s for s, d in zip(self.seeds, self.differences, strict=True) if d is None]
+
+    @property
     def indicative(self) -> bool:
         """True when fewer than :data:`MIN_SEEDS` seeds decide the verdict."""
         return 0 < self.n < MIN_SEEDS
@@ -154,10 +171,17 @@ class PairedResult:
         if not self.computed:
             if self.ci_low is not None and self.ci_high is not None:
                 text += f" (95% CI {sig(self.ci_low)} to {sig(self.ci_high)})"
-            text += f", {self.supporting}/{self.n} seeds support"
-            ties = self.outcomes.count(TIE)
-            if ties:
-                text += f" ({ties} tied)"
+            if self.measure.observation:
+                lower = sum(d < 0 for d in self.differences if d is not None)
+                higher = sum(d > 0 for d in self.differences if d is not None)
+                text += f", LS lower in {lower}, higher in {higher} of {self.n} seeds"
+            else:
+                text += f", {self.supporting}/{self.n} seeds support"
+                ties = self.outcomes.count(TIE)
+                if ties:
+                    text += f" ({ties} tied)"
+            if self.undefined:
+                text += f"; undefined for seed(s) {', '.join(map(str, self.undefined))}"
         if self.note:
             text += f"; {self.note}"
         return text + verdict
@@ -165,7 +189,7 @@ class PairedResult:
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form."""
         return {
-            "measure": f"{self.measure.description} ({self.measure.unit})",
+            "measure": self.measure.label,
             "key": self.measure.key,
             "decides": self.measure.decides,
             "better": self.measure.better,
@@ -213,12 +237,11 @@ def paired(measure: Measure, per_seed: Mapping[int, float | None], note: str = "
     low = high = None
     if len(defined) >= 2:
         low, high = t_interval(defined)
-    decided = [o for o in outcomes if o != UNDETERMINED]
     beyond = measure.beyond(low, high) if low is not None and high is not None else None
     enough = len(defined) >= MIN_SEEDS
-    if all(o == SUPPORTS for o in decided) and (not enough or beyond == SUPPORTS):
+    if all(o == SUPPORTS for o in outcomes) and (not enough or beyond == SUPPORTS):
         status = HOLDS
-    elif all(o == CONTRADICTS for o in decided) and (not enough or beyond == CONTRADICTS):
+    elif all(o == CONTRADICTS for o in outcomes) and (not enough or beyond == CONTRADICTS):
         status = FAILS
     else:
         status = INCONCLUSIVE

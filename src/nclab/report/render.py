@@ -21,6 +21,7 @@ from nclab.report.verdicts import (
     FAILS,
     HOLDS,
     INCONCLUSIVE,
+    MIXED,
     PAPER,
     PARTLY,
     UNDETERMINED,
@@ -38,10 +39,10 @@ __all__ = [
 STATS_NOTE = (
     "Values are the mean ± sample standard deviation over seeds (just the mean for one seed). "
     "Epochs: first logged epoch reaching the milestone; `never` when no seed reached it, "
-    "`never (k/n …)` when only k of n seeds did (that setting then counts as never in the "
-    "verdicts). Final values are from the last logged epoch. ECE: logged ECE of the final model "
-    "on the whole test set (15 bins); ECE raw / TS: on the evaluation half of the test set before "
-    f"/ after temperature scaling with T fitted on the other half (fit fraction "
+    "`never (k/n …)` when only k of n seeds did. Final values are from the last logged epoch. "
+    "ECE: logged ECE of the final model on the whole test set (15 bins); ECE raw / TS: on the "
+    "evaluation half of the test set before / after temperature scaling with T fitted on the "
+    "other half (fit fraction "
     f"{TEMPERATURE_FIT_FRACTION:g}, the same split for every run)."
 )
 
@@ -245,6 +246,7 @@ _STATUS_CLASS = {
     PARTLY: "partly",
     FAILS: "fails",
     INCONCLUSIVE: "inconclusive",
+    MIXED: "partly",
     UNDETERMINED: "undetermined",
 }
 
@@ -263,9 +265,10 @@ def _verdict_html(v: ClaimVerdict) -> str:
 VERDICT_NOTE = (
     "Effect: mean over seeds of the paired difference LS − CE (same seed = same initialisation "
     "and data order) in the measure's unit; 95% CI: Student t over the paired differences. "
-    "holds: every seed supports the claim and, with 3 or more seeds, the interval excludes no "
-    "effect; does not hold: the same for the opposite; inconclusive: otherwise; indicative: "
-    "fewer than 3 seeds."
+    "holds: every paired seed supports the claim and, with 3 or more seeds, the interval lies "
+    "entirely on the claim's side of its threshold (0; −0.5 points for (e)); does not hold: the "
+    "same for the opposite; inconclusive: otherwise; indicative: fewer than 3 seeds. Over δ: "
+    "mixed = holds for some δ and does not hold for another."
 )
 
 
@@ -301,7 +304,7 @@ def verdict_table(summary: ReportSummary) -> tuple[list[str], list[list[str]]]:
                     seeds,
                     sig(h.effect),
                     ci,
-                    f"{h.measure.description} ({h.measure.unit})",
+                    h.measure.label,
                 ]
             )
     return header, rows

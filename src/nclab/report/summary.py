@@ -223,6 +223,22 @@ def _config_warnings(runs: Sequence[RunData]) -> list[str]:
     return out
 
 
+def _duplicate_seed_warnings(groups: Sequence[GroupSummary]) -> list[str]:
+    """Settings holding several runs of one seed (e.g. two comparisons under one folder): the
+    verdicts pair the first run of each seed; the summary table averages them all."""
+    out = []
+    for g in groups:
+        for seed in sorted(set(g.seeds)):
+            paths = [str(r.path) for r in g.runs if r.seed == seed]
+            if len(paths) > 1:
+                out.append(
+                    f"{g.label} has {len(paths)} runs of seed {seed} ({', '.join(paths)}): the "
+                    "verdicts pair only the first with CE, the table averages all; point the "
+                    "report at one comparison"
+                )
+    return out
+
+
 def summarize(runs: Sequence[RunData], theory: TheoryPanel | None = None) -> ReportSummary:
     """All statistics, matched-NC1 comparisons and verdicts (claim (f) from ``theory``, the UFM
     panel of :func:`nclab.report.theory.theory_panel`) for ``runs``."""
@@ -242,4 +258,5 @@ def summarize(runs: Sequence[RunData], theory: TheoryPanel | None = None) -> Rep
         theory,
     )
     warnings = [w for r in runs for w in r.warnings] + _config_warnings(runs)
+    warnings += _duplicate_seed_warnings(groups)
     return ReportSummary(groups, matched, verdicts, warnings)

@@ -28,8 +28,9 @@ may report further measures as observations. Differences are always LS − CE.
     in gradient-descent iterations to the objective tolerance at a shared step size.
 
 Per-δ verdicts combine over δ (:func:`combine`): **holds** when every δ holds, **does not
-hold** when every decided δ does not hold, **partly holds** when some δ holds, **inconclusive**
-otherwise; **undetermined** when no δ could be decided.
+hold** when every decided δ does not hold, **mixed** when some δ holds and another does not
+hold, **partly holds** when some δ holds and none does not hold, **inconclusive** otherwise;
+**undetermined** when no δ could be decided.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from nclab.report.paired import (
     HOLDS,
     INCONCLUSIVE,
     MIN_SEEDS,
+    MIXED,
     PARTLY,
     UNDETERMINED,
     Measure,
@@ -68,6 +70,7 @@ __all__ = [
     "FAILS",
     "HOLDS",
     "INCONCLUSIVE",
+    "MIXED",
     "PAPER",
     "PARTLY",
     "UNDETERMINED",
@@ -95,15 +98,15 @@ ACCURACY_MARGIN = 0.5
 DENSE_LEVELS = 60  # NC1 levels per seed pair for claim (c)
 
 CLAIMS = {
-    "a": "LS converges faster than CE (NC1 lower along training; zero training error and NC1 "
-    "thresholds sooner)",
+    "a": "LS converges faster than CE (decided by NC1 along training; the epochs of zero "
+    "training error and of NC1 thresholds are reported alongside)",
     "b": "LS ends with stronger collapse than CE (lower final NC1 and NC2)",
     "c": "LS has lower NC2 than CE at matched NC1",
     "d": "LS is better calibrated than CE (lower ECE before temperature scaling)",
     "e": f"LS generalizes at least as well as CE (test accuracy not lower by more than "
     f"{ACCURACY_MARGIN:g} points)",
-    "f": "UFM theory: LS has a better-conditioned minimizer (lower κ_logit) and gradient descent "
-    "reaches it in fewer iterations",
+    "f": "UFM theory for the runs' K: LS has a better-conditioned minimizer (lower κ_logit) and "
+    "gradient descent reaches it in fewer iterations",
 }
 
 
@@ -172,7 +175,7 @@ class DeltaVerdict:
             "effect": None if h is None else h.effect,
             "ci_low": None if h is None else h.ci_low,
             "ci_high": None if h is None else h.ci_high,
-            "measure": None if h is None else f"{h.measure.description} ({h.measure.unit})",
+            "measure": None if h is None else h.measure.label,
             "per_seed": None
             if h is None or h.computed
             else dict(zip(seeds, h.outcomes, strict=True)),
@@ -238,6 +241,8 @@ def combine(statuses: Sequence[str]) -> str:
         return UNDETERMINED
     if all(s == HOLDS for s in statuses):
         return HOLDS
+    if HOLDS in decided and FAILS in decided:
+        return MIXED
     if HOLDS in decided:
         return PARTLY
     if all(s == FAILS for s in decided):
@@ -265,9 +270,32 @@ def _claim(claim: str, ce: Sequence[RunData], per_delta: list[DeltaVerdict]) -> 
     )
 
 
-def _delta(group: LSGroup, measures: list[PairedResult], note: str = "") -> DeltaVerdict:
+def _delta(
+    ce: Sequence[RunData], group: LSGroup, measures: list[PairedResult], note: str = ""
+) -> DeltaVerdict:
     status = combine_measures([m.status for m in measures if m.measure.decides])
-    return DeltaVerdict(group.label, group.smoothing, status, tuple(measures), note)
+    notes = [n for n in (_pairing_note(ce, group.runs), note) if n]
+    return DeltaVerdict(group.label, group.smoothing, status, tuple(measures), "; ".join(notes))
+
+
+def _pairing_note(ce: Sequence[RunData], ls: Sequence[RunData]) -> str:
+    """Which seeds could not be paired (they do not enter the verdict)."""
+    a, b = set(_by_seed(ce)), set(_by_seed(ls))
+    if not a & b:
+        return (
+            f"no seed in common with CE (CE seeds {_seed_list(a)}, LS seeds {_seed_list(b)}): "
+            "the comparison is paired by seed"
+        )
+    parts = []
+    if a - b:
+        parts.append(f"CE seed(s) {_seed_list(a - b)} have no LS run")
+    if b - a:
+        parts.append(f"LS seed(s) {_seed_list(b - a)} have no CE run")
+    return "; ".join(parts) + (" (not paired, left out)" if parts else "")
+
+
+def _seed_list(seeds: set[int]) -> str:
+    return ", ".join(map(str, sorted(seeds))) or "none"
 
 
 def _by_seed(runs: Sequence[RunData]) -> dict[int, RunData]:
@@ -316,24 +344,25 @@ def nc1_curve_gap(ce: RunData, ls: RunData) -> float | None:
     return float(np.mean(gaps)) if gaps else None
 
 
-def _censored_epoch(run: RunData, name: str) -> float | None:
-    """Epoch of milestone ``name``; a run that never reaches it counts as last epoch + 1."""
-    from nclab.report.analysis import milestone_epoch
-
-    value = milestone_epoch(run, name)
-    if value is not None:
-        return value
-    return float(run.epochs.max()) + 1 if run.rows else None
-
-
 def _milestone_difference(name: str):  # noqa: ANN202
+    """Per pair, LS − CE epochs of milestone ``name``. A run that never gets there is censored
+    at its last epoch + 1 (the true epoch is later still), which bounds the difference in the
+    right direction only when the censored run lasted longer than the other run needed; a
+    pair where it did not (e.g. an interrupted run), or where neither run gets there, is
+    undefined."""
     from nclab.report.analysis import milestone_epoch
 
     def diff(ce: RunData, ls: RunData) -> float | None:
-        if milestone_epoch(ce, name) is None and milestone_epoch(ls, name) is None:
-            return None  # neither gets there: nothing to compare
-        a, b = _censored_epoch(ce, name), _censored_epoch(ls, name)
-        return None if a is None or b is None else b - a
+        a, b = milestone_epoch(ce, name), milestone_epoch(ls, name)
+        if a is not None and b is not None:
+            return b - a
+        if a is None and b is None or not ce.rows or not ls.rows:
+            return None
+        if b is None:  # LS never: LS − CE >= (LS horizon + 1) − a, a lower bound if positive
+            bound = float(ls.epochs.max()) + 1 - a
+            return bound if bound > 0 else None
+        bound = b - (float(ce.epochs.max()) + 1)  # CE never: LS − CE <= this, if negative
+        return bound if bound < 0 else None
 
     return diff
 
@@ -345,11 +374,8 @@ def claim_sooner(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
         measures = [paired(CURVE_NC1, _pair_values(ce, group.runs, nc1_curve_gap))]
         for name, (_, _, description) in MILESTONES.items():
             m = Measure(f"epochs_{name}", description, "epochs", "lower", decides=False)
-            diffs = _pair_values(ce, group.runs, _milestone_difference(name))
-            never = [s for s, d in diffs.items() if d is None]
-            note = f"neither reaches it in seed(s) {', '.join(map(str, never))}" if never else ""
-            measures.append(paired(m, diffs, note))
-        out.append(_delta(group, measures))
+            measures.append(paired(m, _pair_values(ce, group.runs, _milestone_difference(name))))
+        out.append(_delta(ce, group, measures))
     return _claim("a", ce, out)
 
 
@@ -385,10 +411,10 @@ def claim_final(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
             m = Measure(f"final_{key}", f"log10 final {key} ratio", "log10 ratio", decides=False)
             measures.append(paired(m, ratios))
         for key in ("nc3", "nc4"):
-            m = Measure(f"final_{key}", f"final {key} (observation)", "", decides=False)
+            m = Measure(f"final_{key}", f"final {key}", "", decides=False, observation=True)
             final = lambda r, k=key: _finite_or_none(r.final(k))  # noqa: E731
             measures.append(paired(m, _run_differences(ce, group.runs, final)))
-        out.append(_delta(group, measures))
+        out.append(_delta(ce, group, measures))
     return _claim("b", ce, out)
 
 
@@ -420,8 +446,9 @@ def claim_matched(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
     out = []
     for group in ls:
         diffs = _pair_values(ce, group.runs, matched_gap)
-        note = "" if any(d is not None for d in diffs.values()) else "no NC1 range shared with CE"
-        out.append(_delta(group, [paired(MATCHED, diffs, note)]))
+        shared = any(d is not None for d in diffs.values()) or not diffs
+        note = "" if shared else "no NC1 range shared with CE"
+        out.append(_delta(ce, group, [paired(MATCHED, diffs, note)]))
     return _claim("c", ce, out)
 
 
@@ -434,6 +461,7 @@ ECE_TS = Measure(
     "ECE points",
     "lower",
     decides=False,
+    observation=True,
 )
 
 
@@ -458,7 +486,7 @@ def claim_calibration(
             paired(ECE_RAW, _run_differences(ce, group.runs, get(0))),
             paired(ECE_TS, _run_differences(ce, group.runs, get(1))),
         ]
-        out.append(_delta(group, measures))
+        out.append(_delta(ce, group, measures))
     return _claim("d", ce, out)
 
 
@@ -489,7 +517,7 @@ def claim_generalization(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimV
     out = []
     for group in ls:
         result = paired(ACCURACY, _run_differences(ce, group.runs, final_test_accuracy))
-        out.append(_delta(group, [result], note=f"margin {ACCURACY_MARGIN:g} points"))
+        out.append(_delta(ce, group, [result], note=f"margin {ACCURACY_MARGIN:g} points"))
     return _claim("e", ce, out)
 
 
@@ -509,7 +537,7 @@ def claim_theory(
     """Claim (f): exact UFM computations of :mod:`nclab.ufm` for the runs' K and n."""
     out = []
     if panel is None:
-        out = [_delta(g, [computed(KAPPA, None, "UFM theory panel not computed")]) for g in ls]
+        out = [_delta(ce, g, [computed(KAPPA, None, "UFM theory panel not computed")]) for g in ls]
         return _claim("f", ce, out)
     rows = {round(r["smoothing"], 12): r for r in panel.at_runs}
     curves = {round(c.smoothing, 12): c for c in panel.curves}
@@ -548,7 +576,7 @@ def claim_theory(
                 )
             else:
                 measures.append(computed(GD_ITERS, float(b - a), f"CE {a}, LS {b} ({where})"))
-        out.append(_delta(group, measures))
+        out.append(_delta(ce, group, measures))
     return _claim("f", ce, out)
 
 
