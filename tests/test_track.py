@@ -312,6 +312,7 @@ def test_ddp_two_processes_reduce_statistics_and_rank0_writes(tmp_path: Path) ->
         textwrap.dedent(
             """
             import sys
+            import gc
             import torch
             import torch.distributed as dist
             from torch.utils.data import DataLoader, TensorDataset
@@ -332,6 +333,8 @@ def test_ddp_two_processes_reduce_statistics_and_rank0_writes(tmp_path: Path) ->
                                 train=train, test=test, num_classes=4)
             tracker.log_epoch(1, lr=0.5, rank=dist.get_rank())
             tracker.finish()
+            del tracker, model  # a DDP module outliving its process group can abort the exit
+            gc.collect()
             dist.destroy_process_group()
             """
         )

@@ -226,6 +226,9 @@ def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) ->
 
     assert run_cli([*argv, "--out", str(tmp_path / "straight"), "--quiet"]) == 0
     assert strip_seconds(rows) == strip_seconds(read_rows(tmp_path / "straight/metrics.jsonl"))
+    per_class = read_rows(out / "per_class.jsonl")
+    assert per_class == read_rows(tmp_path / "straight/per_class.jsonl")
+    assert [r["epoch"] for r in per_class] == list(range(1, epochs + 1))
 
 
 def test_rewrite_rows_keeps_complete_rows_up_to_checkpoint(tmp_path: Path) -> None:
@@ -674,3 +677,29 @@ def test_test_per_class_uses_a_fixed_subset_and_the_whole_test_set_at_the_end(
     assert torch.bincount(data.y_test[idx], minlength=5).tolist() == [4] * 5
     with pytest.raises(ValueError, match="test_per_class=21 but a class has only 20"):
         train(tiny(epochs=1, test_per_class=21), tmp_path / "bad", quiet=True)
+
+
+def test_per_class_log_matches_the_features_and_is_cut_back_on_resume(tmp_path: Path) -> None:
+    """per_class.jsonl: one line per evaluated epoch with K-length train/test lists; counts are
+    the class sizes, variability is the mean squared distance to the class mean of the final
+    model's features (float64, computed here), and sum_k (n_k/N) nc1_k is the logged nc1. A
+    resume from an earlier checkpoint cuts it back like metrics.jsonl."""
+    result = train(tiny(epochs=3), tmp_path / "run", quiet=True)
+    lines = read_rows(tmp_path / "run" / "per_class.jsonl")
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    last = lines[-1]
+    data = load_dataset("synthetic", **_synthetic_kwargs())
+    model = load_model(tmp_path / "run").eval()
+    with torch.no_grad():
+        h = model.features(data.x_train).double().numpy()
+    y = data.y_train.numpy()
+    counts = np.bincount(y, minlength=5)
+    assert last["train"]["count"] == counts.tolist()
+    variability = [np.mean(np.sum((h[y == k] - h[y == k].mean(0)) ** 2, 1)) for k in range(5)]
+    assert last["train"]["variability"] == pytest.approx(variability, rel=1e-6)
+    weighted = float(np.dot(counts / counts.sum(), last["train"]["nc1"]))
+    assert weighted == pytest.approx(result.rows[-1]["nc1"], rel=1e-9)
+    assert len(last["test"]["count"]) == 5
+    files = RunFiles(tmp_path / "run")
+    rewrite_rows(files, 1)
+    assert [r["epoch"] for r in read_rows(files.per_class)] == [1]

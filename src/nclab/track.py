@@ -47,6 +47,7 @@ from nclab.train.distributed import DistContext
 from nclab.train.evaluate import Evaluator
 from nclab.train.rundir import (
     RunFiles,
+    append_per_class,
     append_row,
     atomic_write,
     lock_directory,
@@ -408,6 +409,7 @@ class NCTracker:
         self._last_time = now
         if self._ctx.is_main:
             append_row(self.files, row)
+            append_per_class(self.files, epoch, self._last.per_class)
             if self._writer is not None:
                 self._writer.write_row(row)
         self.rows.append(row)

@@ -90,6 +90,9 @@ class EvalResult:
     test_logits: Tensor
     test_labels: Tensor
     timings: dict[str, float] = field(default_factory=dict)
+    #: ``{"train": {...}, "test": {...}}``: per-class ``count``, ``variability`` (σ_k²) and
+    #: ``nc1`` (tr(Σ_W^k Σ_B⁺)), lists of length K (:meth:`NCAccumulator.per_class`)
+    per_class: dict[str, dict[str, list[float] | None]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ evaluator
@@ -140,6 +143,10 @@ class Evaluator:
         train_acc, test_acc, recompute = self._accumulators(model, train, test)
         train_nc = _logged(train_acc.compute(weight, bias).as_dict())
         test_nc = _logged(test_acc.compute(weight, bias).as_dict())
+        per_class = {
+            "train": train_acc.per_class().as_dict(),
+            "test": test_acc.per_class().as_dict(),
+        }
         sums = self.ctx.sum(
             [train.loss_sum, train.ce_sum, train.correct, train.count]
             + [test.loss_sum, test.ce_sum, test.correct, test.count]
@@ -168,7 +175,7 @@ class Evaluator:
             "forward": (t1 - t0) - in_pass + recompute,
             "metrics": in_pass + (t2 - t1) - recompute,
         }
-        return EvalResult(metrics, test_logits, test_labels, timings)
+        return EvalResult(metrics, test_logits, test_labels, timings, per_class)
 
     # ------------------------------------------------------------------ passes
 

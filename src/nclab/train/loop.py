@@ -40,6 +40,7 @@ from nclab.train.evaluate import EvalResult, Evaluator, NonFiniteFeaturesError
 from nclab.train.progress import Progress
 from nclab.train.rundir import (
     RunFiles,
+    append_per_class,
     append_row,
     atomic_write,
     lock_directory,
@@ -390,6 +391,7 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
     state = read_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
     ckpt = 0 if state is None else int(state["epoch"])
     read_metrics(files.metrics)  # a malformed line that is not the last: refuse before any change
+    read_metrics(files.per_class)
     if done and ckpt == 0 and same_epochs:
         return _Plan("done", config.epochs, saved)
     if ckpt > config.epochs:
@@ -692,6 +694,7 @@ def _epoch(run: _Run, epoch: int) -> None:
     t_io = time.perf_counter()
     if run.ctx.is_main and row is not None:
         append_row(run.files, row)
+        append_per_class(run.files, epoch, run.last_eval.per_class)
         if run.scalars is not None:
             run.scalars.write_row(row)
     if run.ctx.is_main and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):

@@ -5,6 +5,7 @@ Layout of a run directory (see ``docs/training.md``)::
     config.json          resolved config, versions, seed, device, host, start time
     metrics.jsonl        one JSON object per evaluated epoch (appended, fsync'ed)
     metrics.csv          mirror of metrics.jsonl (regenerated after every row)
+    per_class.jsonl      per evaluated epoch, per-class counts, variability and NC1 (train, test)
     checkpoints/last.pt  latest checkpoint (written atomically: tmp file + os.replace)
     final.pt             final model state + config
     predictions.npz      test_logits, test_labels of the final model
@@ -42,6 +43,7 @@ __all__ = [
     "DirectoryLockedError",
     "MetricsLogError",
     "RunFiles",
+    "append_per_class",
     "append_row",
     "atomic_write",
     "lock_directory",
@@ -73,6 +75,10 @@ class RunFiles:
         return self.root / "metrics.csv"
 
     @property
+    def per_class(self) -> Path:
+        return self.root / "per_class.jsonl"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.root / "checkpoints"
 
@@ -102,6 +108,7 @@ class RunFiles:
             self.config,
             self.metrics,
             self.metrics_csv,
+            self.per_class,
             self.checkpoint,
             self.final,
             self.predictions,
@@ -210,6 +217,16 @@ def append_row(files: RunFiles, row: dict[str, Any]) -> None:
     write_csv(files.metrics_csv, read_rows(files.metrics))
 
 
+def append_per_class(files: RunFiles, epoch: int, values: dict[str, Any]) -> None:
+    """Append one epoch's per-class statistics (``{"train": {...}, "test": {...}}`` of lists,
+    length K) to ``per_class.jsonl``: kept apart from ``metrics.jsonl``, whose rows are scalars,
+    because it grows with K. Read with :func:`read_metrics` (same policy)."""
+    with files.per_class.open("a", encoding="utf-8") as f:
+        f.write(_row_line({"epoch": epoch, **values}))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class MetricsLogError(ValueError):
     """A line of ``metrics.jsonl`` that is not the last one is malformed."""
 
@@ -275,12 +292,19 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def rewrite_rows(files: RunFiles, max_epoch: int) -> list[dict[str, Any]]:
-    """Keep only the rows with ``epoch <= max_epoch``, atomically rewrite ``metrics.jsonl`` and
-    ``metrics.csv`` with them, and return them."""
+    """Keep only the rows with ``epoch <= max_epoch``, atomically rewrite ``metrics.jsonl``,
+    ``metrics.csv`` and (when present) ``per_class.jsonl`` with them, and return the metrics
+    rows. Both logs are read before either is written."""
     kept = [row for row in read_rows(files.metrics) if row["epoch"] <= max_epoch]
+    per_class = None
+    if files.per_class.is_file():
+        per_class = [row for row in read_rows(files.per_class) if row["epoch"] <= max_epoch]
     text = "".join(_row_line(r) for r in kept)
     atomic_write(files.metrics, lambda f: f.write(text.encode()))
     write_csv(files.metrics_csv, kept)
+    if per_class is not None:
+        lines = "".join(_row_line(r) for r in per_class)
+        atomic_write(files.per_class, lambda f: f.write(lines.encode()))
     return kept
 
 
