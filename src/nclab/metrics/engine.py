@@ -60,6 +60,8 @@ MODES = ("streaming", "projected")
 _TALLIES = ("ncc_total", "ncc_correct", "nc4_total", "nc4_mismatch")
 #: Rows per chunk of float64 work (bounds the temporaries; ~4 MiB at d = 512).
 _CHUNK = 1024
+#: Rows per chunk of the second pass (its float64 buffers then fit in a core's L2 cache).
+_CHUNK_NCC = 512
 #: Up to this many classes, classifier and NCC scores are float64 products fused with the
 #: projection; above it they are float32 products with an error certificate (:class:`_Scores`).
 _FUSE_CLASSES = 32
@@ -340,10 +342,13 @@ class NCAccumulator:
             self._buffers[name] = buf
         return buf[:rows]
 
-    def _chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
-        """``(z, y)`` per chunk: ``z = scale * x`` in float64 in a reused buffer."""
-        for start in range(0, int(x.shape[0]), _CHUNK):
-            stop = min(int(x.shape[0]), start + _CHUNK)
+    def _chunks(
+        self, x: torch.Tensor, y: torch.Tensor, size: int = _CHUNK
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """``(z, y)`` per chunk of ``size`` rows: ``z = scale * x`` in float64 in a reused
+        buffer."""
+        for start in range(0, int(x.shape[0]), size):
+            stop = min(int(x.shape[0]), start + size)
             z = self._buffer("z", stop - start, self.dim)
             z.copy_(x[start:stop])
             if self.scale != 1.0:
@@ -515,54 +520,70 @@ class NCAccumulator:
             if fuse:
                 rows.append(w)
             else:
-                cls = _Scores(w)
                 raw = x.dtype == torch.float32 and self.scale == 1.0
+                # raw: W h + b straight from the float32 input (no table lookup per row)
+                cls = _Scores(w, (torch.zeros_like(w[:, 0]) if b is None else b) if raw else cls_add)
                 own_norm = torch.linalg.vector_norm(own, dim=1)
-                b_add = torch.zeros_like(w[:, 0]) if b is None else b
         if fuse and not own_ref:
             rows.append(ncc_mat)
         else:
-            ncc = _Scores(ncc_mat)
+            ncc = _Scores(ncc_mat, ncc_add)
         rows = torch.cat(rows) if len(rows) > 1 else rows[0]
+        rows_t = rows.T.contiguous() if self.device.type == "cpu" else None
         r = self.basis.shape[0]
-        tally = torch.zeros(4, dtype=torch.int64, device=self.device)
-        for start, (z, yc) in zip(range(0, n, _CHUNK), self._chunks(x, y), strict=True):
+        has_cls = z_logits is not None or w is not None
+        # per (class, classifier right/wrong) pair: rows 2 y + wrong; summed into proj_sq and
+        # split_sq after the pass (one index_add_ per chunk instead of two)
+        pair_sq = self._zeros(2 * k, r)
+        pred_ncc = torch.empty(n, dtype=torch.int64, device=self.device)
+        pred_cls = torch.empty_like(pred_ncc) if has_cls else None
+        chunks = self._chunks(x, y, _CHUNK_NCC)
+        for start, (z, yc) in zip(range(0, n, _CHUNK_NCC), chunks, strict=True):
+            stop = start + yc.shape[0]
             g = self._buffer("g", z.shape[0], d)
             torch.index_select(own, 0, yc, out=g)
             z.sub_(g)  # h - mu_y
-            scores = (rows @ z.T).T  # (chunk, rows); the (rows, chunk) product is faster
+            if rows_t is None:
+                scores = (rows @ z.T).T  # (chunk, rows); the (rows, chunk) product is faster
+            else:  # numpy's BLAS: faster than torch's on some CPUs, into a reused buffer
+                scores = self._buffer("s", z.shape[0], rows_t.shape[1])
+                np.matmul(z.numpy(), rows_t.numpy(), out=scores.numpy())
             proj = scores[:, :r]  # coordinates along the class-mean directions
             # squares into a row-major buffer: index_add_ over rows of a transposed view is slow
             proj_sq = torch.mul(proj, proj, out=self._buffer("p", z.shape[0], r))
-            z_sq = torch.mul(z, z, out=g).sum(dim=1)  # ||h - mu_y||^2
-            z_norm = z_sq.sqrt()
+            z_norm = torch.linalg.vector_norm(z, dim=1)  # ||h - mu_y||
+            self.centred_sq.index_add_(0, yc, z_norm * z_norm)
             if own_ref:
-                pred_ncc = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), ncc_add[yc])
+                pred_ncc[start:stop] = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), yc)
             elif fuse:
-                pred_ncc = scores[:, -k:].add(ncc_add[yc]).argmax(dim=1)
+                pred_ncc[start:stop] = scores[:, -k:].add(ncc_add[yc]).argmax(dim=1)
             else:
-                pred_ncc = ncc.argmax(z, z_norm, ncc_add[yc])
-            tally[0] += yc.shape[0]
-            tally[1] += (pred_ncc == yc).sum()
-            self.proj_sq.index_add_(0, yc, proj_sq)
-            self.centred_sq.index_add_(0, yc, z_sq)
+                pred_ncc[start:stop] = ncc.argmax(z, z_norm, yc)
             if z_logits is not None:
-                pred_cls = z_logits[start : start + yc.shape[0]].argmax(dim=1)
+                pred = z_logits[start:stop].argmax(dim=1)
             elif w is None:
-                continue
+                pred = None
             elif fuse:
-                pred_cls = scores[:, r : r + k].add(cls_add[yc]).argmax(dim=1)
+                pred = scores[:, r : r + k].add(cls_add[yc]).argmax(dim=1)
             elif raw:  # W h + b from the float32 input itself: no conversion
                 x_norm = z_norm + own_norm[yc]  # >= ||h|| (triangle inequality)
-                pred_cls = cls.argmax(x[start : start + yc.shape[0]], x_norm, b_add)
+                pred = cls.argmax(x[start:stop], x_norm, yc)
             else:
-                pred_cls = cls.argmax(z, z_norm, cls_add[yc])
-            tally[2] += yc.shape[0]
-            tally[3] += (pred_cls != pred_ncc).sum()
-            wrong = (pred_cls != yc).long()
-            self.split_sq.index_add_(0, wrong, proj_sq)
-            self.split_count.index_add_(0, wrong, torch.ones_like(proj_sq[:, 0]))
-        self.tally += tally
+                pred = cls.argmax(z, z_norm, yc)
+            pair = 2 * yc
+            if pred is not None:
+                pred_cls[start:stop] = pred
+                pair += pred != yc
+            pair_sq.index_add_(0, pair, proj_sq)
+        pair_sq = pair_sq.view(k, 2, r)
+        self.proj_sq += pair_sq.sum(dim=1)
+        tally = [n, (pred_ncc == y).sum(), 0, 0]
+        if has_cls:
+            wrong = (pred_cls != y).sum()
+            self.split_sq += pair_sq.sum(dim=0)
+            self.split_count += torch.stack([n - wrong, wrong]).double()
+            tally[2:] = [n, (pred_cls != pred_ncc).sum()]
+        self.tally += torch.stack([torch.as_tensor(t, device=self.device) for t in tally])
         return self
 
     def _classifier(
@@ -892,39 +913,52 @@ _U32 = 2.0**-24  # unit round-off of float32
 class _Scores:
     """Row-wise ``argmax_k (a @ mat.T + add)`` as in float64, computed mostly in float32.
 
+    ``add`` is a (K,) vector or a (T, K) table whose row ``keys[i]`` is added to row i.
     On CPU the scores are computed in float32 (about twice the speed of float64) with a
     rigorous bound on their error: for rows of length p,
     ``|fl32(a_i . m_k) - a_i . m_k| <= gamma_{p+2} ||a_i|| ||m_k||`` with
     ``gamma_q = q u / (1 - q u)``, ``u = 2^-24`` (the dot-product bound of Higham, "Accuracy and
-    Stability of Numerical Algorithms", Sec. 3.1, with one more ``u`` each for rounding ``a``
-    and ``mat`` to float32), plus ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and
-    the sum. A row whose best score beats the runner-up by more than twice the bound has the
-    float64 argmax; the other rows (near ties) are recomputed in float64. On other devices the
-    scores are float64 throughout (no read-back to decide which rows to redo).
+    Stability of Numerical Algorithms", Sec. 3.1, which holds for any summation order, with one
+    more ``u`` each for rounding ``a`` and ``mat`` to float32), plus
+    ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and the sum. A row whose best score
+    beats the runner-up by more than twice the bound has the float64 argmax; the other rows
+    (near ties) are recomputed in float64. On other devices the scores are float64 throughout
+    (no read-back to decide which rows to redo).
     """
 
-    def __init__(self, mat: torch.Tensor) -> None:
-        self.mat = mat
+    def __init__(self, mat: torch.Tensor, add: torch.Tensor) -> None:
+        self.mat, self.add = mat, add
         self.fast = mat.device.type == "cpu"
         if self.fast:
-            self.mat32_t = mat.T.float().contiguous()
+            self.mat32_t = mat.T.float().contiguous().numpy()
+            self.add32 = add.float()
             p = mat.shape[1]
             gamma = (p + 2) * _U32 / (1.0 - (p + 2) * _U32)
             mat_norm = float(torch.linalg.vector_norm(mat, dim=1).max()) if mat.numel() else 0.0
+            add_max = float(add.abs().max()) if add.numel() else 0.0
             self.norm_factor = (gamma + 2 * _U32) * 1.01 * mat_norm
+            self.add_bound = 2.02 * _U32 * add_max
 
-    def argmax(self, a: torch.Tensor, a_norm: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
-        """``a`` (n, p); ``a_norm`` (n,) upper bounds of its row norms; ``add`` (n, K) or (K,)."""
+    def _add(self, table: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return table[keys] if table.dim() == 2 else table
+
+    def argmax(self, a: torch.Tensor, a_norm: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``a`` (n, p); ``a_norm`` (n,) upper bounds of its row norms; ``keys`` (n,) rows of
+        the ``add`` table (ignored for a vector)."""
         if not self.fast:
-            return torch.addmm(add, a.double(), self.mat.T).argmax(dim=1)
-        scores = torch.addmm(add.float(), a.float(), self.mat32_t)
-        add_max = float(add.abs().max()) if add.numel() else 0.0
-        bound = a_norm.float().mul_(self.norm_factor).add_(2.02 * _U32 * add_max)
-        best, idx = scores.max(dim=1)
+            return torch.addmm(self._add(self.add, keys), a.double(), self.mat.T).argmax(dim=1)
+        a32 = a if a.dtype == torch.float32 else a.float()
+        # numpy's BLAS: faster than torch's on some CPUs
+        scores = torch.from_numpy(a32.numpy() @ self.mat32_t)
+        scores += self._add(self.add32, keys)
+        idx = torch.from_numpy(scores.numpy().argmax(axis=1))
+        best = scores.gather(1, idx[:, None])[:, 0].double()
         scores.scatter_(1, idx[:, None], -math.inf)
-        unsure = (best - scores.max(dim=1).values) <= 2.0 * bound
+        runner_up = scores.amax(dim=1).double()
+        bound = a_norm * self.norm_factor + self.add_bound
+        unsure = (best - runner_up) <= 2.0 * bound
         if bool(unsure.any()):
             rows = unsure.nonzero().flatten()
-            rows_add = add[rows] if add.dim() == 2 else add
-            idx[rows] = torch.addmm(rows_add, a[rows].double(), self.mat.T).argmax(dim=1)
+            add = self._add(self.add, keys[rows])
+            idx[rows] = torch.addmm(add, a[rows].double(), self.mat.T).argmax(dim=1)
         return idx
