@@ -528,15 +528,23 @@ class NCAccumulator:
             rows.append(ncc_mat)
         else:
             ncc = _Scores(ncc_mat, ncc_add)
+        if own_ref and ncc.fast:
+            # A sample closer to its own mean than half the distance from that mean to the
+            # nearest other mean is nearest to its own mean (triangle inequality): for those
+            # rows the NCC scores are not needed. Margin 1e-6: far above float64 rounding.
+            gaps = torch.cdist(own, own).fill_diagonal_(math.inf).amin(dim=1)
+            own_radius = 0.5 * (1.0 - 1e-6) * gaps
         rows = torch.cat(rows) if len(rows) > 1 else rows[0]
         rows_t = rows.T.contiguous() if self.device.type == "cpu" else None
         r = self.basis.shape[0]
         has_cls = z_logits is not None or w is not None
-        # per (class, classifier right/wrong) pair: rows 2 y + wrong; summed into proj_sq and
-        # split_sq after the pass (one index_add_ per chunk instead of two)
-        pair_sq = self._zeros(2 * k, r)
+        # per (class, classifier right/wrong) pair: rows 2 y + wrong, summed into proj_sq and
+        # split_sq after the pass; row 2 K parks the rows whose prediction is not yet certain
+        pair_sq = self._zeros(2 * k + 1, r)
         pred_ncc = torch.empty(n, dtype=torch.int64, device=self.device)
         pred_cls = torch.empty_like(pred_ncc) if has_cls else None
+        unsure_ncc = torch.zeros(n, dtype=torch.bool, device=self.device)
+        unsure_cls = torch.zeros_like(unsure_ncc)
         chunks = self._chunks(x, y, _CHUNK_NCC)
         for start, (z, yc) in zip(range(0, n, _CHUNK_NCC), chunks, strict=True):
             stop = start + yc.shape[0]
@@ -553,12 +561,25 @@ class NCAccumulator:
             proj_sq = torch.mul(proj, proj, out=self._buffer("p", z.shape[0], r))
             z_norm = torch.linalg.vector_norm(z, dim=1)  # ||h - mu_y||
             self.centred_sq.index_add_(0, yc, z_norm * z_norm)
-            if own_ref:
-                pred_ncc[start:stop] = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), yc)
+            unsure = None
+            if own_ref and ncc.fast:
+                p_norm = proj_sq.sum(dim=1).sqrt_()  # ||h - mu_y|| within span(basis)
+                pred = yc.clone()
+                far = (p_norm >= own_radius[yc]).nonzero().flatten()
+                if len(far):
+                    pred[far], unsure_far = ncc.argmax(proj[far], p_norm[far], yc[far])
+                    unsure = torch.zeros_like(pred, dtype=torch.bool)
+                    unsure[far] = unsure_far
+            elif own_ref:
+                pred, unsure = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), yc)
             elif fuse:
-                pred_ncc[start:stop] = scores[:, -k:].add(ncc_add[yc]).argmax(dim=1)
+                pred = scores[:, -k:].add(ncc_add[yc]).argmax(dim=1)
             else:
-                pred_ncc[start:stop] = ncc.argmax(z, z_norm, yc)
+                pred, unsure = ncc.argmax(z, z_norm, yc)
+            pred_ncc[start:stop] = pred
+            if unsure is not None:
+                unsure_ncc[start:stop] = unsure
+            unsure = None
             if z_logits is not None:
                 pred = z_logits[start:stop].argmax(dim=1)
             elif w is None:
@@ -567,15 +588,31 @@ class NCAccumulator:
                 pred = scores[:, r : r + k].add(cls_add[yc]).argmax(dim=1)
             elif raw:  # W h + b from the float32 input itself: no conversion
                 x_norm = z_norm + own_norm[yc]  # >= ||h|| (triangle inequality)
-                pred = cls.argmax(x[start:stop], x_norm, yc)
+                pred, unsure = cls.argmax(x[start:stop], x_norm, yc)
             else:
-                pred = cls.argmax(z, z_norm, yc)
+                pred, unsure = cls.argmax(z, z_norm, yc)
             pair = 2 * yc
             if pred is not None:
                 pred_cls[start:stop] = pred
                 pair += pred != yc
+            if unsure is not None:
+                unsure_cls[start:stop] = unsure
+                pair.masked_fill_(unsure, 2 * k)  # parked until its prediction is certain
             pair_sq.index_add_(0, pair, proj_sq)
-        pair_sq = pair_sq.view(k, 2, r)
+        # near ties of the float32 scores, redone in float64 (a few rows)
+        for unsure, scorer in ((unsure_ncc, "ncc"), (unsure_cls, "cls")):
+            if self.device.type != "cpu" or not bool(unsure.any()):
+                continue
+            idx = unsure.nonzero().flatten()
+            yi = y[idx]
+            zi = x[idx].double() * self.scale - own[yi]  # h - mu_y
+            if scorer == "ncc":
+                pred_ncc[idx] = ncc.exact(zi @ self.basis.T if own_ref else zi, yi)
+            else:
+                pred_cls[idx] = cls.exact(x[idx] if raw else zi, yi)
+                p = zi @ self.basis.T
+                pair_sq.index_add_(0, 2 * yi + (pred_cls[idx] != yi), p * p)
+        pair_sq = pair_sq[: 2 * k].view(k, 2, r)
         self.proj_sq += pair_sq.sum(dim=1)
         tally = [n, (pred_ncc == y).sum(), 0, 0]
         if has_cls:
@@ -922,7 +959,7 @@ class _Scores:
     more ``u`` each for rounding ``a`` and ``mat`` to float32), plus
     ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and the sum. A row whose best score
     beats the runner-up by more than twice the bound has the float64 argmax; the other rows
-    (near ties) are recomputed in float64. On other devices the scores are float64 throughout
+    (near ties) are marked, for the caller to redo with :meth:`exact`. On other devices the scores are float64 throughout
     (no read-back to decide which rows to redo).
     """
 
@@ -942,23 +979,28 @@ class _Scores:
     def _add(self, table: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return table[keys] if table.dim() == 2 else table
 
-    def argmax(self, a: torch.Tensor, a_norm: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``a`` (n, p); ``a_norm`` (n,) upper bounds of its row norms; ``keys`` (n,) rows of
-        the ``add`` table (ignored for a vector)."""
+    def argmax(
+        self, a: torch.Tensor, a_norm: torch.Tensor, keys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(argmax, unsure)`` for ``a`` (n, p), ``a_norm`` (n,) upper bounds of its row
+        norms and ``keys`` (n,) rows of the ``add`` table (ignored for a vector). ``unsure``
+        (n,) bool marks the rows whose float32 argmax is not certified (redo them with
+        :meth:`exact`); ``None`` where the scores were float64 throughout."""
         if not self.fast:
-            return torch.addmm(self._add(self.add, keys), a.double(), self.mat.T).argmax(dim=1)
+            return self.exact(a, keys), None
         a32 = a if a.dtype == torch.float32 else a.float()
-        # numpy's BLAS: faster than torch's on some CPUs
-        scores = torch.from_numpy(a32.numpy() @ self.mat32_t)
-        scores += self._add(self.add32, keys)
-        idx = torch.from_numpy(scores.numpy().argmax(axis=1))
-        best = scores.gather(1, idx[:, None])[:, 0].double()
-        scores.scatter_(1, idx[:, None], -math.inf)
-        runner_up = scores.amax(dim=1).double()
-        bound = a_norm * self.norm_factor + self.add_bound
-        unsure = (best - runner_up) <= 2.0 * bound
-        if bool(unsure.any()):
-            rows = unsure.nonzero().flatten()
-            add = self._add(self.add, keys[rows])
-            idx[rows] = torch.addmm(add, a[rows].double(), self.mat.T).argmax(dim=1)
-        return idx
+        # numpy's BLAS (faster than torch's on some CPUs) and numpy's row argmax
+        scores = a32.numpy() @ self.mat32_t
+        add = self._add(self.add32, keys).numpy()
+        np.add(scores, add, out=scores)
+        idx = scores.argmax(axis=1)
+        rows = np.arange(len(idx))
+        gap = scores[rows, idx].astype(np.float64)
+        scores[rows, idx] = -np.inf
+        gap -= torch.from_numpy(scores).amax(dim=1).numpy()  # best minus runner-up
+        bound = a_norm * (2.0 * self.norm_factor) + 2.0 * self.add_bound
+        return torch.from_numpy(idx), torch.from_numpy(gap) <= bound
+
+    def exact(self, a: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Row-wise argmax of the float64 scores."""
+        return torch.addmm(self._add(self.add, keys), a.double(), self.mat.T).argmax(dim=1)
