@@ -975,6 +975,7 @@ class _Scores:
             add_max = float(add.abs().max()) if add.numel() else 0.0
             self.norm_factor = (gamma + 2 * _U32) * 1.01 * mat_norm
             self.add_bound = 2.02 * _U32 * add_max
+            self._scores: np.ndarray | None = None  # reused (rows, K) float32 buffer
 
     def _add(self, table: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return table[keys] if table.dim() == 2 else table
@@ -989,17 +990,20 @@ class _Scores:
         if not self.fast:
             return self.exact(a, keys), None
         a32 = a if a.dtype == torch.float32 else a.float()
-        # numpy's BLAS (faster than torch's on some CPUs) and numpy's row argmax
-        scores = a32.numpy() @ self.mat32_t
-        add = self._add(self.add32, keys).numpy()
-        np.add(scores, add, out=scores)
+        n = a32.shape[0]
+        if self._scores is None or self._scores.shape[0] < n:
+            self._scores = np.empty((n, self.mat32_t.shape[1]), dtype=np.float32)
+            self._rows = np.arange(n)
+        # numpy's BLAS (faster than torch's on some CPUs), into a reused buffer
+        scores = np.matmul(a32.numpy(), self.mat32_t, out=self._scores[:n])
+        scores += self._add(self.add32, keys).numpy()
         idx = scores.argmax(axis=1)
-        rows = np.arange(len(idx))
+        rows = self._rows[:n]
         gap = scores[rows, idx].astype(np.float64)
         scores[rows, idx] = -np.inf
         gap -= torch.from_numpy(scores).amax(dim=1).numpy()  # best minus runner-up
-        bound = a_norm * (2.0 * self.norm_factor) + 2.0 * self.add_bound
-        return torch.from_numpy(idx), torch.from_numpy(gap) <= bound
+        bound = a_norm.numpy() * (2.0 * self.norm_factor) + 2.0 * self.add_bound
+        return torch.from_numpy(idx), torch.from_numpy(gap <= bound)
 
     def exact(self, a: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Row-wise argmax of the float64 scores."""
