@@ -977,6 +977,26 @@ def test_many_class_scores_in_float32_are_certified(k: int) -> None:
     assert t["nc4_mismatch"] == int((ncc != cls).sum())
 
 
+@pytest.mark.parametrize("sep", [0.3, 1.5, 3.0], ids=["overlapping", "mixed", "separated"])
+def test_many_classes_every_metric_matches_float64_with_near_ties(sep: float) -> None:
+    """Above 32 classes, on float32 input, the second pass skips the NCC scores of samples closer
+    to their own mean than half the gap to the nearest other mean (none when the classes overlap,
+    about 40% at sep 1.5, all when they are well separated), scores the others in certified
+    float32 and redoes near ties in float64 after the pass. Every metric matches float64, NC1
+    over correctly / incorrectly classified samples included (the redone rows decide their
+    split)."""
+    k, d = 40, 48
+    rng = np.random.default_rng(7)
+    y = np.arange(30 * k) % k
+    centres = rng.standard_normal((k, d)) * sep
+    h = (centres[y] + rng.standard_normal((len(y), d))).astype(np.float32)
+    w = rng.standard_normal((k, d))
+    w[1] = w[0] * (1 + 1e-9)  # classes 0 and 1 nearly tie for every sample
+    b = rng.standard_normal(k)
+    b[1] = b[0]
+    assert_metrics_close(nc_metrics(h, y, w, b).as_dict(), ref_metrics(h, y, k, w, b))
+
+
 def test_gpu_check_runs_in_tiny_mode_on_cpu(tmp_path, capsys) -> None:
     """benchmarks/gpu_check.py runs every step at tiny sizes on the CPU; on CUDA the same script
     compares the device engine with the CPU one (exactness must hold in both)."""

@@ -522,7 +522,8 @@ class NCAccumulator:
             else:
                 raw = x.dtype == torch.float32 and self.scale == 1.0
                 # raw: W h + b straight from the float32 input (no table lookup per row)
-                cls = _Scores(w, (torch.zeros_like(w[:, 0]) if b is None else b) if raw else cls_add)
+                b_add = torch.zeros_like(w[:, 0]) if b is None else b
+                cls = _Scores(w, b_add if raw else cls_add)
                 own_norm = torch.linalg.vector_norm(own, dim=1)
         if fuse and not own_ref:
             rows.append(ncc_mat)
@@ -959,8 +960,8 @@ class _Scores:
     more ``u`` each for rounding ``a`` and ``mat`` to float32), plus
     ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and the sum. A row whose best score
     beats the runner-up by more than twice the bound has the float64 argmax; the other rows
-    (near ties) are marked, for the caller to redo with :meth:`exact`. On other devices the scores are float64 throughout
-    (no read-back to decide which rows to redo).
+    (near ties) are marked, for the caller to redo with :meth:`exact`. On other devices the
+    scores are float64 throughout (no read-back to decide which rows to redo).
     """
 
     def __init__(self, mat: torch.Tensor, add: torch.Tensor) -> None:
