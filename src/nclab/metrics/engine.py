@@ -536,10 +536,10 @@ class NCAccumulator:
             gaps = torch.cdist(own, own).fill_diagonal_(math.inf).amin(dim=1)
             own_radius = 0.5 * (1.0 - 1e-6) * gaps
         rows = torch.cat(rows) if len(rows) > 1 else rows[0]
-        rows_t = None
+        rows_t, n_rows = None, rows.shape[0]
         if self.device.type == "cpu":  # zero columns up to a multiple of 4: BLAS runs faster
-            rows_t = torch.zeros(d, -(-rows.shape[0] // 4) * 4, dtype=torch.float64)
-            rows_t[:, : rows.shape[0]] = rows.T
+            rows_t = torch.zeros(d, -(-n_rows // 4) * 4, dtype=torch.float64)
+            rows_t[:, :n_rows] = rows.T
         r = self.basis.shape[0]
         has_cls = z_logits is not None or w is not None
         # per (class, classifier right/wrong) pair: rows 2 y + wrong, summed into proj_sq and
@@ -577,7 +577,7 @@ class NCAccumulator:
             elif own_ref:
                 pred, unsure = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), yc)
             elif fuse:
-                pred = scores[:, -k:].add(ncc_add[yc]).argmax(dim=1)
+                pred = scores[:, n_rows - k : n_rows].add(ncc_add[yc]).argmax(dim=1)
             else:
                 pred, unsure = ncc.argmax(z, z_norm, yc)
             pred_ncc[start:stop] = pred
