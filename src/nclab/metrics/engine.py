@@ -849,9 +849,10 @@ class NCAccumulator:
         counts = n.cpu().numpy()
         out: dict[str, Any] = {
             "nc1": nc1_from_directions(proj.sum(axis=0) / counts.sum(), s),
-            "per_class": np.array(
-                [nc1_from_directions(proj[c] / counts[c], s) for c in range(len(counts))]
-            ),
+            # nc1_from_directions for every class at once
+            "per_class": (proj / counts[:, None] / s**2).sum(axis=1)
+            if s.size
+            else np.full(len(counts), np.inf),
             "nc1_correct": None,
             "nc1_incorrect": None,
         }
