@@ -416,6 +416,10 @@ def test_non_finite_features_are_counted_and_state_untouched():
     assert acc.num_samples == 0 and not acc.shifted_scatter.any()
     with pytest.raises(ValueError, match="non-finite"):
         nc_metrics(bad, y)
+    # float32 features skip the separate range pass; their class sums reveal NaN/Inf
+    for one in (bad, np.where(np.isnan(bad), 1.0, bad)):  # NaN and +-Inf; +-Inf only
+        with pytest.raises(ValueError, match=r"non-finite value\(s\) \(NaN/Inf\) in . of 150 rows"):
+            nc_metrics(one.astype(np.float32), y)
     with pytest.raises(ValueError, match="non-finite"):
         acc.update(h, y).update_ncc(bad, y)
 
