@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {r['K']} | {r['oneshot_s']:.3f} | {r['stream_all_s']:.3f} "
             f"| {r['stream_update_s']:.3f} | {r['gram_s']:.3f} | {r['loop_s']:.1f} "
-            f"| {r['b_s']:.2f} | {r['c_s']:.3f} | {r['c_s'] / r['oneshot_s']:.1f}x "
+            f"| {r['b_s']:.2f} | {r['c_s']:.3f} | {r['c_s'] / r['oneshot_s']:.2f}x "
             f"| {r['stream_update_s'] / r['gram_s']:.2f} |"
         )
     print("\nRelative NC1 error against the float64 reference:\n")

@@ -416,6 +416,10 @@ def test_non_finite_features_are_counted_and_state_untouched():
     assert acc.num_samples == 0 and not acc.shifted_scatter.any()
     with pytest.raises(ValueError, match="non-finite"):
         nc_metrics(bad, y)
+    # float32 features skip the separate range pass; their class sums reveal NaN/Inf
+    for one in (bad, np.where(np.isnan(bad), 1.0, bad)):  # NaN and +-Inf; +-Inf only
+        with pytest.raises(ValueError, match=r"non-finite value\(s\) \(NaN/Inf\) in . of 150 rows"):
+            nc_metrics(one.astype(np.float32), y)
     with pytest.raises(ValueError, match="non-finite"):
         acc.update(h, y).update_ncc(bad, y)
 
@@ -975,6 +979,26 @@ def test_many_class_scores_in_float32_are_certified(k: int) -> None:
     t = acc.update_ncc(h64, y, weight=w, bias=b).tallies
     ncc = np.argmin(((h64[:, None, :] - own[None]) ** 2).sum(-1), axis=1)
     assert t["nc4_mismatch"] == int((ncc != cls).sum())
+
+
+@pytest.mark.parametrize("sep", [0.3, 1.5, 3.0], ids=["overlapping", "mixed", "separated"])
+def test_many_classes_every_metric_matches_float64_with_near_ties(sep: float) -> None:
+    """Above 32 classes, on float32 input, the second pass skips the NCC scores of samples closer
+    to their own mean than half the gap to the nearest other mean (none when the classes overlap,
+    about 40% at sep 1.5, all when they are well separated), scores the others in certified
+    float32 and redoes near ties in float64 after the pass. Every metric matches float64, NC1
+    over correctly / incorrectly classified samples included (the redone rows decide their
+    split)."""
+    k, d = 40, 48
+    rng = np.random.default_rng(7)
+    y = np.arange(30 * k) % k
+    centres = rng.standard_normal((k, d)) * sep
+    h = (centres[y] + rng.standard_normal((len(y), d))).astype(np.float32)
+    w = rng.standard_normal((k, d))
+    w[1] = w[0] * (1 + 1e-9)  # classes 0 and 1 nearly tie for every sample
+    b = rng.standard_normal(k)
+    b[1] = b[0]
+    assert_metrics_close(nc_metrics(h, y, w, b).as_dict(), ref_metrics(h, y, k, w, b))
 
 
 def test_gpu_check_runs_in_tiny_mode_on_cpu(tmp_path, capsys) -> None:

@@ -123,7 +123,7 @@ def one_shot_accumulator(
     against the features' own means), so ``ncc_acc`` is always filled and ``nc4`` when
     ``weight`` is given. K is ``num_classes`` if given, else the rows of ``weight``, else
     ``max(labels) + 1``. ``ood_features`` (M, d) adds ``nc5``. Features of extreme magnitude
-    are rescaled by a power of two first (the metrics do not depend on the scale).
+    (float64 only) are rescaled by a power of two first (the metrics do not depend on the scale).
     """
     x = as_tensor(features, "features")
     if x.dim() != 2:
@@ -146,12 +146,18 @@ def one_shot_accumulator(
             if y.numel() == 0:
                 raise ValueError("labels are empty; pass at least one sample per class")
             num_classes = int(y.max()) + 1
-    scale = _power_of_two_scale(x, "features")
+    # Features narrower than float64 (float32, float16, bfloat16) cannot under- or overflow
+    # the float64 statistics (|x| <= 3.4e38, squares >= 1e-90): no scale, and no separate pass
+    # over the features for the check, since NaN/Inf features make their class sums non-finite.
+    narrow = x.dtype != torch.float64
+    scale = 1.0 if narrow else _power_of_two_scale(x, "features")
     acc = NCAccumulator(num_classes, d, mode="projected", device=x.device)
     y = acc._labels(labels, int(x.shape[0]))  # validated once here, not per pass
     acc.validate = False
     acc.scale = scale
     acc.update(x, y)
+    if narrow and not bool(torch.isfinite(acc.shifted_sums).all()):
+        raise _nonfinite_error(x, "features")
     if ood_features is not None:
         ood = as_tensor(ood_features, "ood_features")
         if ood.dim() != 2 or ood.shape[1] != d:

@@ -60,6 +60,8 @@ MODES = ("streaming", "projected")
 _TALLIES = ("ncc_total", "ncc_correct", "nc4_total", "nc4_mismatch")
 #: Rows per chunk of float64 work (bounds the temporaries; ~4 MiB at d = 512).
 _CHUNK = 1024
+#: Rows per chunk of the second pass (measured faster than 1024 on CPU: smaller buffers).
+_CHUNK_NCC = 512
 #: Up to this many classes, classifier and NCC scores are float64 products fused with the
 #: projection; above it they are float32 products with an error certificate (:class:`_Scores`).
 _FUSE_CLASSES = 32
@@ -162,6 +164,7 @@ class NCAccumulator:
         self.centred_sq = self._zeros(k)  # sum ||h - mu_k||^2 per class (pass 2)
         self.tally = self._zeros(len(_TALLIES), dtype=torch.int64)
         self._second_stale = False
+        self._radius: torch.Tensor | None = None  # cache of _own_radius()
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         names = ("counts", "shift", "shifted_sums", "shifted_scatter", "shifted_sq", "ood_sum",
@@ -176,6 +179,7 @@ class NCAccumulator:
         for name, t in self._tensors().items():
             setattr(self, name, t.to(self.device))
         self._buffers = {}
+        self._radius = None
         return self
 
     @property
@@ -340,10 +344,13 @@ class NCAccumulator:
             self._buffers[name] = buf
         return buf[:rows]
 
-    def _chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
-        """``(z, y)`` per chunk: ``z = scale * x`` in float64 in a reused buffer."""
-        for start in range(0, int(x.shape[0]), _CHUNK):
-            stop = min(int(x.shape[0]), start + _CHUNK)
+    def _chunks(
+        self, x: torch.Tensor, y: torch.Tensor, size: int = _CHUNK
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """``(z, y)`` per chunk of ``size`` rows: ``z = scale * x`` in float64 in a reused
+        buffer."""
+        for start in range(0, int(x.shape[0]), size):
+            stop = min(int(x.shape[0]), start + size)
             z = self._buffer("z", stop - start, self.dim)
             z.copy_(x[start:stop])
             if self.scale != 1.0:
@@ -453,6 +460,19 @@ class NCAccumulator:
         self.proj_sq = self._zeros(self.num_classes, r)
         self.split_sq = self._zeros(2, r)
 
+    def _own_radius(self) -> torch.Tensor:
+        """(K,) half the distance from each frozen mean to the nearest other one, less 1e-6.
+
+        A sample closer to its own mean than that is nearest to its own mean (triangle
+        inequality), so its NCC scores are not needed; the relative margin of 1e-6 is far above
+        float64 rounding. Cached per second pass (it depends on the frozen means only).
+        """
+        if self._radius is None:
+            own = self.frozen_means
+            gaps = torch.cdist(own, own).fill_diagonal_(math.inf).amin(dim=1)
+            self._radius = 0.5 * (1.0 - 1e-6) * gaps
+        return self._radius
+
     def update_ncc(
         self,
         features: Any,
@@ -515,54 +535,107 @@ class NCAccumulator:
             if fuse:
                 rows.append(w)
             else:
-                cls = _Scores(w)
                 raw = x.dtype == torch.float32 and self.scale == 1.0
-                own_norm = torch.linalg.vector_norm(own, dim=1)
+                # raw: W h + b straight from the float32 input (no table lookup per row)
                 b_add = torch.zeros_like(w[:, 0]) if b is None else b
+                cls = _Scores(w, b_add if raw else cls_add)
+                own_norm = torch.linalg.vector_norm(own, dim=1)
         if fuse and not own_ref:
             rows.append(ncc_mat)
         else:
-            ncc = _Scores(ncc_mat)
+            ncc = _Scores(ncc_mat, ncc_add)
+        if own_ref and ncc.fast:
+            own_radius = self._own_radius()
         rows = torch.cat(rows) if len(rows) > 1 else rows[0]
+        rows_t, n_rows = None, rows.shape[0]
+        if self.device.type == "cpu":  # zero columns up to a multiple of 4: BLAS runs faster
+            rows_t = torch.zeros(d, -(-n_rows // 4) * 4, dtype=torch.float64)
+            rows_t[:, :n_rows] = rows.T
         r = self.basis.shape[0]
-        tally = torch.zeros(4, dtype=torch.int64, device=self.device)
-        for start, (z, yc) in zip(range(0, n, _CHUNK), self._chunks(x, y), strict=True):
+        has_cls = z_logits is not None or w is not None
+        # per (class, classifier right/wrong) pair: rows 2 y + wrong, summed into proj_sq and
+        # split_sq after the pass; row 2 K parks the rows whose prediction is not yet certain
+        pair_sq = self._zeros(2 * k + 1, r)
+        pred_ncc = torch.empty(n, dtype=torch.int64, device=self.device)
+        pred_cls = torch.empty_like(pred_ncc) if has_cls else None
+        unsure_ncc = torch.zeros(n, dtype=torch.bool, device=self.device)
+        unsure_cls = torch.zeros_like(unsure_ncc)
+        chunks = self._chunks(x, y, _CHUNK_NCC)
+        for start, (z, yc) in zip(range(0, n, _CHUNK_NCC), chunks, strict=True):
+            stop = start + yc.shape[0]
             g = self._buffer("g", z.shape[0], d)
             torch.index_select(own, 0, yc, out=g)
             z.sub_(g)  # h - mu_y
-            scores = (rows @ z.T).T  # (chunk, rows); the (rows, chunk) product is faster
+            if rows_t is None:
+                scores = (rows @ z.T).T  # (chunk, rows); the (rows, chunk) product is faster
+            else:  # numpy's BLAS: faster than torch's on some CPUs, into a reused buffer
+                scores = self._buffer("s", z.shape[0], rows_t.shape[1])
+                np.matmul(z.numpy(), rows_t.numpy(), out=scores.numpy())
             proj = scores[:, :r]  # coordinates along the class-mean directions
             # squares into a row-major buffer: index_add_ over rows of a transposed view is slow
             proj_sq = torch.mul(proj, proj, out=self._buffer("p", z.shape[0], r))
-            z_sq = torch.mul(z, z, out=g).sum(dim=1)  # ||h - mu_y||^2
-            z_norm = z_sq.sqrt()
-            if own_ref:
-                pred_ncc = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), ncc_add[yc])
+            z_norm = torch.linalg.vector_norm(z, dim=1)  # ||h - mu_y||
+            self.centred_sq.index_add_(0, yc, z_norm * z_norm)
+            unsure = None
+            if own_ref and ncc.fast:
+                p_norm = proj_sq.sum(dim=1).sqrt_()  # ||h - mu_y|| within span(basis)
+                pred = yc.clone()
+                far = (p_norm >= own_radius[yc]).nonzero().flatten()
+                if len(far):
+                    pred[far], unsure_far = ncc.argmax(proj[far], p_norm[far], yc[far])
+                    unsure = torch.zeros_like(pred, dtype=torch.bool)
+                    unsure[far] = unsure_far
+            elif own_ref:
+                pred, unsure = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), yc)
             elif fuse:
-                pred_ncc = scores[:, -k:].add(ncc_add[yc]).argmax(dim=1)
+                pred = scores[:, n_rows - k : n_rows].add(ncc_add[yc]).argmax(dim=1)
             else:
-                pred_ncc = ncc.argmax(z, z_norm, ncc_add[yc])
-            tally[0] += yc.shape[0]
-            tally[1] += (pred_ncc == yc).sum()
-            self.proj_sq.index_add_(0, yc, proj_sq)
-            self.centred_sq.index_add_(0, yc, z_sq)
+                pred, unsure = ncc.argmax(z, z_norm, yc)
+            pred_ncc[start:stop] = pred
+            if unsure is not None:
+                unsure_ncc[start:stop] = unsure
+            unsure = None
             if z_logits is not None:
-                pred_cls = z_logits[start : start + yc.shape[0]].argmax(dim=1)
+                pred = z_logits[start:stop].argmax(dim=1)
             elif w is None:
-                continue
+                pred = None
             elif fuse:
-                pred_cls = scores[:, r : r + k].add(cls_add[yc]).argmax(dim=1)
+                pred = scores[:, r : r + k].add(cls_add[yc]).argmax(dim=1)
             elif raw:  # W h + b from the float32 input itself: no conversion
                 x_norm = z_norm + own_norm[yc]  # >= ||h|| (triangle inequality)
-                pred_cls = cls.argmax(x[start : start + yc.shape[0]], x_norm, b_add)
+                pred, unsure = cls.argmax(x[start:stop], x_norm, yc)
             else:
-                pred_cls = cls.argmax(z, z_norm, cls_add[yc])
-            tally[2] += yc.shape[0]
-            tally[3] += (pred_cls != pred_ncc).sum()
-            wrong = (pred_cls != yc).long()
-            self.split_sq.index_add_(0, wrong, proj_sq)
-            self.split_count.index_add_(0, wrong, torch.ones_like(proj_sq[:, 0]))
-        self.tally += tally
+                pred, unsure = cls.argmax(z, z_norm, yc)
+            pair = 2 * yc
+            if pred is not None:
+                pred_cls[start:stop] = pred
+                pair += pred != yc
+            if unsure is not None:
+                unsure_cls[start:stop] = unsure
+                pair.masked_fill_(unsure, 2 * k)  # parked until its prediction is certain
+            pair_sq.index_add_(0, pair, proj_sq)
+        # near ties of the float32 scores, redone in float64 (a few rows)
+        for unsure, scorer in ((unsure_ncc, "ncc"), (unsure_cls, "cls")):
+            if self.device.type != "cpu" or not bool(unsure.any()):
+                continue
+            idx = unsure.nonzero().flatten()
+            yi = y[idx]
+            zi = x[idx].double() * self.scale - own[yi]  # h - mu_y
+            if scorer == "ncc":
+                pred_ncc[idx] = ncc.exact(zi @ self.basis.T if own_ref else zi, yi)
+            else:
+                pred_cls[idx] = cls.exact(x[idx] if raw else zi, yi)
+                p = zi @ self.basis.T
+                pair_sq.index_add_(0, 2 * yi + (pred_cls[idx] != yi), p * p)
+        pair_sq = pair_sq[: 2 * k].view(k, 2, r)
+        self.proj_sq += pair_sq.sum(dim=1)
+        tally = [n, (pred_ncc == y).sum(), 0, 0]
+        if has_cls:
+            wrong = (pred_cls != y).sum()
+            self.split_sq += pair_sq.sum(dim=0)
+            self.split_count += torch.stack([n - wrong, wrong]).double()
+            tally[2:] = [n, (pred_cls != pred_ncc).sum()]
+        self.tally += torch.stack([torch.as_tensor(t, device=self.device) for t in tally])
         return self
 
     def _classifier(
@@ -787,9 +860,10 @@ class NCAccumulator:
         counts = n.cpu().numpy()
         out: dict[str, Any] = {
             "nc1": nc1_from_directions(proj.sum(axis=0) / counts.sum(), s),
-            "per_class": np.array(
-                [nc1_from_directions(proj[c] / counts[c], s) for c in range(len(counts))]
-            ),
+            # nc1_from_directions for every class at once
+            "per_class": (proj / counts[:, None] / s**2).sum(axis=1)
+            if s.size
+            else np.full(len(counts), np.inf),
             "nc1_correct": None,
             "nc1_incorrect": None,
         }
@@ -892,39 +966,61 @@ _U32 = 2.0**-24  # unit round-off of float32
 class _Scores:
     """Row-wise ``argmax_k (a @ mat.T + add)`` as in float64, computed mostly in float32.
 
+    ``add`` is a (K,) vector or a (T, K) table whose row ``keys[i]`` is added to row i.
     On CPU the scores are computed in float32 (about twice the speed of float64) with a
     rigorous bound on their error: for rows of length p,
     ``|fl32(a_i . m_k) - a_i . m_k| <= gamma_{p+2} ||a_i|| ||m_k||`` with
     ``gamma_q = q u / (1 - q u)``, ``u = 2^-24`` (the dot-product bound of Higham, "Accuracy and
-    Stability of Numerical Algorithms", Sec. 3.1, with one more ``u`` each for rounding ``a``
-    and ``mat`` to float32), plus ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and
-    the sum. A row whose best score beats the runner-up by more than twice the bound has the
-    float64 argmax; the other rows (near ties) are recomputed in float64. On other devices the
+    Stability of Numerical Algorithms", Sec. 3.1, which holds for any summation order, with one
+    more ``u`` each for rounding ``a`` and ``mat`` to float32), plus
+    ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and the sum. A row whose best score
+    beats the runner-up by more than twice the bound has the float64 argmax; the other rows
+    (near ties) are marked, for the caller to redo with :meth:`exact`. On other devices the
     scores are float64 throughout (no read-back to decide which rows to redo).
     """
 
-    def __init__(self, mat: torch.Tensor) -> None:
-        self.mat = mat
+    def __init__(self, mat: torch.Tensor, add: torch.Tensor) -> None:
+        self.mat, self.add = mat, add
         self.fast = mat.device.type == "cpu"
         if self.fast:
-            self.mat32_t = mat.T.float().contiguous()
+            self.mat32_t = mat.T.float().contiguous().numpy()
+            self.add32 = add.float()
             p = mat.shape[1]
             gamma = (p + 2) * _U32 / (1.0 - (p + 2) * _U32)
             mat_norm = float(torch.linalg.vector_norm(mat, dim=1).max()) if mat.numel() else 0.0
+            add_max = float(add.abs().max()) if add.numel() else 0.0
             self.norm_factor = (gamma + 2 * _U32) * 1.01 * mat_norm
+            self.add_bound = 2.02 * _U32 * add_max
+            self._scores: np.ndarray | None = None  # reused (rows, K) float32 buffer
 
-    def argmax(self, a: torch.Tensor, a_norm: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
-        """``a`` (n, p); ``a_norm`` (n,) upper bounds of its row norms; ``add`` (n, K) or (K,)."""
+    def _add(self, table: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return table[keys] if table.dim() == 2 else table
+
+    def argmax(
+        self, a: torch.Tensor, a_norm: torch.Tensor, keys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(argmax, unsure)`` for ``a`` (n, p), ``a_norm`` (n,) upper bounds of its row
+        norms and ``keys`` (n,) rows of the ``add`` table (ignored for a vector). ``unsure``
+        (n,) bool marks the rows whose float32 argmax is not certified (redo them with
+        :meth:`exact`); ``None`` where the scores were float64 throughout."""
         if not self.fast:
-            return torch.addmm(add, a.double(), self.mat.T).argmax(dim=1)
-        scores = torch.addmm(add.float(), a.float(), self.mat32_t)
-        add_max = float(add.abs().max()) if add.numel() else 0.0
-        bound = a_norm.float().mul_(self.norm_factor).add_(2.02 * _U32 * add_max)
-        best, idx = scores.max(dim=1)
-        scores.scatter_(1, idx[:, None], -math.inf)
-        unsure = (best - scores.max(dim=1).values) <= 2.0 * bound
-        if bool(unsure.any()):
-            rows = unsure.nonzero().flatten()
-            rows_add = add[rows] if add.dim() == 2 else add
-            idx[rows] = torch.addmm(rows_add, a[rows].double(), self.mat.T).argmax(dim=1)
-        return idx
+            return self.exact(a, keys), None
+        a32 = a if a.dtype == torch.float32 else a.float()
+        n = a32.shape[0]
+        if self._scores is None or self._scores.shape[0] < n:
+            self._scores = np.empty((n, self.mat32_t.shape[1]), dtype=np.float32)
+            self._rows = np.arange(n)
+        # numpy's BLAS (faster than torch's on some CPUs), into a reused buffer
+        scores = np.matmul(a32.numpy(), self.mat32_t, out=self._scores[:n])
+        scores += self._add(self.add32, keys).numpy()
+        idx = scores.argmax(axis=1)
+        rows = self._rows[:n]
+        gap = scores[rows, idx].astype(np.float64)
+        scores[rows, idx] = -np.inf
+        gap -= torch.from_numpy(scores).amax(dim=1).numpy()  # best minus runner-up
+        bound = a_norm.numpy() * (2.0 * self.norm_factor) + 2.0 * self.add_bound
+        return torch.from_numpy(idx), torch.from_numpy(gap <= bound)
+
+    def exact(self, a: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Row-wise argmax of the float64 scores."""
+        return torch.addmm(self._add(self.add, keys), a.double(), self.mat.T).argmax(dim=1)
