@@ -675,7 +675,7 @@ def test_test_per_class_uses_a_fixed_subset_and_the_whole_test_set_at_the_end(
     other_seed = load_dataset("synthetic", **{**_synthetic_kwargs(), "seed": 1})
     assert torch.equal(idx, train_loop.fixed_test_subset(other_seed.y_test, 4, 5))
     assert torch.bincount(data.y_test[idx], minlength=5).tolist() == [4] * 5
-    with pytest.raises(ValueError, match="test_per_class=21 but a class has only 20"):
+    with pytest.raises(ValueError, match="test_per_class=21 but class 0 has only 20 test samples"):
         train(tiny(epochs=1, test_per_class=21), tmp_path / "bad", quiet=True)
 
 

@@ -221,27 +221,33 @@ def load_dataset(
 
 
 def class_balanced_indices(
-    labels: np.ndarray | Tensor, per_class: int, seed: int = 0, num_classes: int | None = None
+    labels: np.ndarray | Tensor,
+    per_class: int,
+    seed: int = 0,
+    num_classes: int | None = None,
+    *,
+    option: str = "per_class",
+    split: str = "training",
 ) -> np.ndarray:
     """Sorted indices of ``per_class`` samples of every class, drawn without replacement.
 
     Deterministic in ``seed`` (``numpy.random.default_rng(seed)``, one permutation per class in
-    class order). Raises ValueError if a class has fewer than ``per_class`` samples.
+    class order). Raises ValueError, naming ``option`` and the smallest class of the ``split``
+    set, if a class has fewer than ``per_class`` samples.
     """
     y = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
     if int(per_class) != per_class or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+        raise ValueError(f"{option} must be a positive integer, got {per_class!r}")
     k = int(y.max()) + 1 if num_classes is None else int(num_classes)
+    counts = np.bincount(y, minlength=k)[:k]
+    if per_class > counts.min():
+        c = int(np.argmin(counts))
+        raise ValueError(
+            f"{option}={per_class} but class {c} has only {counts[c]} {split} samples; "
+            f"choose {option} <= {counts[c]} or leave it unset to use all samples"
+        )
     rng = np.random.default_rng(seed)
-    chosen = []
-    for c in range(k):
-        members = np.flatnonzero(y == c)
-        if len(members) < per_class:
-            raise ValueError(
-                f"per_class={per_class} but class {c} has only {len(members)} training samples; "
-                f"choose per_class <= {len(members)} or leave it unset to use all samples"
-            )
-        chosen.append(rng.permutation(members)[:per_class])
+    chosen = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(k)]
     return np.sort(np.concatenate(chosen))
 
 

@@ -713,13 +713,10 @@ def _evaluator_for(run: _Run, epoch: int) -> Evaluator:
 def fixed_test_subset(labels: Tensor, per_class: int, num_classes: int) -> Tensor:
     """The fixed test subset of ``test_per_class``: ``per_class`` test samples of every class
     drawn with seed 0, so every seed and loss of a comparison is evaluated on the same images."""
-    counts = torch.bincount(labels, minlength=num_classes)
-    if per_class > int(counts.min()):
-        raise ValueError(
-            f"test_per_class={per_class} but a class has only {int(counts.min())} test samples; "
-            f"choose test_per_class <= {int(counts.min())} or leave it unset (whole test set)"
-        )
-    return torch.as_tensor(class_balanced_indices(labels, per_class, 0, num_classes))
+    idx = class_balanced_indices(
+        labels, per_class, 0, num_classes, option="test_per_class", split="test"
+    )
+    return torch.as_tensor(idx)
 
 
 def _evaluate(run: _Run, epoch: int) -> EvalResult:
