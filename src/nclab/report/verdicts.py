@@ -36,14 +36,20 @@ hold, **partly holds** when some δ holds and none does not hold, **inconclusive
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nclab.report.analysis import MILESTONES, covered_range, log_levels, matched_nc2
+from nclab.report.analysis import (
+    MILESTONES,
+    covered_range,
+    log_levels,
+    matched_nc2,
+    milestone_epoch,
+)
 from nclab.report.paired import (
     FAILS,
     HOLDS,
@@ -305,16 +311,24 @@ def _by_seed(runs: Sequence[RunData]) -> dict[int, RunData]:
     return out
 
 
-def _per_seed(runs: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
+RunValue = Callable[[RunData], float | None]
+PairValue = Callable[[RunData, RunData], float | None]
+
+
+def _per_seed(runs: Sequence[RunData], fn: RunValue) -> dict[int, float | None]:
     return {seed: fn(run) for seed, run in _by_seed(runs).items()}
 
 
-def _run_differences(ce: Sequence[RunData], ls: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
+def _run_differences(
+    ce: Sequence[RunData], ls: Sequence[RunData], fn: RunValue
+) -> dict[int, float | None]:
     """``fn(ls run) - fn(ce run)`` for every seed both settings have."""
     return differences(_per_seed(ce, fn), _per_seed(ls, fn))
 
 
-def _pair_values(ce: Sequence[RunData], ls: Sequence[RunData], fn) -> dict[int, float | None]:  # noqa: ANN001
+def _pair_values(
+    ce: Sequence[RunData], ls: Sequence[RunData], fn: PairValue
+) -> dict[int, float | None]:
     """``fn(ce_run, ls_run)`` for every seed both settings have."""
     a, b = _by_seed(ce), _by_seed(ls)
     return {s: fn(a[s], b[s]) for s in sorted(set(a) & set(b))}
@@ -344,13 +358,12 @@ def nc1_curve_gap(ce: RunData, ls: RunData) -> float | None:
     return float(np.mean(gaps)) if gaps else None
 
 
-def _milestone_difference(name: str):  # noqa: ANN202
+def _milestone_difference(name: str) -> PairValue:
     """Per pair, LS − CE epochs of milestone ``name``. A run that never gets there is censored
     at its last epoch + 1 (the true epoch is later still), which bounds the difference in the
     right direction only when the censored run lasted longer than the other run needed; a
     pair where it did not (e.g. an interrupted run), or where neither run gets there, is
     undefined."""
-    from nclab.report.analysis import milestone_epoch
 
     def diff(ce: RunData, ls: RunData) -> float | None:
         a, b = milestone_epoch(ce, name), milestone_epoch(ls, name)
@@ -389,7 +402,7 @@ FINAL_COLLAPSE = Measure(
 )
 
 
-def _log_ratio(key: str):  # noqa: ANN202
+def _log_ratio(key: str) -> PairValue:
     def fn(ce: RunData, ls: RunData) -> float | None:
         a, b = ce.final(key), ls.final(key)
         if not (math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0):
@@ -473,7 +486,7 @@ def claim_calibration(
     """Claim (d). ``ece[run.path] = (ECE of the whole test set before scaling, ECE of the
     evaluation half after scaling)``, as fractions; reported in points (×100)."""
 
-    def get(i: int):  # noqa: ANN202
+    def get(i: int) -> RunValue:
         def fn(run: RunData) -> float | None:
             v = ece.get(run.path, (None, None))[i]
             return None if v is None else 100.0 * v
