@@ -21,7 +21,7 @@ from nclab.report.analysis import (
     seed_stat,
 )
 from nclab.report.runs import GroupKey, RunData, group_runs
-from nclab.report.verdicts import ClaimVerdict, LSGroup, all_claims
+from nclab.report.verdicts import DENSE_LEVELS, ClaimVerdict, LSGroup, all_claims
 
 if TYPE_CHECKING:
     from nclab.report.theory import TheoryPanel
@@ -40,7 +40,6 @@ __all__ = [
 FINAL_KEYS = ("nc1", "nc2_wh", "nc3", "nc4", "test_acc", "ece")
 TEMPERATURE_SPLIT_SEED = 0  # every run uses the same fit/eval halves of the test set
 TEMPERATURE_FIT_FRACTION = 0.5
-DENSE_LEVELS = 60
 
 
 @dataclass(frozen=True)
@@ -173,8 +172,10 @@ def _seed_mean_matched(runs: Sequence[RunData], levels: np.ndarray) -> np.ndarra
 
 
 def compare_matched(label: str, ce: Sequence[RunData], ls: Sequence[RunData]) -> MatchedComparison:
-    """Matched-NC1 comparison of ``ls`` against ``ce`` (table on 1-2-5 levels, verdict on
-    :data:`DENSE_LEVELS` log-spaced levels of the shared range)."""
+    """Matched-NC1 comparison of the seed means of ``ls`` against ``ce``: the table on 1-2-5
+    levels, and the fraction of :data:`DENSE_LEVELS` log-spaced levels of the shared range where
+    LS is lower, with the mean difference there (reported; claim (c) pairs seeds instead,
+    :func:`nclab.report.verdicts.matched_gap`)."""
     span = covered_range([*ce, *ls])
     if span is None:
         empty = np.array([])
