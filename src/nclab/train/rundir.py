@@ -207,13 +207,18 @@ def _row_line(row: dict[str, Any]) -> str:
     return json.dumps(_jsonable(row), allow_nan=False) + "\n"
 
 
-def append_row(files: RunFiles, row: dict[str, Any]) -> None:
-    """Append one metrics row to ``metrics.jsonl`` (flushed and fsync'ed), then regenerate
-    ``metrics.csv``."""
-    with files.metrics.open("a", encoding="utf-8") as f:
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line, flushed and fsync'ed (a kill leaves at most a torn last line)."""
+    with path.open("a", encoding="utf-8") as f:
         f.write(_row_line(row))
         f.flush()
         os.fsync(f.fileno())
+
+
+def append_row(files: RunFiles, row: dict[str, Any]) -> None:
+    """Append one metrics row to ``metrics.jsonl`` (flushed and fsync'ed), then regenerate
+    ``metrics.csv``."""
+    _append_line(files.metrics, row)
     write_csv(files.metrics_csv, read_rows(files.metrics))
 
 
@@ -221,10 +226,7 @@ def append_per_class(files: RunFiles, epoch: int, values: dict[str, Any]) -> Non
     """Append one epoch's per-class statistics (``{"train": {...}, "test": {...}}`` of lists,
     length K) to ``per_class.jsonl``: kept apart from ``metrics.jsonl``, whose rows are scalars,
     because it grows with K. Read with :func:`read_metrics` (same policy)."""
-    with files.per_class.open("a", encoding="utf-8") as f:
-        f.write(_row_line({"epoch": epoch, **values}))
-        f.flush()
-        os.fsync(f.fileno())
+    _append_line(files.per_class, {"epoch": epoch, **values})
 
 
 class MetricsLogError(ValueError):
