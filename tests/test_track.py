@@ -38,7 +38,7 @@ from nclab.train import (
     read_rows,
     train,
 )
-from nclab.train.rundir import DirectoryLockedError
+from nclab.runs.files import DirectoryLockedError
 
 EPOCHS = 8
 

@@ -38,7 +38,7 @@ from nclab.train import (
 from nclab.train import loop as train_loop
 from nclab.train.distributed import DistContext
 from nclab.train.evaluate import Evaluator, NonFiniteFeaturesError
-from nclab.train.rundir import read_metrics, rewrite_rows
+from nclab.runs.files import read_metrics, rewrite_rows
 from nclab.ufm import closed_form
 
 REQUIRED_KEYS = (

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
 from nclab.train.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
@@ -36,7 +37,6 @@ from nclab.train.config import (
     TrainConfig,
     config_differences,
 )
-from nclab.train.rundir import RunFiles, atomic_write, lock_directory, read_json, read_rows
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult
@@ -290,23 +290,14 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     return runs
 
 
-def run_state(run: PlannedRun) -> tuple[str, list[str]]:
-    """``new``, ``done`` (same config, complete), ``resume`` (same config, incomplete or fewer
-    epochs) or ``mismatch`` (a different config), with the differing options."""
-    config_path = run.path / "config.json"
-    if not config_path.is_file():
-        present = RunFiles(run.path).present()
-        if present:
-            names = ", ".join(p.name for p in present)
-            return "mismatch", [f"run files ({names}) but no config.json"]
-        return "new", []
-    saved = read_json(config_path)
-    diffs = config_differences(saved, run.config)
-    if diffs:
-        return "mismatch", diffs
-    same_epochs = int(saved.get("epochs", -1)) == run.config.epochs
-    done = (run.path / "DONE").is_file()
-    return ("done" if done and same_epochs else "resume"), []
+def run_state(run: PlannedRun) -> tuple[RunState, list[str]]:
+    """:class:`~nclab.runs.RunState` of a planned run's folder (NEW, DONE: same config and
+    complete, RESUME: same config, incomplete or fewer epochs, MISMATCH: a different config),
+    with the differing options: :func:`nclab.runs.lifecycle.inspect`."""
+    state, diffs, _ = lifecycle.inspect(
+        RunFiles(run.path), lambda saved: config_differences(saved, run.config), run.config.epochs
+    )
+    return state, diffs
 
 
 def _train_worker(config: dict[str, Any], out_dir: str, overwrite: bool, quiet: bool) -> dict:
@@ -358,9 +349,9 @@ def _worker_init(threads: int) -> None:
 
 
 def _outcome_from_dir(run: PlannedRun, status: str, seconds: float) -> RunOutcome:
-    rows = read_rows(run.path / "metrics.jsonl")
+    rows = read_rows(RunFiles(run.path).metrics)
     final = rows[-1].get("train_acc") if rows else None
-    perfect = next((int(r["epoch"]) for r in rows if r.get("train_acc") == 1.0), None)
+    perfect = lifecycle.first_perfect_epoch(rows)
     return RunOutcome(run.name, run.path, status, seconds, final, perfect)
 
 
@@ -463,7 +454,7 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
     preset, smoothings, seeds, jobs, threads = _resolve(cfg)
     out = Path(cfg.out)
     states = {run.name: run_state(run) for run in runs}
-    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s == "mismatch"]
+    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s is RunState.MISMATCH]
     if mismatched and not cfg.overwrite:
         raise ValueError(
             f"{out} already holds runs with a different config: {', '.join(mismatched)}; pass "
@@ -472,12 +463,12 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
     outcomes: dict[str, RunOutcome] = {}
     todo: list[tuple[PlannedRun, str]] = []
     for run in runs:
-        state = "new" if cfg.overwrite else states[run.name][0]
-        if state == "done":
+        state = RunState.NEW if cfg.overwrite else states[run.name][0]
+        if state is RunState.DONE:
             outcomes[run.name] = _outcome_from_dir(run, "reused", 0.0)
             _log(cfg, f"  {_describe(outcomes[run.name])}")
         else:
-            todo.append((run, "resumed" if state == "resume" else "trained"))
+            todo.append((run, "resumed" if state is RunState.RESUME else "trained"))
     _log(
         cfg,
         f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"

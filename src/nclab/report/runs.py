@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from nclab.data import read_npz
-from nclab.train.rundir import lock_holder, read_json, read_metrics
+from nclab.runs.files import lock_holder, read_json, read_metrics
 
 __all__ = [
     "GroupKey",
