@@ -336,16 +336,37 @@ def _name_failure(err: BaseException, run: PlannedRun) -> BaseException:
 
 
 def _worker_init(threads: int) -> None:
-    """Spawned worker: ignore Ctrl-C (the parent stops the workers and reports it once), fix
-    the thread count before torch starts its pools."""
+    """Spawned worker: ignore Ctrl-C, SIGTERM and SIGHUP (the parent stops the workers with
+    SIGKILL and reports it once; they are SIGKILL-safe), die with the parent (Linux), fix the
+    thread count before torch starts its pools."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this process SIGKILL when its parent dies (even by SIGKILL), so
+    no worker trains on after ``nclab compare`` is gone."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _outcome_from_dir(run: PlannedRun, status: str, seconds: float) -> RunOutcome:
@@ -432,7 +453,7 @@ def _train_all(
         # paper preset); they are SIGKILL-safe and resume from their last checkpoint next time.
         # ProcessPoolExecutor has no public way to end running workers before Python 3.14.
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
+            proc.kill()  # workers ignore SIGTERM (a whole-job SIGTERM reaches the parent)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
