@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import platform
 import socket
@@ -203,7 +204,10 @@ class NCTracker:
             )
         if not any(m is layer for m in model.modules()):
             raise ValueError("layer is not a module of model; pass e.g. layer=model.fc")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+            raise TypeError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        num_classes = int(num_classes)  # numpy integers too
+        if num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if layer.out_features != num_classes:
             raise ValueError(
@@ -211,6 +215,8 @@ class NCTracker:
             )
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other; pick one")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
         self.loss_fn = get_loss(loss, num_classes, smoothing)  # raises on a bad loss or δ
         if tensorboard:
             from nclab.train.tensorboard import require_tensorboard
@@ -388,8 +394,9 @@ class NCTracker:
         ``train_loss``: ``nclab train`` logs the eval-mode loss over the training set) keeps the
         evaluated value, and yours is logged as ``user_<key>``. Returns the row (on every rank).
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 1:
             raise ValueError(f"epoch must be an integer >= 1, got {epoch!r}")
+        epoch = int(epoch)  # numpy integers too
         if self.rows and epoch <= int(self.rows[-1]["epoch"]):
             raise ValueError(
                 f"epoch {epoch} was already logged (last: {self.rows[-1]['epoch']}); "
