@@ -466,6 +466,7 @@ def compare(cfg: CompareConfig) -> CompareResult:
     ``overwrite=True`` or another ``out``)."""
     t0 = time.perf_counter()
     runs = plan_runs(cfg)  # every option is checked before anything is created
+    lifecycle.refuse_system_folder(Path(cfg.out))
     with lock_directory(Path(cfg.out)):  # one comparison per --out at a time
         return _compare(cfg, runs, t0)
 

@@ -246,6 +246,7 @@ class NCTracker:
             **extra,
         }
         self.files = RunFiles(Path(run_dir))
+        lifecycle.refuse_system_folder(self.files.root, "run_dir")
         self._check_run_dir(overwrite, resume)
         self.overwrite, self.resume = overwrite, resume
         self.tensorboard = tensorboard

@@ -515,6 +515,7 @@ def train(
 
         require_tensorboard()  # before any file changes
     files = RunFiles(Path(out_dir))
+    lifecycle.refuse_system_folder(files.root)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _resolve_device(config.device, local_rank)
     if config.bf16 and device.type != "cuda":
