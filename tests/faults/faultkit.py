@@ -132,3 +132,45 @@ def expect_library_error(call, kinds: tuple[type[BaseException], ...], *names: s
 
 def train_argv(out: Path, *extra: str, epochs: int = 2) -> list[str]:
     return ["train", *TINY, "--epochs", str(epochs), "--out", str(out), *extra]
+
+
+def idx_bytes(arr, code: int = 0x08) -> bytes:  # noqa: ANN001
+    """An IDX file's bytes (uint8 data)."""
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    return header + arr.astype(">u1").tobytes()
+
+
+def write_idx_set(folder: Path, **override: bytes) -> Path:
+    """Four small Fashion-MNIST-format files (gzipped) in ``folder``; ``override`` replaces one
+    file's (compressed) bytes."""
+    import gzip
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte": idx_bytes(rng.integers(0, 255, (20, 28, 28), dtype=np.uint8)),
+        "train-labels-idx1-ubyte": idx_bytes(np.arange(20, dtype=np.uint8) % 10),
+        "t10k-images-idx3-ubyte": idx_bytes(rng.integers(0, 255, (10, 28, 28), dtype=np.uint8)),
+        "t10k-labels-idx1-ubyte": idx_bytes(np.arange(10, dtype=np.uint8)),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / f"{name}.gz").write_bytes(override.get(name, gzip.compress(data)))
+    return folder
+
+
+def write_npz(path: Path, *, shift: float = 0.0) -> Path:
+    """A small npz dataset (3 classes, 6 features); ``shift`` changes its values."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    np.savez(
+        path,
+        x_train=(rng.standard_normal((30, 6)) + shift).astype(np.float32),
+        y_train=y,
+        x_test=rng.standard_normal((9, 6)).astype(np.float32),
+        y_test=np.repeat(np.arange(3), 3),
+    )
+    return path
