@@ -37,16 +37,16 @@ import torch
 
 from nclab import cli
 from nclab.compare import WorkerDiedError
-from nclab.train import TrainingDivergedError, load_model, read_rows
-from nclab.train import loop as train_loop
 from nclab.runs.files import (
-    MANIFEST_NAME,
     LOCK_NAME,
+    MANIFEST_NAME,
     DirectoryLockedError,
     MetricsLogError,
     lock_directory,
     read_metrics,
 )
+from nclab.train import TrainingDivergedError, load_model, read_rows
+from nclab.train import loop as train_loop
 
 # ---------------------------------------------------------------------------- helpers
 
