@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
 from nclab.train.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
@@ -36,7 +37,6 @@ from nclab.train.config import (
     TrainConfig,
     config_differences,
 )
-from nclab.train.rundir import RunFiles, atomic_write, lock_directory, read_json, read_rows
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult
@@ -290,23 +290,14 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     return runs
 
 
-def run_state(run: PlannedRun) -> tuple[str, list[str]]:
-    """``new``, ``done`` (same config, complete), ``resume`` (same config, incomplete or fewer
-    epochs) or ``mismatch`` (a different config), with the differing options."""
-    config_path = run.path / "config.json"
-    if not config_path.is_file():
-        present = RunFiles(run.path).present()
-        if present:
-            names = ", ".join(p.name for p in present)
-            return "mismatch", [f"run files ({names}) but no config.json"]
-        return "new", []
-    saved = read_json(config_path)
-    diffs = config_differences(saved, run.config)
-    if diffs:
-        return "mismatch", diffs
-    same_epochs = int(saved.get("epochs", -1)) == run.config.epochs
-    done = (run.path / "DONE").is_file()
-    return ("done" if done and same_epochs else "resume"), []
+def run_state(run: PlannedRun) -> tuple[RunState, list[str]]:
+    """:class:`~nclab.runs.RunState` of a planned run's folder (NEW, DONE: same config and
+    complete, RESUME: same config, incomplete or fewer epochs, MISMATCH: a different config),
+    with the differing options: :func:`nclab.runs.lifecycle.inspect`."""
+    state, diffs, _ = lifecycle.inspect(
+        RunFiles(run.path), lambda saved: config_differences(saved, run.config), run.config.epochs
+    )
+    return state, diffs
 
 
 def _train_worker(config: dict[str, Any], out_dir: str, overwrite: bool, quiet: bool) -> dict:
@@ -345,11 +336,14 @@ def _name_failure(err: BaseException, run: PlannedRun) -> BaseException:
 
 
 def _worker_init(threads: int) -> None:
-    """Spawned worker: ignore Ctrl-C (the parent stops the workers and reports it once), fix
-    the thread count before torch starts its pools."""
+    """Spawned worker: ignore Ctrl-C, SIGTERM and SIGHUP (the parent stops the workers with
+    SIGKILL and reports it once; they are SIGKILL-safe), die with the parent (Linux), fix the
+    thread count before torch starts its pools."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
     import torch
@@ -357,10 +351,28 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this process SIGKILL when its parent dies (even by SIGKILL), so
+    no worker trains on after ``nclab compare`` is gone."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _outcome_from_dir(run: PlannedRun, status: str, seconds: float) -> RunOutcome:
-    rows = read_rows(run.path / "metrics.jsonl")
+    rows = read_rows(RunFiles(run.path).metrics)
     final = rows[-1].get("train_acc") if rows else None
-    perfect = next((int(r["epoch"]) for r in rows if r.get("train_acc") == 1.0), None)
+    perfect = lifecycle.first_perfect_epoch(rows)
     return RunOutcome(run.name, run.path, status, seconds, final, perfect)
 
 
@@ -441,7 +453,7 @@ def _train_all(
         # paper preset); they are SIGKILL-safe and resume from their last checkpoint next time.
         # ProcessPoolExecutor has no public way to end running workers before Python 3.14.
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
+            proc.kill()  # workers ignore SIGTERM (a whole-job SIGTERM reaches the parent)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -454,6 +466,7 @@ def compare(cfg: CompareConfig) -> CompareResult:
     ``overwrite=True`` or another ``out``)."""
     t0 = time.perf_counter()
     runs = plan_runs(cfg)  # every option is checked before anything is created
+    lifecycle.refuse_system_folder(Path(cfg.out))
     with lock_directory(Path(cfg.out)):  # one comparison per --out at a time
         return _compare(cfg, runs, t0)
 
@@ -463,7 +476,7 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
     preset, smoothings, seeds, jobs, threads = _resolve(cfg)
     out = Path(cfg.out)
     states = {run.name: run_state(run) for run in runs}
-    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s == "mismatch"]
+    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s is RunState.MISMATCH]
     if mismatched and not cfg.overwrite:
         raise ValueError(
             f"{out} already holds runs with a different config: {', '.join(mismatched)}; pass "
@@ -472,12 +485,12 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
     outcomes: dict[str, RunOutcome] = {}
     todo: list[tuple[PlannedRun, str]] = []
     for run in runs:
-        state = "new" if cfg.overwrite else states[run.name][0]
-        if state == "done":
+        state = RunState.NEW if cfg.overwrite else states[run.name][0]
+        if state is RunState.DONE:
             outcomes[run.name] = _outcome_from_dir(run, "reused", 0.0)
             _log(cfg, f"  {_describe(outcomes[run.name])}")
         else:
-            todo.append((run, "resumed" if state == "resume" else "trained"))
+            todo.append((run, "resumed" if state is RunState.RESUME else "trained"))
     _log(
         cfg,
         f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"

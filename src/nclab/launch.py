@@ -116,10 +116,11 @@ def comparison_commands(cfg: CompareConfig, program: str = "nclab") -> tuple[lis
     with ``cfg.overwrite``). Paths (``--out``, ``--data-dir``) are absolute; threads:
     ``cfg.threads`` (unset: torch's default where the command runs)."""
     from nclab.compare import plan_runs, run_state
+    from nclab.runs import RunState
 
     commands, reused = [], []
     for run in plan_runs(cfg):
-        if not cfg.overwrite and run_state(run)[0] == "done":
+        if not cfg.overwrite and run_state(run)[0] is RunState.DONE:
             reused.append(run.name)
             continue
         # absolute paths: a scheduler may start the command in another directory

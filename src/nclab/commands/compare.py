@@ -171,13 +171,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         result = compare(cfg)
-    except KeyboardInterrupt:
-        print(
-            "nclab compare: interrupted; every run keeps its last checkpoint: rerun the same "
-            "command to resume",
-            file=sys.stderr,
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
+        err.nclab_kept = (  # type: ignore[attr-defined]
+            "every run keeps its last checkpoint: rerun the same command to resume"
         )
-        return 130
+        raise
     if not args.quiet:
         print(f"done in {result.seconds:.1f} s")
         if result.report is not None:
