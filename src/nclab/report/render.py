@@ -251,11 +251,19 @@ _STATUS_CLASS = {
 }
 
 
+def _css(status: str, indicative: bool) -> str:
+    """The colour class of a verdict; an indicative one (fewer than 3 seeds: its interval says
+    almost nothing) is never drawn as established."""
+    if indicative and status in (HOLDS, FAILS, PARTLY, MIXED):
+        return "indicative"
+    return _STATUS_CLASS.get(status, "")
+
+
 def _verdict_html(v: ClaimVerdict) -> str:
     """One claim as HTML: statement, coloured verdict, per-δ evidence."""
-    status = f"<strong class='{_STATUS_CLASS.get(v.status, '')}'>{html.escape(v.verdict)}</strong>"
+    status = f"<strong class='{_css(v.status, v.indicative)}'>{html.escape(v.verdict)}</strong>"
     items = "".join(
-        f"<li>{html.escape(d.label)}: <span class='{_STATUS_CLASS.get(d.status, '')}'>"
+        f"<li>{html.escape(d.label)}: <span class='{_css(d.status, d.indicative)}'>"
         f"{html.escape(d.verdict)}</span> — {html.escape(d.text)}</li>"
         for d in v.per_delta
     )
@@ -320,6 +328,7 @@ figcaption { font-size: 0.9em; color: #444; } pre { font-size: 0.8em; background
 padding: 0.5em; overflow-x: auto; }
 .holds { color: #06640a; } .partly { color: #a65f00; } .fails { color: #a00; }
 .inconclusive { color: #555; } .undetermined { color: #888; }
+.indicative { color: #555; font-style: italic; }
 """
 
 
