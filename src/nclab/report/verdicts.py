@@ -7,11 +7,15 @@ with a 95% Student-t interval, holds / does not hold / inconclusive / undetermin
 with fewer than 3 seeds). Each claim has one or more *deciding* measures (all must hold) and
 may report further measures as observations. Differences are always LS − CE.
 
-(a) *LS converges faster.* Decides: the curve-level measure ``mean over the epochs both runs
-    logged of log10(nc1_LS / nc1_CE)`` (negative: LS ahead), which a single noisy threshold
-    crossing cannot flip. Reported: the epochs of first zero training error, of zero training
-    error until the end, of nc1 < 0.1 and of nc1 < 0.01 (a run that never gets there counts as
-    its last epoch + 1, a censored value: the true difference is at least that large).
+(a) *LS converges faster.* Speed, not level: decides on how fast each run approaches *its own*
+    limit, so a run that only ends lower (the same curve shifted down) cannot win. Per run, the
+    first epoch at which ``log nc1`` has covered :data:`SPEED_FRACTION` (90%) of its way from
+    the first evaluated epoch to its final value, and the same for the paper's loss-convergence
+    curve ``log(train loss − min + ε)`` to its minimum (:func:`loss_convergence`); paired LS −
+    CE in epochs, both deciding. Reported: the epochs of first zero training error, of zero
+    training error until the end, of nc1 < 0.1 and of nc1 < 0.01 (a run that never gets there
+    counts as its last epoch + 1, a censored value), and the level measure ``mean over epochs
+    of log10(nc1_LS / nc1_CE)`` (an observation: level is (b)'s business).
 (b) *LS ends with stronger collapse.* Decides: ``max(log10 nc1 ratio, log10 nc2_wh ratio)`` of
     the final epoch, negative exactly when LS has both lower final NC1 and lower final NC2.
     Reported: each of the two ratios; final nc3 and nc4 differences (observations).
@@ -23,9 +27,19 @@ may report further measures as observations. Differences are always LS − CE.
     after temperature scaling (T fitted on one half of the test set, ECE on the other).
 (e) *LS generalizes at least as well.* Decides: final test accuracy in percentage points,
     holding when LS − CE > −:data:`ACCURACY_MARGIN` (non-inferiority).
-(f) *UFM theory (for the runs' K and n).* Decides, computed exactly by :mod:`nclab.ufm` (no
-    seeds): ``log10(κ_logit LS / κ_logit CE)`` at the closed-form minimizer, and the difference
-    in gradient-descent iterations to the objective tolerance at a shared step size.
+(f) *UFM theory (for the runs' K and n).* Computed exactly by :mod:`nclab.ufm` (no seeds),
+    from definitions that can come out against LS: the condition number of the full Hessian of
+    the regularised UFM objective at the closed-form minimizer with the rotation-symmetry and
+    bias-shift directions excluded, those of its W and H blocks
+    (:func:`nclab.report.theory.hessian_rows`), and GD iterations to the objective tolerance at
+    a shared step and at each loss's own best step. **holds** when all agree for LS, **does
+    not hold** when all agree for CE, **mixed** when some favour each (the sentence names
+    which). Reported, never deciding: ``κ_logit = K·p*``, lower under LS for every δ > 0 by
+    construction.
+
+A verdict on (a)-(c) needs the terminal phase: 100% training accuracy over at least the last
+10% of the epochs in every paired run (:func:`terminal_phase`); otherwise the δ is
+**undetermined (no terminal phase)** and the note says which run falls short.
 
 Per-δ verdicts combine over δ (:func:`combine`): **holds** when every δ holds, **does not
 hold** when every decided δ does not hold, **mixed** when some δ holds and another does not
@@ -105,15 +119,15 @@ ACCURACY_MARGIN = 0.5
 DENSE_LEVELS = 60  # NC1 levels per seed pair for claim (c)
 
 CLAIMS = {
-    "a": "LS converges faster than CE (decided by NC1 along training; the epochs of zero "
-    "training error and of NC1 thresholds are reported alongside)",
+    "a": "LS converges faster than CE (decided by the epochs each run needs to cover 90% of its "
+    "own way to its final NC1 and to its minimum training loss; speed, not level)",
     "b": "LS ends with stronger collapse than CE (lower final NC1 and NC2)",
     "c": "LS has lower NC2 than CE at matched NC1",
     "d": "LS is better calibrated than CE (lower ECE before temperature scaling)",
     "e": f"LS generalizes at least as well as CE (test accuracy not lower by more than "
     f"{ACCURACY_MARGIN:g} points)",
-    "f": "UFM theory for the runs' K: LS has a better-conditioned minimizer (lower κ_logit) and "
-    "gradient descent reaches it in fewer iterations",
+    "f": "UFM theory for the runs' K: LS has a better-conditioned minimizer (full Hessian, W and "
+    "H blocks) and gradient descent reaches it in fewer iterations",
 }
 
 
