@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ufm": ("ufm", "Unconstrained feature model: closed form, solver, conditioning, convergence."),
     "report": ("report", "Rebuild the HTML/Markdown report from existing run directories."),
     "metrics": ("metrics", "Neural-collapse metrics of features stored in an .npz file."),
+    "export": ("export", "Write the per-epoch metrics of run directories as a CSV/Parquet table."),
 }
 
 #: Exceptions that describe a problem with what the user gave (exit code 2).
