@@ -11,8 +11,9 @@ earlier line of the same file made):
   preset on it, one seed, 3 epochs, no report, `nclab report` without the UFM panel, `nclab
   ufm solve/convergence` for 100 iterations, `nclab ufm condition` with n=20. `nclab
   metrics` gets small `features.npz`/`ood.npz` files, `--config` a small YAML file;
-  `VAR=value` prefixes are set by the test (W&B always offline). Other commands (`bash scripts/setup.sh`, `pytest`, `torchrun`, `python benchmarks/...`) are
-  not run here (CI runs the setup and the tests themselves).
+  `VAR=value` prefixes are set by the test (W&B always offline). Other commands (`bash
+  scripts/setup.sh`, `pytest`, `torchrun`, `python benchmarks/...`) are not run here (CI runs
+  the setup and the tests themselves).
 - Python blocks run in one namespace per file that defines the names the examples take as
   the reader's own: `model` (a small MLP with `.classifier` and `.fc`), `train_loader`,
   `train_eval_loader`, `test_loader`, `epochs`, `lr`, `avg_loss`.
