@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ def _records(path: Path) -> list[pb.Record]:
         if kind == 0 and length == 0:  # zero padding
             pos += left
             continue
+        if pos + 7 + length > len(data):  # still being written
+            break
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 2):
@@ -72,8 +75,16 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
     """The one offline W&B run under ``run_dir/wandb``: its name, group, job type, config and
     history (step -> {key: value}) and artifact files."""
     (path,) = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    # W&B's service process writes the file; run.finish() may return before it is flushed:
+    # wait (a minute at most) for the closing `exit` record
+    deadline = time.monotonic() + 60
+    records = _records(path)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records):
+        assert time.monotonic() < deadline, f"{path} has no exit record"
+        time.sleep(0.2)
+        records = _records(path)
     run: dict[str, Any] = {"history": {}, "config": {}, "artifacts": []}
-    for record in _records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.update(
