@@ -37,8 +37,10 @@ def test_every_field_declares_its_option():
 def test_resume_ignores_exactly_the_non_identity_options():
     base = TrainConfig(dataset="synthetic")
     saved = base.to_dict()
-    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir", "tensorboard"}
-    changed = dict(epochs=7, threads=3, data_dir="/elsewhere", tensorboard=True)
+    loggers = {"tensorboard", "wandb", "wandb_project", "wandb_group", "wandb_name"}
+    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir", *loggers}
+    changed = dict(epochs=7, threads=3, data_dir="/elsewhere", tensorboard=True, wandb=True)
+    changed.update(wandb_project="p", wandb_group="g", wandb_name="n")
     assert config_differences(saved, dataclasses.replace(base, **changed)) == []
     for name, value in dict(lr=0.5, device="cpu", checkpoint_every=2, seed=4).items():
         diffs = config_differences(saved, dataclasses.replace(base, **{name: value}))
@@ -55,7 +57,7 @@ def test_an_option_added_later_counts_as_its_default_in_old_runs():
 
 
 def test_compare_sets_the_per_run_options_and_refuses_them(tmp_path):
-    assert PER_RUN_FIELDS == {"loss", "smoothing", "seed", "threads"}
+    assert PER_RUN_FIELDS == {"loss", "smoothing", "seed", "threads", "wandb_name"}
     runs = plan_runs(CompareConfig(preset="smoke", out=tmp_path, threads=1))
     assert {(r.config.loss, r.config.smoothing) for r in runs} == {("ce", 0.0), ("ls", 0.1)}
     for name in PER_RUN_FIELDS:

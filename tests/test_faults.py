@@ -1044,13 +1044,14 @@ def test_report_refuses_mixed_datasets_naming_the_runs(finished, tmp_path, capsy
     [
         (["nonexistent"], "does not exist"),
         (["empty"], "no run directories"),
-        (["empty", "empty2"], "--out"),
+        (["empty", "empty2"], "no run directories"),  # several DIRs: a default --out, no error
     ],
 )
 def test_report_bad_directories(dirs, says, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty2").mkdir()
     expect_clear_error(_report_argv(*(tmp_path / d for d in dirs)), capsys, says=says)
+    assert not list(tmp_path.glob("report-*"))  # a failed report leaves no folder behind
 
 
 def test_report_out_inside_a_regular_file(finished, tmp_path, capsys):

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from nclab import __version__, signals
+from nclab import DOCS_URL, __version__, signals
 from nclab.commands import HelpFormatter
 from nclab.signals import termination_as_interrupt
 
@@ -32,7 +32,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ufm": ("ufm", "Unconstrained feature model: closed form, solver, conditioning, convergence."),
     "report": ("report", "Rebuild the HTML/Markdown report from existing run directories."),
     "metrics": ("metrics", "Neural-collapse metrics of features stored in an .npz file."),
+    "export": ("export", "Write the per-epoch metrics of run directories as a CSV/Parquet table."),
 }
+
+#: Closing line of every --help: where the docs/*.md files that help texts name can be read
+#: (a wheel does not ship them).
+EPILOG = f"Documentation (the docs/*.md named here): {DOCS_URL}"
 
 #: Exceptions that describe a problem with what the user gave (exit code 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError)
@@ -64,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="nclab: neural collapse under cross-entropy and label smoothing, after Guo, "
         "Andriopoulos, Zhao, Dong, Ling, Ross (2024), 'Cross Entropy versus Label Smoothing: A "
         "Neural Collapse Perspective', arXiv 2402.03979.",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"nclab {__version__}")
     parser.add_argument(
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_line,
             description=getattr(module, "DESCRIPTION", help_line),
+            epilog=EPILOG,
             formatter_class=HelpFormatter,
         )
         module.add_arguments(p)

@@ -145,6 +145,32 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _wandb_options(wandb: Any) -> Any:
+    """NCTracker's ``wandb`` argument as :class:`nclab.train.loggers.WandbOptions` (or None)."""
+    if wandb is False or wandb is None:
+        return None
+    from nclab.train.loggers import WandbOptions, require_wandb
+
+    if wandb is True:
+        options = WandbOptions()
+    elif isinstance(wandb, Mapping):
+        unknown = set(wandb) - {"project", "group", "name"}
+        if unknown:
+            raise ValueError(
+                f"wandb= accepts the keys project, group, name; got {', '.join(sorted(unknown))}"
+            )
+        bad = [k for k, v in wandb.items() if v is not None and not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"wandb[{bad[0]!r}] must be a string, got {wandb[bad[0]]!r}")
+        options = WandbOptions(**wandb)
+    else:
+        raise ValueError(
+            f"wandb must be True, False or a dict of project/group/name, got {wandb!r}"
+        )
+    require_wandb()
+    return options
+
+
 class NCTracker:
     """Evaluate a model after each epoch of any training loop and write an ``nclab`` run
     directory (``config.json``, ``metrics.jsonl``/``.csv``, ``predictions.npz``, ``DONE``).
@@ -171,6 +197,11 @@ class NCTracker:
     tensorboard:
         Also write every logged scalar as TensorBoard events in ``run_dir``
         (needs ``pip install nclab[tensorboard]``).
+    wandb:
+        Also log every row and the config to Weights & Biases (files in ``run_dir/wandb``;
+        needs ``pip install nclab[wandb]``): ``True``, or a mapping with any of ``project``,
+        ``group``, ``name`` (default: project ``nclab``, the run directory's name). Tags as
+        TensorBoard's: ``train/…``, ``test/…`` (:mod:`nclab.train.loggers`).
 
     Under ``torch.distributed`` every rank must call :meth:`log_epoch` and :meth:`finish`;
     statistics are reduced over the ranks and rank 0 writes the files.
@@ -190,6 +221,7 @@ class NCTracker:
         seed: int = 0,
         config: Mapping[str, Any] | None = None,
         tensorboard: bool = False,
+        wandb: bool | Mapping[str, str] = False,
         overwrite: bool = False,
         resume: bool = False,
     ) -> None:
@@ -222,6 +254,7 @@ class NCTracker:
             from nclab.train.tensorboard import require_tensorboard
 
             require_tensorboard()
+        self._wandb = _wandb_options(wandb)
         extra = dict(config or {})
         clash = [k for k in _TRACKER_KEYS if k in extra]
         if clash:
@@ -327,10 +360,16 @@ class NCTracker:
             except BaseException:
                 self._lock.close()
                 raise
-            if self.tensorboard:
-                from nclab.train.tensorboard import ScalarWriter
+            if self.tensorboard or self._wandb is not None:
+                from nclab.train.loggers import open_loggers
 
-                self._writer = ScalarWriter(self.files.root, fresh=not self.rows)
+                self._writer = open_loggers(
+                    self.files.root,
+                    tensorboard=self.tensorboard,
+                    wandb=self._wandb,
+                    config=read_json(self.files.config),
+                    fresh=not self.rows,
+                )
         self._ctx.barrier()
         self._started = True
 
@@ -356,6 +395,7 @@ class NCTracker:
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_class": type(self.model).__name__,
             "tensorboard": bool(self.tensorboard),
+            "wandb": self._wandb is not None,
             "resolved": {"device": str(device), "world_size": self._ctx.world_size},
             "versions": {
                 "python": platform.python_version(),
@@ -448,7 +488,7 @@ class NCTracker:
         self._ctx.barrier()
 
     def close(self) -> None:
-        """Close the TensorBoard file and release the run directory's lock (done by
+        """Close the TensorBoard file and the W&B run, and release the run directory's lock (done by
         :meth:`finish`; call it to stop tracking without marking the run complete)."""
         if self._writer is not None:
             self._writer.close()

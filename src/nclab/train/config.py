@@ -255,6 +255,33 @@ class TrainConfig:
         identity=False,
         knob=True,
     )
+    wandb: bool = option(
+        False,
+        "also log every row and the config to Weights & Biases, files in RUN_DIR/wandb "
+        "(WANDB_MODE=offline works with no network; needs pip install 'nclab[wandb]')",
+        identity=False,
+        knob=True,
+    )
+    wandb_project: str | None = option(
+        None, "W&B project of --wandb", metavar="NAME", unset="nclab", identity=False, knob=True
+    )
+    wandb_group: str | None = option(
+        None,
+        "W&B group of --wandb (runs of one comparison share one)",
+        metavar="NAME",
+        unset="none; compare: its --out folder",
+        identity=False,
+        knob=True,
+    )
+    wandb_name: str | None = option(
+        None,
+        "W&B run name of --wandb",
+        metavar="NAME",
+        unset="the run directory's name",
+        identity=False,
+        knob=True,
+        per_run=True,
+    )
     # deprecated aliases of the synthetic dataset spec (not stored)
     synthetic_classes: InitVar[int | None] = None
     synthetic_dim: InitVar[int | None] = None

@@ -477,7 +477,7 @@ class _Run:
     y_train: Tensor
     ufm: dict[str, Any] | None
     progress: Progress = field(init=False)
-    scalars: Any = None  # nclab.train.tensorboard.ScalarWriter with --tensorboard (rank 0)
+    scalars: Any = None  # nclab.train.loggers.Loggers with --tensorboard/--wandb (rank 0)
     last_eval: EvalResult | None = None
     checkpoint_epoch: int = 0  # epoch of the last good checkpoint written or resumed from
     fingerprint: dict[str, Any] = field(default_factory=dict)  # the data's identity
@@ -514,6 +514,10 @@ def train(
         from nclab.train.tensorboard import require_tensorboard
 
         require_tensorboard()  # before any file changes
+    if config.wandb:
+        from nclab.train.loggers import require_wandb
+
+        require_wandb()
     files = RunFiles(Path(out_dir))
     lifecycle.refuse_system_folder(files.root)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -554,10 +558,16 @@ def _train(
     if ctx.is_main:
         _write_config(run, plan, start)
     run.progress = Progress(config.epochs, start, quiet=quiet or not ctx.is_main)
-    if config.tensorboard and ctx.is_main:
-        from nclab.train.tensorboard import ScalarWriter
+    if (config.tensorboard or config.wandb) and ctx.is_main:
+        from nclab.train.loggers import WandbOptions, open_loggers
 
-        run.scalars = ScalarWriter(files.root, fresh=plan.action is RunState.NEW)
+        run.scalars = open_loggers(
+            files.root,
+            tensorboard=config.tensorboard,
+            wandb=WandbOptions.from_config(config),
+            config=read_json(files.config),
+            fresh=plan.action is RunState.NEW,
+        )
     try:
         if start:
             run.progress.message(f"resuming {files.root} after epoch {start}")
