@@ -611,7 +611,7 @@ def test_conv_models_train_on_images_with_augmentation_and_resume(
     tmp_path: Path, model: str, width: int, channels_last: bool | None
 ) -> None:
     """Conv nets on a small image dataset (npz, 3x12x12) with augmentation: every metric key is
-    logged and finite, channels-last (the CPU default for conv nets) or not, and a resumed run
+    logged and finite, in the default memory format (contiguous on CPU) or explicitly not channels-last, and a resumed run
     reproduces the uninterrupted one (augmentation is seeded per epoch)."""
     gen = np.random.default_rng(0)
     k, per_class = 4, 12

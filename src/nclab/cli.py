@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from nclab import __version__
 from nclab.commands import HelpFormatter
+from nclab.threads import limit_threads
 
 # command name -> (module under nclab.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -114,6 +115,7 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_threads()  # before any command imports numpy or torch
     debug = debug_enabled(argv)
     prog = "nclab"
     try:

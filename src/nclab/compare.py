@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nclab.threads import training_threads
 from nclab.train.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
@@ -258,7 +259,7 @@ def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], int, i
         isinstance(cfg.threads, bool) or int(cfg.threads) != cfg.threads or cfg.threads < 1
     ):
         raise ValueError(f"--threads must be a positive integer, got {cfg.threads!r}")
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(jobs))
+    threads = training_threads(cfg.threads, int(jobs))
     return preset, smoothings, seeds, int(jobs), int(threads)
 
 

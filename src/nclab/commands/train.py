@@ -194,6 +194,12 @@ def run(args: argparse.Namespace) -> int:
     from nclab.train import TrainingDivergedError, train
 
     config = config_from_args(args)
+    if config.threads is None:  # a share of the cores, not torch's default on a busy machine
+        import torch
+
+        from nclab.threads import training_threads
+
+        torch.set_num_threads(training_threads(None))
     out = args.out or default_out_dir(config)
     try:
         result = train(config, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)

@@ -219,12 +219,12 @@ class TrainConfig:
     )
     bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
     channels_last: bool | None = option(
-        None, "channels-last memory format", unset="on for conv nets on CPU", knob=True
+        None, "channels-last memory format", unset="on for conv nets on CUDA", knob=True
     )
     threads: int | None = option(
         None,
         "torch intra-op threads",
-        unset="torch's default",
+        unset="the cores this process may use (OMP_NUM_THREADS if exported)",
         identity=False,
         knob=True,
         per_run=True,
