@@ -846,7 +846,7 @@ def test_update_never_reads_the_device_back() -> None:
         bool(acc.counts.any())
 
 
-@pytest.mark.parametrize("k", [5, 40])  # fused float64 scores / many-class scores
+@pytest.mark.parametrize("k", [5, 40])
 def test_second_pass_batches_never_read_the_device_back(k: int) -> None:
     """After the first update_ncc call (which fixes the means: one read), further second-pass
     batches make no read-back: the state is moved to the meta device, where any read raises."""
@@ -950,11 +950,10 @@ def test_cli_json_is_strict_and_non_finite_input_is_one_line(tmp_path, capsys) -
 
 
 @pytest.mark.parametrize("k", [40, 120])
-def test_many_class_scores_in_float32_are_certified(k: int) -> None:
-    """Above 32 classes the classifier and NCC scores of the second pass are float32 products
-    with an error certificate; rows within the bound are redone in float64. The tallies must
-    equal float64 argmax/argmin exactly, including planted near-ties (two classifier rows that
-    differ by 1e-9 relative, so every sample whose best class is 0 or 1 needs the float64 redo)."""
+def test_many_class_tallies_equal_float64_argmax_and_argmin_with_near_ties(k: int) -> None:
+    """With many classes, on float32 input, the tallies equal the float64 argmax/argmin
+    exactly, including planted near-ties (two classifier rows that differ by 1e-9 relative, far
+    below float32 resolution, so every sample whose best class is 0 or 1 is a near tie)."""
     rng = np.random.default_rng(k)
     d, n = 48, 40 * k
     y = np.arange(n) % k
@@ -974,7 +973,7 @@ def test_many_class_scores_in_float32_are_certified(k: int) -> None:
         t = acc.update_ncc(h, y, means=means_arg, weight=w, bias=b).tallies
         assert t["ncc_correct"] == int((ncc == y).sum())
         assert t["nc4_mismatch"] == int((ncc != cls).sum())
-    # float64 features take the same certified path through the centred chunk
+    # float64 features too
     acc = NCAccumulator(k, d, mode="projected").update(h64, y)
     t = acc.update_ncc(h64, y, weight=w, bias=b).tallies
     ncc = np.argmin(((h64[:, None, :] - own[None]) ** 2).sum(-1), axis=1)
@@ -983,12 +982,9 @@ def test_many_class_scores_in_float32_are_certified(k: int) -> None:
 
 @pytest.mark.parametrize("sep", [0.3, 1.5, 3.0], ids=["overlapping", "mixed", "separated"])
 def test_many_classes_every_metric_matches_float64_with_near_ties(sep: float) -> None:
-    """Above 32 classes, on float32 input, the second pass skips the NCC scores of samples closer
-    to their own mean than half the gap to the nearest other mean (none when the classes overlap,
-    about 40% at sep 1.5, all when they are well separated), scores the others in certified
-    float32 and redoes near ties in float64 after the pass. Every metric matches float64, NC1
-    over correctly / incorrectly classified samples included (the redone rows decide their
-    split)."""
+    """Many classes, on float32 input, overlapping to well separated, with classifier near
+    ties: every metric matches the direct float64 formulas, NC1 over correctly / incorrectly
+    classified samples included (the near-tie rows decide their split)."""
     k, d = 40, 48
     rng = np.random.default_rng(7)
     y = np.arange(30 * k) % k

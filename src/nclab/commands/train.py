@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.train.config import SYNTHETIC_ALIASES, TrainConfig, options
+from nclab.train.config import TrainConfig, options
 
 HELP = "Train one classifier with per-epoch neural-collapse tracking."
 DESCRIPTION = (
@@ -96,8 +96,7 @@ def add_config_options(
     (:func:`nclab.train.config.options`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
-    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options.
-    The deprecated ``--synthetic-*`` aliases follow the fields."""
+    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options."""
     for name, (f, opt) in options().items():
         if prefix and opt.per_run:
             continue
@@ -120,16 +119,6 @@ def add_config_options(
         kind = _value_type(f, opt.parse)
         kwargs["metavar"] = opt.metavar or ("N" if kind is int else name.upper())
         group.add_argument(flag, action=_Store, type=kind, **kwargs)
-    for alias, key in SYNTHETIC_ALIASES.items():
-        group.add_argument(
-            "--" + alias.replace("_", "-"),
-            dest=prefix + alias,
-            action=_Store,
-            type=int,
-            metavar="N",
-            default=None if defaults else argparse.SUPPRESS,
-            help=f"deprecated alias of {key}=N in --dataset synthetic:...",
-        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the --config file (if any) with explicitly given options on top."""
     from nclab.train.config import config_from_dict, load_config_file
 
-    names = [*options(), *SYNTHETIC_ALIASES]
+    names = list(options())
     if args.config is None:
         return config_from_dict({name: getattr(args, name) for name in names})
     from_file = {str(k).replace("-", "_"): v for k, v in load_config_file(args.config).items()}
