@@ -15,7 +15,6 @@ from typing import Any
 
 from nclab.train.config import TrainConfig, options
 
-HELP = "Train one classifier with per-epoch neural-collapse tracking."
 DESCRIPTION = (
     "Train one model on one dataset with one loss and one seed, evaluating every epoch: "
     "train/test loss and accuracy, test ECE and the neural-collapse metrics (NC1-NC4, CDNV, "
@@ -42,8 +41,18 @@ class _Explicit(argparse.Action):
         _mark(namespace, self.dest)
 
 
-class _Store(_Explicit, argparse._StoreAction):
+class _Store(argparse.Action):
     """``store`` that also records the option as given explicitly."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        _mark(namespace, self.dest)
 
 
 class _StoreBool(_Explicit, argparse.BooleanOptionalAction):
@@ -89,9 +98,7 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
     return str(field.default)
 
 
-def add_config_options(
-    group: argparse._ArgumentGroup, *, prefix: str = "", defaults: bool = True
-) -> None:
+def add_config_options(group: Any, *, prefix: str = "", defaults: bool = True) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
     (:func:`nclab.train.config.options`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the

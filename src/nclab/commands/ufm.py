@@ -15,7 +15,6 @@ from typing import Any
 
 from nclab.commands import HelpFormatter
 
-HELP = "Unconstrained feature model: closed form, solver, conditioning, convergence."
 DESCRIPTION = (
     "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
     "||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2 with N = n K balanced samples "
