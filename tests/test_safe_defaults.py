@@ -3,6 +3,7 @@ oversubscribes the cores."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,46 @@ def test_cli_main_limits_threads_before_any_command() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "1 1", out.stderr
+
+
+def _fake_cifar10(root, per_batch: int = 20, test: int = 20) -> None:
+    import pickle
+
+    import numpy as np
+
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def dump(name: str, n: int) -> None:
+        x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": x, b"labels": [j % 10 for j in range(n)]}, f)
+
+    for i in range(1, 6):
+        dump(f"data_batch_{i}", per_batch)
+    dump("test_batch", test)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [4, 8])
+def test_paper_preset_at_small_width_finishes_on_cpu(tmp_path, width: int) -> None:
+    """The paper preset (ResNet-18) at --width 4 / 8 on small CIFAR-10 files trains on CPU in
+    the default memory format (it hung or aborted with channels-last on CPU)."""
+    from nclab.cli import main
+
+    _fake_cifar10(tmp_path / "data")
+    out = tmp_path / "cmp"
+    argv = ["compare", "--preset", "paper", "--width", str(width), "--epochs", "2",
+            "--milestones", "1",
+            "--seeds", "0", "--jobs", "1", "--data-dir", str(tmp_path / "data"),
+            "--out", str(out), "--no-report", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    configs = sorted(out.rglob("config.json"))
+    assert len(configs) == 2  # CE and δ = 0.05
+    for path in configs:
+        saved = json.loads(path.read_text())
+        assert saved["model"] == "resnet18" and saved["width"] == width
+        assert saved["channels_last"] is None and saved["resolved"]["channels_last"] is False
