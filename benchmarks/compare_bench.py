@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         cmd = [sys.executable, "-m", "nclab.cli", "compare", "--out", tmp + "/cmp", "--quiet"]
         subprocess.run(cmd + extra, check=True)
         nclab_s = time.perf_counter() - t0
+    print(f"# nclab compare: {nclab_s:.0f} s; now the plain loops", flush=True)
     t0 = time.perf_counter()
     runs = [(d, s) for d in preset.smoothings for s in preset.seeds]
     with ProcessPoolExecutor(jobs) as pool:
