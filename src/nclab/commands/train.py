@@ -41,18 +41,15 @@ class _Explicit(argparse.Action):
         _mark(namespace, self.dest)
 
 
-class _Store(argparse.Action):
-    """``store`` that also records the option as given explicitly."""
+class _StoreValue(argparse.Action):
+    """Plain ``store`` (argparse's own store action is private)."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
+    def __call__(self, parser: Any, namespace: Any, values: Any, *_: Any) -> None:
         setattr(namespace, self.dest, values)
-        _mark(namespace, self.dest)
+
+
+class _Store(_Explicit, _StoreValue):
+    """``store`` that also records the option as given explicitly."""
 
 
 class _StoreBool(_Explicit, argparse.BooleanOptionalAction):
