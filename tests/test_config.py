@@ -18,7 +18,6 @@ from nclab.train.config import (
     COMPARABLE_EXCEPT,
     PER_RUN_FIELDS,
     SETTING_FIELDS,
-    SYNTHETIC_ALIASES,
     TrainConfig,
     config_differences,
     config_from_dict,
@@ -122,21 +121,14 @@ def test_bad_spec_is_one_clear_error(name, message):
         TrainConfig(dataset=name)
 
 
-def test_old_synthetic_options_are_aliases_of_the_spec():
+def test_synthetic_spec_is_written_out_in_full_and_compares_by_it():
     full = "synthetic:k=5,d=48,n=60,test=20"
     assert synthetic_name(**parse_synthetic(full)) == full
-    aliases = dict(zip(SYNTHETIC_ALIASES, (5, 48, 60, 20), strict=True))
-    old = TrainConfig(dataset="synthetic", **aliases)
-    assert old.dataset == full and TrainConfig(dataset=full) == old
-    assert "synthetic_classes" not in old.to_dict()
     assert TrainConfig(dataset="synthetic").dataset == "synthetic:k=10,d=32,n=100,test=100"
-    assert config_from_dict({"dataset": "synthetic", "synthetic-dim": 8}).dataset == (
+    assert config_from_dict({"dataset": "synthetic:d=8"}).dataset == (
         "synthetic:k=10,d=8,n=100,test=100"
     )
-    # a run saved with the old options is the same run as the spec describes
-    saved = {**TrainConfig(dataset=full).to_dict(), "dataset": "synthetic", **aliases}
+    saved = {**TrainConfig(dataset=full).to_dict(), "dataset": "synthetic:test=20,n=60,d=48,k=5"}
     assert config_differences(saved, TrainConfig(dataset=full)) == []
-    # the aliases still only concern the synthetic dataset, and may not contradict the spec
-    assert TrainConfig(synthetic_classes=3).dataset == "fashion-mnist"
-    with pytest.raises(ValueError, match="contradicts k=5"):
-        TrainConfig(dataset="synthetic:k=5", synthetic_classes=4)
+    with pytest.raises(ValueError, match="unknown option.*synthetic-dim"):  # aliases are gone
+        config_from_dict({"dataset": "synthetic", "synthetic-dim": 8})

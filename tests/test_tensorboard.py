@@ -24,8 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 
 TINY_ARGS = [
-    "--dataset", "synthetic", "--synthetic-classes", "4", "--synthetic-dim", "16",
-    "--synthetic-train-per-class", "30", "--synthetic-test-per-class", "10",
+    "--dataset", "synthetic:k=4,d=16,n=30,test=10",
     "--width", "32", "--depth", "2", "--batch-size", "40", "--lr", "0.1", "--threads", "1",
     "--quiet",
 ]  # fmt: skip

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
+from nclab.threads import training_threads
 from nclab.train.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
@@ -327,7 +328,7 @@ def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], int, i
         isinstance(cfg.threads, bool) or int(cfg.threads) != cfg.threads or cfg.threads < 1
     ):
         raise ValueError(f"--threads must be a positive integer, got {cfg.threads!r}")
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(jobs))
+    threads = training_threads(cfg.threads, int(jobs))
     return preset, smoothings, seeds, int(jobs), int(threads)
 
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HELP = "Rebuild the HTML/Markdown report from existing run directories."
 DESCRIPTION = (
     "Rebuild the CE-vs-label-smoothing report (report.html with embedded figures, summary.md, "
     "summary.json, PNG and PDF figures) from run directories written by `nclab train` or "

@@ -16,7 +16,6 @@ from typing import Any
 
 from nclab.commands import HelpFormatter
 
-HELP = "Unconstrained feature model: closed form, solver, conditioning, convergence."
 DESCRIPTION = (
     "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
     "||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2 with N = n K balanced samples "
@@ -515,15 +514,8 @@ def _check_memory(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import sys
-
     _check_options(args)
     _check_memory(args)
 
-    if "numpy" not in sys.modules:
-        # The UFM works with many small matrix products; a multi-threaded BLAS on a shared or
-        # busy machine makes them up to 100x slower.  An explicit user setting wins.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # one-thread BLAS (many small products): nclab.threads.limit_threads, run by cli.main
     return _RUNNERS[args.ufm_command](args)

@@ -15,7 +15,7 @@ import functools
 import json
 import math
 from collections.abc import Callable
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ __all__ = [
     "PER_RUN_FIELDS",
     "SCHEDULERS",
     "SETTING_FIELDS",
-    "SYNTHETIC_ALIASES",
     "Option",
     "TrainConfig",
     "config_differences",
@@ -105,15 +104,6 @@ _COUNT_OR_ALL: dict[str, Any] = {
     "dataset_specific": True,
 }
 
-#: The old ``synthetic_*`` options, kept for one release as aliases of the keys of the
-#: ``synthetic:k=K,d=D,n=N,test=M`` dataset spec (command line, config files, ``TrainConfig``).
-SYNTHETIC_ALIASES: dict[str, str] = {
-    "synthetic_classes": "k",
-    "synthetic_dim": "d",
-    "synthetic_train_per_class": "n",
-    "synthetic_test_per_class": "test",
-}
-
 
 @dataclass
 class TrainConfig:
@@ -122,8 +112,7 @@ class TrainConfig:
     Each field declares its help, placeholder, choices and role in its :class:`Option`
     metadata (:func:`options`); the ``nclab train`` and ``nclab compare`` parsers, resume's and
     compare's identity checks and the report's like-for-like check are generated from it.
-    Defaults train the default MLP on Fashion-MNIST to 100% training accuracy.  The
-    ``synthetic_*`` arguments are deprecated aliases folded into the ``dataset`` spec.
+    Defaults train the default MLP on Fashion-MNIST to 100% training accuracy.
     ``per_class``/``test_per_class`` also accept ``"all"`` (= None, every sample).
     """
 
@@ -229,12 +218,12 @@ class TrainConfig:
     )
     bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
     channels_last: bool | None = option(
-        None, "channels-last memory format", unset="on for conv nets on CPU", knob=True
+        None, "channels-last memory format", unset="on for conv nets on CUDA", knob=True
     )
     threads: int | None = option(
         None,
         "torch intra-op threads",
-        unset="torch's default",
+        unset="the cores this process may use (OMP_NUM_THREADS if exported)",
         identity=False,
         knob=True,
         per_run=True,
@@ -282,30 +271,13 @@ class TrainConfig:
         knob=True,
         per_run=True,
     )
-    # deprecated aliases of the synthetic dataset spec (not stored)
-    synthetic_classes: InitVar[int | None] = None
-    synthetic_dim: InitVar[int | None] = None
-    synthetic_train_per_class: InitVar[int | None] = None
-    synthetic_test_per_class: InitVar[int | None] = None
 
-    def __post_init__(
-        self,
-        synthetic_classes: int | None,
-        synthetic_dim: int | None,
-        synthetic_train_per_class: int | None,
-        synthetic_test_per_class: int | None,
-    ) -> None:
+    def __post_init__(self) -> None:
         if self.milestones is not None and not isinstance(self.milestones, list | tuple):
             raise ValueError(f"milestones must be a list of epochs, got {self.milestones!r}")
         if self.milestones is not None:
             self.milestones = [_as_int("milestones", m) for m in self.milestones]
-        aliases = dict(
-            synthetic_classes=synthetic_classes,
-            synthetic_dim=synthetic_dim,
-            synthetic_train_per_class=synthetic_train_per_class,
-            synthetic_test_per_class=synthetic_test_per_class,
-        )
-        self.dataset = _dataset_spec(self.dataset, aliases)
+        self.dataset = _dataset_spec(self.dataset)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -413,27 +385,15 @@ SETTING_FIELDS: frozenset[str] = _names(lambda o: not (o.per_run or o.knob))
 DATASET_SPECIFIC_FIELDS: frozenset[str] = _names(lambda o: o.dataset_specific)
 
 
-def _dataset_spec(dataset: str, aliases: dict[str, int | None]) -> str:
-    """``dataset`` with the deprecated ``synthetic_*`` values folded in; a synthetic dataset is
-    written out in full (``synthetic:k=10,d=32,n=100,test=100``) so that equal data compare
-    equal.  The aliases are ignored for other datasets, as they always were."""
+def _dataset_spec(dataset: str) -> str:
+    """``dataset``, with a synthetic dataset written out in full
+    (``synthetic:k=10,d=32,n=100,test=100``) so that equal data compare equal."""
     name = str(dataset)
     if not name.strip().lower().startswith("synthetic"):
         return name
     from nclab.data import parse_synthetic, synthetic_name
 
-    spec = parse_synthetic(name)
-    for alias, value in aliases.items():
-        if value is None:
-            continue
-        key = SYNTHETIC_ALIASES[alias]
-        _positive_int(alias, value)
-        if spec.setdefault(key, value) != value:
-            raise ValueError(
-                f"{alias}={value} contradicts {key}={spec[key]} in dataset {name!r}; give the "
-                "value once, in the dataset spec"
-            )
-    return synthetic_name(**spec)
+    return synthetic_name(**parse_synthetic(name))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -501,8 +461,8 @@ def _field_names() -> list[str]:
 
 
 def _accepted_names() -> set[str]:
-    """Option names a configuration may hold: the fields and the deprecated aliases."""
-    return {*_field_names(), *SYNTHETIC_ALIASES}
+    """Option names a configuration may hold: the fields."""
+    return set(_field_names())
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -656,15 +616,14 @@ def config_differences(
     saved: dict[str, Any], current: TrainConfig, ignore: frozenset[str] = COMPARABLE_EXCEPT
 ) -> list[str]:
     """Names of the options whose values differ between a saved config dict and ``current``,
-    as ``"name: saved -> current"`` strings (options in ``ignore`` are skipped).  A config saved
-    with the deprecated ``synthetic_*`` options compares by the dataset spec they stand for; an
-    option the saved config lacks (added to nclab after the run started) counts as its default,
+    as ``"name: saved -> current"`` strings (options in ``ignore`` are skipped).  A saved
+    synthetic dataset compares by the full spec it stands for; an option the saved config
+    lacks (added to nclab after the run started) counts as its default,
     which is what that run used, so adding an option does not orphan existing runs."""
     saved = dict(saved)
-    aliases = {alias: saved.pop(alias, None) for alias in SYNTHETIC_ALIASES}
     if "dataset" in saved:
         try:
-            saved["dataset"] = _dataset_spec(saved["dataset"], aliases)
+            saved["dataset"] = _dataset_spec(saved["dataset"])
         except ValueError:
             pass  # a saved value that no longer parses simply differs
     now = current.to_dict()
