@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -122,7 +122,8 @@ class Evaluator:
     y_train_clean: Tensor | None = None
     #: ``--nc-layers``: taps whose NC1/NC2 (train split) are added as ``layer_nc1/<name>``,
     #: ``layer_nc2/<name>`` (:mod:`nclab.layers`)
-    nc_layers: str | None = None
+    #: a spec for :func:`~nclab.layers.resolve_taps` or a name -> module mapping
+    nc_layers: str | Mapping[str, nn.Module] | None = None
     _buffers: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
     _layer_nc: tuple[int, LayerNC] | None = field(default=None, init=False, repr=False)
 
@@ -135,7 +136,8 @@ class Evaluator:
         if self.nc_layers is None:
             return None
         if self._layer_nc is None or self._layer_nc[0] != id(model):
-            taps = resolve_taps(model, self.nc_layers)
+            spec = self.nc_layers
+            taps = dict(spec) if isinstance(spec, Mapping) else resolve_taps(model, spec)
             self._layer_nc = (id(model), LayerNC(taps, self.num_classes))
         return self._layer_nc[1]
 
