@@ -22,6 +22,7 @@ from nclab.report.figures import (
     trajectory_figure,
     ufm_figure,
 )
+from nclab.report.figures_layers import LAYER_FIGURES, layers_figure
 from nclab.report.render import render_html, render_markdown
 from nclab.report.runs import load_runs
 from nclab.report.summary import ReportSummary, summarize
@@ -66,6 +67,7 @@ def _figures(summary: ReportSummary, theory: TheoryPanel | None) -> dict[str, Fi
         "compare_calibration": calibration_figure(summary),
         "compare_norms": norms_figure(summary),
         "compare_ufm": ufm_figure(theory, summary) if theory is not None else None,
+        "compare_layers": layers_figure(summary),
     }
 
 
@@ -113,7 +115,9 @@ def build_report(
     js.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
     page = out / "report.html"
     pngs = {stem: paths[0] for stem, paths in written.items()}
-    page.write_text(render_html(summary, panel, pngs, FIGURES), encoding="utf-8")
+    page.write_text(
+        render_html(summary, panel, pngs, {**FIGURES, **LAYER_FIGURES}), encoding="utf-8"
+    )
     return ReportResult(out, page, md, js, written, summary, panel, [r.path for r in runs])
 
 
