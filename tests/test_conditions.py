@@ -109,11 +109,14 @@ def test_noise_metrics_in_the_rows_match_the_saved_model(tmp_path: Path) -> None
         feats = model.features(data.x_train)
     direct = nc_metrics(feats.double(), data.y_train_clean).nc1
     assert row["nc1"] == pytest.approx(direct, rel=1e-6)
-    assert "noisy_fit" not in train(
-        TrainConfig(**{**cfg.to_dict(), "label_noise": 0.0, "epochs": 1}),
-        tmp_path / "clean",
-        quiet=True,
-    ).rows[-1]
+    assert (
+        "noisy_fit"
+        not in train(
+            TrainConfig(**{**cfg.to_dict(), "label_noise": 0.0, "epochs": 1}),
+            tmp_path / "clean",
+            quiet=True,
+        ).rows[-1]
+    )
 
 
 # ---------------------------------------------------------------------------- imbalance
@@ -142,7 +145,9 @@ def test_imbalanced_dataset_has_the_requested_counts(profile: str) -> None:
     assert counts.tolist() == imbalanced_counts(80, 5, 8, profile).tolist()
     assert np.bincount(data.y_test.numpy()).tolist() == [20] * 5  # the test set stays balanced
     sub = load_dataset(SYNTH, seed=2, per_class=40, imbalance=8, imbalance_profile=profile)
-    assert np.bincount(sub.y_train.numpy()).tolist() == imbalanced_counts(40, 5, 8, profile).tolist()
+    assert (
+        np.bincount(sub.y_train.numpy()).tolist() == imbalanced_counts(40, 5, 8, profile).tolist()
+    )
 
 
 def test_imbalanced_subset_is_nested_in_the_balanced_subset_of_its_seed() -> None:
@@ -190,7 +195,7 @@ def test_cli_rejects_a_bad_condition_in_one_line(tmp_path: Path, capsys) -> None
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
-# ---------------------------------------------------------------------------- metrics under imbalance
+# ------------------------------------------------------------------ metrics under imbalance
 
 
 def _direct_nc(h: np.ndarray, y: np.ndarray, k: int) -> dict[str, float]:
