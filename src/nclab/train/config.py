@@ -194,8 +194,8 @@ class TrainConfig:
     )
     label_noise_mode: str = option(
         "symmetric",
-        "--label-noise flips: symmetric (to a uniformly drawn other class) or pairflip (to the "
-        "next class)",
+        "how --label-noise flips a label (symmetric: to a uniformly drawn other class; pairflip: "
+        "to the next class)",
         metavar="MODE",
         choices=LABEL_NOISE_MODES,
     )
@@ -207,8 +207,8 @@ class TrainConfig:
     )
     imbalance_profile: str = option(
         "exp",
-        "--imbalance counts: exp (n_k = n_max·RATIO^(-k/(K-1))) or step (the second half of the "
-        "classes n_max/RATIO)",
+        "per-class counts of --imbalance (exp: n_k = n_max·RATIO^(-k/(K-1)); step: the second "
+        "half of the classes n_max/RATIO)",
         metavar="NAME",
         choices=IMBALANCE_PROFILES,
     )
