@@ -210,8 +210,10 @@ def _direct_nc(h: np.ndarray, y: np.ndarray, k: int) -> dict[str, float]:
     pinv = (u[:, : k - 1] / s[: k - 1]) @ u[:, : k - 1].T  # rank K-1 pseudo-inverse
     gram = mbar @ mbar.T
     etf = (np.eye(k) - np.ones((k, k)) / k) / np.sqrt(k - 1)
+    sigma_w_classes = sum(np.cov(h[y == c].T, bias=True) for c in range(k)) / k
     return {
         "nc1": float(np.trace(sigma_w @ pinv)) / k,
+        "nc1_class_balanced": float(np.trace(sigma_w_classes @ pinv)) / k,
         "nc2_h": float(np.linalg.norm(gram / np.linalg.norm(gram) - etf)),
     }
 
@@ -241,3 +243,6 @@ def test_nc_metrics_under_imbalance_equal_a_direct_float64_computation(profile: 
     # per-class NC1 weighted by the class shares gives nc1 (sample-weighted Σ_W)
     per = projected.per_class()
     assert np.sum(per.nc1 * per.count / per.count.sum()) == pytest.approx(direct["nc1"], rel=1e-9)
+    # and their plain mean is the class-balanced NC1 (Σ_W = average of per-class covariances)
+    assert np.mean(per.nc1) == pytest.approx(direct["nc1_class_balanced"], rel=1e-9)
+    assert abs(direct["nc1_class_balanced"] - direct["nc1"]) > 1e-3 * direct["nc1"]
