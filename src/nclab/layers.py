@@ -102,6 +102,8 @@ class LayerNC:
         self.num_classes = int(num_classes)
         self.keep_limit_bytes = int(keep_limit_bytes)
         self.max_dim = int(max_dim)
+        #: taps the caller measures itself (:meth:`compute`'s ``known``): not hooked
+        self.skip: frozenset[str] = frozenset()
         self._store: dict[str, Tensor] | None = None
         self._kept: dict[str, Tensor] = {}
         self._labels: Tensor | None = None
@@ -114,7 +116,8 @@ class LayerNC:
         """Hooks on the taps for one pass of ``rows`` samples (fresh statistics)."""
         self._kept, self._accs, self._rows, self._filled = {}, {}, int(rows), 0
         self._labels = torch.empty(int(rows), dtype=torch.int64, device=device)
-        with capture(self.taps, transform=pool_features) as store:
+        hooked = {n: m for n, m in self.taps.items() if n not in self.skip}
+        with capture(hooked, transform=pool_features) as store:
             self._store = store
             try:
                 yield self
@@ -129,6 +132,8 @@ class LayerNC:
         rows = slice(self._filled, self._filled + b)
         self._labels[rows] = labels
         for name in self.taps:
+            if name in self.skip:
+                continue
             h = self._store.pop(name, None)
             if h is None:
                 raise ValueError(
@@ -163,12 +168,17 @@ class LayerNC:
         else:
             self._accs[name].update(h, self._labels[rows])
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, known: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
         """``layer_nc1/<name>`` and ``layer_nc2/<name>`` of every tap, in tap order (the
-        accumulators are all-reduced: call it on every rank under DDP)."""
+        accumulators are all-reduced: call it on every rank under DDP).  ``known``: name ->
+        (nc1, nc2) the caller has already computed (the penultimate features)."""
         out: dict[str, float] = {}
         labels = self._labels[: self._filled] if self._labels is not None else None
+        known = known or {}
         for name in self.taps:
+            if name in known:
+                out[f"layer_nc1/{name}"], out[f"layer_nc2/{name}"] = map(float, known[name])
+                continue
             if name in self._kept:
                 feats = self._kept[name][: self._filled]
                 acc = NCAccumulator(

@@ -138,7 +138,12 @@ class Evaluator:
         if self._layer_nc is None or self._layer_nc[0] != id(model):
             spec = self.nc_layers
             taps = dict(spec) if isinstance(spec, Mapping) else resolve_taps(model, spec)
-            self._layer_nc = (id(model), LayerNC(taps, self.num_classes))
+            layer_nc = LayerNC(taps, self.num_classes)
+            # a tap on the body of a FeatureClassifier gives model.features(x): its NC1/NC2
+            # are the train metrics computed anyway, not recomputed
+            body = getattr(model, "body", None)
+            layer_nc.skip = frozenset(n for n, m in taps.items() if m is body)
+            self._layer_nc = (id(model), layer_nc)
         return self._layer_nc[1]
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
@@ -172,7 +177,10 @@ class Evaluator:
         test_labels = self.ctx.gather_strided(test.labels.cpu().clone(), self.num_test)
         calib = calibration_metrics(test_logits, test_labels, n_bins=15)
         noise = self._noise_metrics(train)
-        layers = {} if layer_nc is None else layer_nc.compute()
+        layers = {}
+        if layer_nc is not None:
+            same = (train_nc["nc1"], train_nc["nc2_h"])
+            layers = layer_nc.compute(dict.fromkeys(layer_nc.skip, same))
         t2 = time.perf_counter()
 
         metrics: dict[str, float | None] = {
