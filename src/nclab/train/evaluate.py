@@ -15,6 +15,11 @@ set (no augmentation). The NC metrics come from :class:`~nclab.metrics.NCAccumul
   :data:`KEEP_FEATURES_MAX_BYTES`: ``mode="streaming"`` accumulators fed per batch, then a
   second forward pass for ``update_ncc``.
 
+Under label noise (``y_train_clean``) the loss and accuracy use the labels trained on and the NC
+statistics the clean labels; ``train_acc_clean``, ``noisy_fit`` and ``noisy_clean_fit`` are added.
+With ``nc_layers`` the train pass also feeds :class:`~nclab.layers.LayerNC` through forward hooks
+(``layer_nc1/<name>``, ``layer_nc2/<name>``).
+
 Under DDP every rank evaluates its rank-strided shard; the accumulators are all-reduced after
 each pass (the second pass needs the global means), then the loss sums; the test logits are
 gathered (for the calibration metrics and ``predictions.npz``).
@@ -121,8 +126,8 @@ class Evaluator:
     #: metrics use them, and ``train_acc_clean`` / ``noisy_fit`` / ``noisy_clean_fit`` are added
     y_train_clean: Tensor | None = None
     #: ``--nc-layers``: taps whose NC1/NC2 (train split) are added as ``layer_nc1/<name>``,
-    #: ``layer_nc2/<name>`` (:mod:`nclab.layers`)
-    #: a spec for :func:`~nclab.layers.resolve_taps` or a name -> module mapping
+    #: ``layer_nc2/<name>`` (:mod:`nclab.layers`): a spec for
+    #: :func:`~nclab.layers.resolve_taps` or a name -> module mapping
     nc_layers: str | Mapping[str, nn.Module] | None = None
     _buffers: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
     _layer_nc: tuple[int, LayerNC] | None = field(default=None, init=False, repr=False)
