@@ -181,9 +181,11 @@ class LayerNC:
                 continue
             if name in self._kept:
                 feats = self._kept[name][: self._filled]
+                # labels come from the evaluator (checked); NaN/Inf features raise in compute()
                 acc = NCAccumulator(
-                    self.num_classes, int(feats.shape[1]), mode="projected", device=feats.device
-                )
+                    self.num_classes, int(feats.shape[1]), mode="projected",
+                    device=feats.device, validate=False,
+                )  # fmt: skip
                 acc.update(feats, labels)
                 acc.all_reduce()
                 acc.update_ncc(feats, labels)
