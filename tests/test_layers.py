@@ -205,23 +205,39 @@ def test_tracker_records_named_modules(tmp_path: Path) -> None:
                   num_classes=3, layers=["9"])  # fmt: skip
 
 
-def test_report_draws_the_layer_heatmap(tmp_path: Path) -> None:
-    from nclab.report import build_report
-    from nclab.report.figures_layers import _grid, layer_names
-    from nclab.report.runs import load_runs
-
+@pytest.fixture(scope="module")
+def layer_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("layer_runs")
     for loss, delta, seed in (("ce", 0.0, 0), ("ce", 0.0, 1), ("ls", 0.1, 0)):
         cfg = tiny(depth=2, epochs=2, loss=loss, smoothing=delta, seed=seed)
-        train(cfg, tmp_path / f"runs/{loss}{seed}", quiet=True)
-    result = build_report([tmp_path / "runs"], tmp_path / "report")
+        train(cfg, root / f"runs/{loss}{seed}", quiet=True)
+    train(tiny(epochs=1, nc_layers=None), root / "plain/r", quiet=True)
+    return root
+
+
+def test_layer_heatmap_averages_log10_nc1_over_seeds(layer_runs: Path) -> None:
+    from nclab.report.figures_layers import _grid, layer_names, layers_figure
+    from nclab.report.runs import load_runs
+    from nclab.report.summary import summarize
+
+    runs = load_runs([layer_runs / "runs"])
+    ce = [r for r in runs if r.config["loss"] == "ce"]
+    names = layer_names(ce)
+    assert names == ["layer1", "features"]
+    epochs, grid = _grid(ce, names)
+    want = np.mean([np.log10(r.series("layer_nc1/layer1")) for r in ce], axis=0)
+    assert epochs.tolist() == [1.0, 2.0] and np.allclose(grid[0], want)
+    fig = layers_figure(summarize(runs))
+    assert fig is not None and len(fig.axes) == 3  # CE, LS and the colour bar
+    assert layers_figure(summarize(load_runs([layer_runs / "plain"]))) is None
+
+
+@pytest.mark.slow
+def test_report_includes_the_layer_heatmap(layer_runs: Path, tmp_path: Path) -> None:
+    from nclab.report import build_report
+
+    result = build_report([layer_runs / "runs"], tmp_path / "report", theory=False)
     assert result.figures["compare_layers"][0].stat().st_size > 0
     assert "Collapse across layers" in (tmp_path / "report/report.html").read_text()
-    runs = [r for r in load_runs([tmp_path / "runs"]) if r.config["loss"] == "ce"]
-    names = layer_names(runs)
-    assert names == ["layer1", "features"]
-    epochs, grid = _grid(runs, names)
-    want = np.mean([np.log10(r.series("layer_nc1/layer1")) for r in runs], axis=0)
-    assert epochs.tolist() == [1.0, 2.0] and np.allclose(grid[0], want)
-    # runs without --nc-layers: no such figure
-    train(tiny(epochs=1, nc_layers=None), tmp_path / "plain/r", quiet=True)
-    assert "compare_layers" not in build_report([tmp_path / "plain"], tmp_path / "r2").figures
+    plain = build_report([layer_runs / "plain"], tmp_path / "r2", theory=False)
+    assert "compare_layers" not in plain.figures
