@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nclab.names import CLASSIFIERS, DATASETS, DEVICES, LOSSES, MODELS, SCHEDULERS
+from nclab.names import (
+    CLASSIFIERS,
+    DATASETS,
+    DEVICES,
+    IMBALANCE_PROFILES,
+    LABEL_NOISE_MODES,
+    LOSSES,
+    MODELS,
+    SCHEDULERS,
+)
 
 __all__ = [
     "COMPARABLE_EXCEPT",
@@ -33,6 +42,7 @@ __all__ = [
     "config_from_dict",
     "load_config_file",
     "options",
+    "parse_layers",
     "parse_per_class",
 ]
 
@@ -92,6 +102,24 @@ def parse_per_class(value: Any) -> int | None:
     return value
 
 
+def parse_layers(value: Any) -> str | None:
+    """``nc_layers`` from a command line or file: ``all``, or block names separated by commas
+    (a list in a config file), normalised to ``"a,b"``; None or ``none``: off."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = [str(item).strip() for item in items]
+    if any(not name for name in names) or not names:
+        raise ValueError(
+            f"expected 'all' or block names separated by commas (e.g. layer1,layer2), got {value!r}"
+        )
+    if names == ["none"]:
+        return None
+    if "all" in names and len(names) > 1:
+        raise ValueError(f"'all' already names every block; give it alone, got {value!r}")
+    return ",".join(names)
+
+
 def option(default: Any, help: str, **schema: Any) -> Any:
     """A :class:`TrainConfig` field with its :class:`Option` in the field's metadata."""
     return dataclasses.field(default=default, metadata={"option": Option(help, **schema)})
@@ -147,6 +175,33 @@ class TrainConfig:
         **_COUNT_OR_ALL,
     )
     augment: bool = option(False, "random crop (4-pixel padding) + horizontal flip on images")
+    # training conditions (nclab.conditions, docs/training.md)
+    label_noise: float = option(
+        0.0,
+        "flip exactly round(P·N) training labels, drawn from --seed (the same for every loss); "
+        "NC metrics use the clean labels, test labels stay clean",
+        metavar="P",
+    )
+    label_noise_mode: str = option(
+        "symmetric",
+        "how --label-noise flips a label (symmetric: to a uniformly drawn other class; pairflip: "
+        "to the next class)",
+        metavar="MODE",
+        choices=LABEL_NOISE_MODES,
+    )
+    imbalance: float | None = option(
+        None,
+        "long-tailed training set with n_max/n_min = RATIO (the test set stays balanced)",
+        metavar="RATIO",
+        unset="balanced",
+    )
+    imbalance_profile: str = option(
+        "exp",
+        "per-class counts of --imbalance (exp: n_k = n_max·RATIO^(-k/(K-1)); step: the second "
+        "half of the classes n_max/RATIO)",
+        metavar="NAME",
+        choices=IMBALANCE_PROFILES,
+    )
     # model
     model: str = option("mlp", "model", metavar="NAME", choices=MODELS)
     width: int | None = option(
@@ -231,6 +286,15 @@ class TrainConfig:
     eval_every: int = option(
         1, "evaluate every this many epochs (the last epoch is always evaluated)", metavar="EPOCHS"
     )
+    nc_layers: str | None = option(
+        None,
+        "also record NC1 and NC2 (train split) of intermediate features each evaluated epoch: "
+        "all, or block names separated by commas (docs/training.md)",
+        metavar="all|NAMES",
+        unset="penultimate features only",
+        parse=parse_layers,
+        knob=True,
+    )
     checkpoint_every: int = option(
         1,
         "write checkpoints/last.pt every this many epochs (and at the end)",
@@ -298,6 +362,7 @@ class TrainConfig:
         for name, limit in (("width", MAX_WIDTH), ("depth", MAX_DEPTH)):
             if getattr(self, name) is not None:  # before anything is built or read
                 check_count(name, int(getattr(self, name)), limit)
+        _check_conditions(self)
         _finite("lr", self.lr, positive=True)
         _finite("momentum", self.momentum)
         if not 0.0 <= self.momentum < 1.0:
@@ -414,6 +479,31 @@ def _check_names(cfg: TrainConfig) -> None:
     get_loss(cfg.loss, 10, cfg.smoothing)  # raises on a bad loss/δ
     if cfg.device not in DEVICES:
         raise ValueError(f"unknown device {cfg.device!r}; use one of {', '.join(DEVICES)}")
+
+
+def _check_conditions(cfg: TrainConfig) -> None:
+    _finite("label_noise", cfg.label_noise)
+    if not 0.0 <= cfg.label_noise < 1.0:
+        raise ValueError(f"label_noise must be a fraction in [0, 1), got {cfg.label_noise}")
+    if cfg.label_noise_mode not in LABEL_NOISE_MODES:
+        raise ValueError(
+            f"unknown label_noise_mode {cfg.label_noise_mode!r}; use one of "
+            + ", ".join(LABEL_NOISE_MODES)
+        )
+    if cfg.imbalance is not None:
+        _finite("imbalance", cfg.imbalance)
+        if cfg.imbalance < 1.0:
+            raise ValueError(
+                f"imbalance is n_max/n_min and must be >= 1, got {cfg.imbalance}; leave it "
+                "unset for a balanced training set"
+            )
+    if cfg.imbalance_profile not in IMBALANCE_PROFILES:
+        raise ValueError(
+            f"unknown imbalance_profile {cfg.imbalance_profile!r}; use one of "
+            + ", ".join(IMBALANCE_PROFILES)
+        )
+    if cfg.nc_layers is not None:
+        cfg.nc_layers = parse_layers(cfg.nc_layers)
 
 
 def _check_schedule(cfg: TrainConfig) -> None:

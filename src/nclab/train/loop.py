@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from nclab import __version__
 from nclab.data import DataBundle, augment_batch, class_balanced_indices, load_dataset
+from nclab.layers import resolve_taps
 from nclab.losses import get_loss
 from nclab.models import build_model, count_parameters
 from nclab.runs import lifecycle
@@ -566,6 +567,10 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         config.data_dir,
         per_class=config.per_class,
         seed=config.seed,
+        imbalance=config.imbalance,
+        imbalance_profile=config.imbalance_profile,
+        label_noise=config.label_noise,
+        label_noise_mode=config.label_noise_mode,
     )
     if config.augment and len(data.input_shape) != 3:
         raise ValueError(f"--augment needs image data; {config.dataset} holds flat vectors")
@@ -586,6 +591,7 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         feature_bn=config.feature_bn,
     ).to(device)
     _check_batch_norm_batches(model, config, data.num_train, ctx.world_size)
+    resolve_taps(model, config.nc_layers)  # an unknown --nc-layers name fails before training
     channels_last = config.channels_last
     if channels_last is None:
         channels_last = default_channels_last(config.model, data.input_shape, device)
@@ -605,6 +611,8 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
     shard_train = ctx.shard(data.num_train)
     x_eval_train = data.x_train[shard_train].contiguous().to(device)
     y_eval_train = data.y_train[shard_train].contiguous().to(device)
+    y_clean = data.y_train_clean
+    y_clean = None if y_clean is None else y_clean[shard_train].contiguous().to(device)
 
     def evaluator_on(x_test: Tensor, y_test: Tensor) -> Evaluator:
         shard = ctx.shard(len(y_test))
@@ -619,6 +627,8 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
             ctx=ctx,
             autocast=autocast,
             channels_last=channels_last,
+            y_train_clean=y_clean,
+            nc_layers=config.nc_layers,
         )
 
     final_evaluator = evaluator_on(data.x_test, data.y_test)
