@@ -142,6 +142,8 @@ def test_every_command_leaves_planted_files_byte_identical(run_copy, tmp_path, c
     expect_clear_error(train_argv(runs / "other_run", "--resume"), capsys, watch=watch)
     expect_works(["report", str(run_copy), "--out", str(tmp_path / "rep")], capsys,
                  watch=watch + (run_copy,))  # fmt: skip
+    expect_works(["report", str(run_copy)], capsys, watch=watch + (run_copy,))  # beside it
+    assert (runs / "run-report" / "summary.md").is_file()
     expect_clear_error(["report", str(run_copy), "--out", str(run_copy)], capsys,
                        watch=watch + (run_copy,), says="run folder")  # fmt: skip
     expect_clear_error(["report", str(run_copy), "--out", str(run_copy / "analysis")], capsys,
@@ -232,3 +234,15 @@ def test_finish_after_another_tracker_took_the_folder_writes_nothing(tmp_path):
     TALLY["worked as promised"] += 1
     second.finish()
     assert RunFiles(run).done.exists()
+
+
+def test_a_run_folder_that_is_itself_a_link_works(tmp_path, capsys):
+    """``runs/x -> /scratch/x`` is where the user chose to put the run: it is followed."""
+    scratch = tmp_path / "scratch" / "x"
+    scratch.mkdir(parents=True)
+    link = tmp_path / "runs" / "x"
+    link.parent.mkdir()
+    link.symlink_to(scratch, target_is_directory=True)
+    expect_works(train_argv(link, epochs=1), capsys)
+    expect_works(train_argv(link, "--resume", epochs=2), capsys)
+    assert (scratch / "DONE").is_file() and link.is_symlink()

@@ -150,7 +150,8 @@ class RunFiles:
     def links(self) -> list[Path]:
         """Run files (and the checkpoint folder) that are symbolic links: nclab never writes
         through them, so a run holding one is refused."""
-        paths = [self.root, self.checkpoint_dir, *self.owned(), self.manifest]
+        # the folder itself may be a link (runs/x -> /scratch/x): the user chose where it is
+        paths = [self.checkpoint_dir, *self.owned(), self.manifest]
         return [p for p in paths if p.is_symlink()]
 
     def refuse_links(self) -> None:
