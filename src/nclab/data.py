@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from nclab import names
+from nclab.names import parse_synthetic, synthetic_name
 
 __all__ = [
     "DATASETS",
@@ -1005,40 +1006,6 @@ def _load_npz(path: Path) -> _Raw:
 
 # ------------------------------------------------------------------------------ synthetic
 
-#: Keys of the ``synthetic:k=K,d=D,n=N,test=M`` spec: meaning, default and smallest value.
-SYNTHETIC_KEYS: dict[str, tuple[str, int, int]] = {
-    "k": ("classes", 10, 2),
-    "d": ("input dimension", 32, 1),
-    "n": ("training samples per class", 100, 1),
-    "test": ("test samples per class", 100, 1),
-}
-
-
-def parse_synthetic(name: str) -> dict[str, int]:
-    """The keys given in ``synthetic`` or ``synthetic:k=5,d=48,n=100,test=20`` (validated).
-
-    ``ValueError`` naming the bad part and the accepted form; missing keys take the defaults of
-    :data:`SYNTHETIC_KEYS` (see :func:`synthetic_name`).
-    """
-    head, _, body = str(name).strip().partition(":")
-    form = "synthetic:k=K,d=D,n=N,test=M (any subset of the keys, e.g. synthetic:k=5,d=48,n=100)"
-    if head.lower() != "synthetic":
-        raise ValueError(f"{name!r} is not a synthetic dataset spec; use {form}")
-    given: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in body.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip().lower()
-        if not eq or key not in SYNTHETIC_KEYS or key in given:
-            raise ValueError(f"bad part {part!r} in dataset {name!r}; use {form}")
-        meaning, _, lowest = SYNTHETIC_KEYS[key]
-        text = value.strip()
-        if not text.isdigit() or int(text) < lowest:
-            raise ValueError(
-                f"{key} ({meaning}) must be an integer >= {lowest} in {name!r}, got {text!r}"
-            )
-        given[key] = int(text)
-    return given
-
 
 def _check_synthetic_size(spec: dict[str, int]) -> None:
     """Classes and samples of a synthetic spec, bounded before anything is drawn."""
@@ -1052,12 +1019,6 @@ def _check_synthetic_size(spec: dict[str, int]) -> None:
         16.0 * samples * int(spec["d"]),
         "choose smaller k, n, test or d",
     )
-
-
-def synthetic_name(**keys: int) -> str:
-    """The full spec ``synthetic:k=..,d=..,n=..,test=..`` with defaults for the keys not given."""
-    values = {key: keys.get(key, default) for key, (_, default, _) in SYNTHETIC_KEYS.items()}
-    return "synthetic:" + ",".join(f"{key}={value}" for key, value in values.items())
 
 
 def _make_synthetic(
