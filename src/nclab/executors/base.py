@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, TypeVar
 
-from nclab.train.config import TrainConfig
+from nclab.config import TrainConfig
 
 __all__ = [
     "CLUSTERS",
