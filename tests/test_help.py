@@ -136,7 +136,7 @@ def test_help_imports_no_torch():
     code = (
         "import sys\n"
         "from nclab.cli import main\n"
-        "for argv in (['train', '--help'], ['compare', '--help']):\n"
+        "for argv in (['--help'], ['train', '--help'], ['compare', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
