@@ -75,10 +75,13 @@ def test_smoke_end_to_end(smoke):
         "host",
         "resumed",
         "time",
+        "identity",  # each run has its own run id; its data fingerprint is compared below
     }
     assert {k: v for k, v in ce.items() if k not in ignore} == {
         k: v for k, v in ls.items() if k not in ignore
     }  # same seed, data, model and optimiser: same initialisation and batch order
+    assert ce["identity"]["data"] == ls["identity"]["data"]
+    assert ce["identity"]["run_id"] != ls["identity"]["run_id"]
     report = smoke / "report"
     for stem in (
         "compare_convergence",
