@@ -2,6 +2,7 @@
 (:mod:`nclab.runs.lifecycle`), written once for ``nclab train``, the tracker, ``nclab compare``
 and the report. Plain file handling; importing it does not import torch."""
 
+from nclab.runs import lifecycle
 from nclab.runs.files import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -19,7 +20,6 @@ from nclab.runs.files import (
     rewrite_rows,
     write_json,
 )
-from nclab.runs import lifecycle
 from nclab.runs.lifecycle import RunState, first_perfect_epoch
 
 __all__ = [
