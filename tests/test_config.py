@@ -17,7 +17,6 @@ from nclab.config import (
     COMPARABLE_EXCEPT,
     PER_RUN_FIELDS,
     SETTING_FIELDS,
-    SYNTHETIC_ALIASES,
     TrainConfig,
     config_differences,
     config_from_dict,
@@ -37,8 +36,10 @@ def test_every_field_declares_its_option():
 def test_resume_ignores_exactly_the_non_identity_options():
     base = TrainConfig(dataset="synthetic")
     saved = base.to_dict()
-    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir", "tensorboard"}
-    changed = dict(epochs=7, threads=3, data_dir="/elsewhere", tensorboard=True)
+    loggers = {"tensorboard", "wandb", "wandb_project", "wandb_group", "wandb_name"}
+    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir", *loggers}
+    changed = dict(epochs=7, threads=3, data_dir="/elsewhere", tensorboard=True, wandb=True)
+    changed.update(wandb_project="p", wandb_group="g", wandb_name="n")
     assert config_differences(saved, dataclasses.replace(base, **changed)) == []
     for name, value in dict(lr=0.5, device="cpu", checkpoint_every=2, seed=4).items():
         diffs = config_differences(saved, dataclasses.replace(base, **{name: value}))
@@ -55,7 +56,7 @@ def test_an_option_added_later_counts_as_its_default_in_old_runs():
 
 
 def test_compare_sets_the_per_run_options_and_refuses_them(tmp_path):
-    assert PER_RUN_FIELDS == {"loss", "smoothing", "seed", "threads"}
+    assert PER_RUN_FIELDS == {"loss", "smoothing", "seed", "threads", "wandb_name"}
     runs = plan_runs(CompareConfig(preset="smoke", out=tmp_path, threads=1))
     assert {(r.config.loss, r.config.smoothing) for r in runs} == {("ce", 0.0), ("ls", 0.1)}
     for name in PER_RUN_FIELDS:
@@ -120,21 +121,14 @@ def test_bad_spec_is_one_clear_error(name, message):
         TrainConfig(dataset=name)
 
 
-def test_old_synthetic_options_are_aliases_of_the_spec():
+def test_synthetic_spec_is_written_out_in_full_and_compares_by_it():
     full = "synthetic:k=5,d=48,n=60,test=20"
     assert synthetic_name(**parse_synthetic(full)) == full
-    aliases = dict(zip(SYNTHETIC_ALIASES, (5, 48, 60, 20), strict=True))
-    old = TrainConfig(dataset="synthetic", **aliases)
-    assert old.dataset == full and TrainConfig(dataset=full) == old
-    assert "synthetic_classes" not in old.to_dict()
     assert TrainConfig(dataset="synthetic").dataset == "synthetic:k=10,d=32,n=100,test=100"
-    assert config_from_dict({"dataset": "synthetic", "synthetic-dim": 8}).dataset == (
+    assert config_from_dict({"dataset": "synthetic:d=8"}).dataset == (
         "synthetic:k=10,d=8,n=100,test=100"
     )
-    # a run saved with the old options is the same run as the spec describes
-    saved = {**TrainConfig(dataset=full).to_dict(), "dataset": "synthetic", **aliases}
+    saved = {**TrainConfig(dataset=full).to_dict(), "dataset": "synthetic:test=20,n=60,d=48,k=5"}
     assert config_differences(saved, TrainConfig(dataset=full)) == []
-    # the aliases still only concern the synthetic dataset, and may not contradict the spec
-    assert TrainConfig(synthetic_classes=3).dataset == "fashion-mnist"
-    with pytest.raises(ValueError, match="contradicts k=5"):
-        TrainConfig(dataset="synthetic:k=5", synthetic_classes=4)
+    with pytest.raises(ValueError, match="unknown option.*synthetic-dim"):  # aliases are gone
+        config_from_dict({"dataset": "synthetic", "synthetic-dim": 8})

@@ -51,8 +51,7 @@ from nclab.train import loop as train_loop
 # ---------------------------------------------------------------------------- helpers
 
 TINY = [
-    "--dataset", "synthetic", "--synthetic-classes", "3", "--synthetic-dim", "8",
-    "--synthetic-train-per-class", "20", "--synthetic-test-per-class", "10",
+    "--dataset", "synthetic:k=3,d=8,n=20,test=10",
     "--width", "16", "--depth", "1", "--batch-size", "20", "--lr", "0.05",
     "--scheduler", "constant", "--threads", "1", "--quiet",
 ]  # fmt: skip
@@ -873,7 +872,7 @@ TRAIN_OPTION_CASES = [
     (["--width", "0"], "width must be an integer >= 1"),
     (["--ufm-penalties", "--lambda-h", "-1e-3"], "lambda_h must be >= 0"),
     (["--ufm-penalties", "--lambda-w", "0"], "needs lambda_w > 0"),
-    (["--synthetic-classes", "1"], "must be an integer >= 2"),
+    (["--dataset", "synthetic:k=1,d=8,n=20,test=10"], "must be an integer >= 2"),
     (["--model", "vit"], "unknown model"),
     (["--dataset", "imagenet"], "unknown dataset"),
     (["--dataset", "npz:"], "npz dataset needs a path"),
@@ -1028,7 +1027,16 @@ def test_hostile_predictions_file_in_report(case, run_copy, tmp_path, capsys):
 
 def test_report_refuses_mixed_datasets_naming_the_runs(finished, tmp_path, capsys):
     other = tmp_path / "other"
-    argv = ["train", *TINY, "--epochs", "1", "--synthetic-classes", "4", "--out", str(other)]
+    argv = [
+        "train",
+        *TINY,
+        "--epochs",
+        "1",
+        "--dataset",
+        "synthetic:k=4,d=8,n=20,test=10",
+        "--out",
+        str(other),
+    ]
     assert cli.main(argv) == 0
     err = expect_clear_error(
         _report_argv(finished, other, out=tmp_path / "rep"),
@@ -1044,13 +1052,14 @@ def test_report_refuses_mixed_datasets_naming_the_runs(finished, tmp_path, capsy
     [
         (["nonexistent"], "does not exist"),
         (["empty"], "no run directories"),
-        (["empty", "empty2"], "--out"),
+        (["empty", "empty2"], "no run directories"),  # several DIRs: a default --out, no error
     ],
 )
 def test_report_bad_directories(dirs, says, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty2").mkdir()
     expect_clear_error(_report_argv(*(tmp_path / d for d in dirs)), capsys, says=says)
+    assert not list(tmp_path.glob("report-*"))  # a failed report leaves no folder behind
 
 
 def test_report_out_inside_a_regular_file(finished, tmp_path, capsys):
@@ -1224,8 +1233,7 @@ def test_broken_stdout_pipe_is_quiet(monkeypatch, capsys):
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SLOW_RUN = [
-    "--dataset", "synthetic", "--synthetic-classes", "5", "--synthetic-dim", "48",
-    "--synthetic-train-per-class", "200", "--synthetic-test-per-class", "20",
+    "--dataset", "synthetic:k=5,d=48,n=200,test=20",
     "--width", "64", "--depth", "2", "--batch-size", "20", "--lr", "0.05",
     "--scheduler", "cosine", "--threads", "1", "--seed", "3", "--quiet",
 ]  # fmt: skip

@@ -117,13 +117,15 @@ def test_callback_tracks_every_epoch_and_logs_to_lightning(tmp_path: Path) -> No
     # Lightning's own logger got the same numbers under nc/
     (metrics_csv,) = (tmp_path / "logs" / "tiny").rglob("metrics.csv")
     with metrics_csv.open() as f:
-        logged = [r for r in csv.DictReader(f) if r.get("nc/nc1")]
+        logged = [r for r in csv.DictReader(f) if r.get("nc/train/nc1")]
     assert len(logged) == 5
+    tags = {"nc1": "train/nc1", "test_acc": "test/acc", "ece": "test/ece", "lr": "train/lr"}
     for mine, theirs in zip(rows, logged, strict=True):
-        assert float(theirs["epoch"]) == mine["epoch"] - 1  # Lightning counts epochs from 0
-        for key in ("nc1", "test_acc", "ece", "lr"):
-            assert float(theirs[f"nc/{key}"]) == pytest.approx(mine[key], rel=1e-6), key
-    assert "nc/nc1" in trainer.callback_metrics
+        # the same epoch number as metrics.jsonl (and TensorBoard/W&B), as step and value
+        assert float(theirs["epoch"]) == mine["epoch"] == int(theirs["step"])
+        for key, tag in tags.items():
+            assert float(theirs[f"nc/{tag}"]) == pytest.approx(mine[key], rel=1e-6), key
+    assert float(trainer.callback_metrics["nc/train/nc1"]) == pytest.approx(rows[-1]["nc1"])
 
 
 def test_every_n_epochs_also_logs_the_last_completed_epoch(tmp_path: Path) -> None:

@@ -45,6 +45,27 @@ def test_ls_matches_explicit_smoothed_target():
     assert abs(got.item() - ref.item()) < 1e-12
 
 
+@pytest.mark.parametrize("k", [2, 7, 100])
+@pytest.mark.parametrize("delta", [0.0, 0.1, 0.5, 0.99])
+def test_ls_value_and_gradient_equal_the_smoothed_target_formula_in_float64(k, delta):
+    """The loss is F.cross_entropy(label_smoothing=δ); this pins that it is the paper's
+    L = (1 - δ)(-log p_y) + (δ/K) Σ_k (-log p_k) with gradient (softmax(z) - q) / N."""
+    logits, targets = _batch(k, seed=k + int(100 * delta), scale=10.0)
+    logits.requires_grad_(True)
+    got = get_loss("ls", k, smoothing=delta)(logits, targets)
+    (grad,) = torch.autograd.grad(got, logits)
+    z = logits.detach()
+    logp = z - torch.logsumexp(z, dim=1, keepdim=True)
+    n = len(targets)
+    want = ((1 - delta) * -logp[torch.arange(n), targets] + delta / k * -logp.sum(1)).mean()
+    q = torch.full((n, k), delta / k, dtype=torch.float64)
+    q[torch.arange(n), targets] += 1 - delta
+    want_grad = (torch.softmax(z, dim=1) - q) / n
+    assert got.dtype == grad.dtype == torch.float64
+    assert abs(got.item() - want.item()) <= 1e-13 * max(1.0, abs(want.item()))
+    assert torch.allclose(grad, want_grad, rtol=0, atol=1e-15)
+
+
 def test_ls_zero_equals_ce_and_gradients_flow():
     logits, targets = _batch(10, seed=5)
     logits.requires_grad_(True)

@@ -179,8 +179,79 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
+def coinciding_means_data():
+    """K = 4 classes in d = 6 whose means 0 and 1 coincide; the noise has exactly zero class
+    means, so the class means are exactly ``centres`` (up to float64 rounding)."""
+    rng = np.random.default_rng(19)
+    k, d = 4, 6
+    centres = rng.standard_normal((k, d)) * 3
+    centres[1] = centres[0]
+    y = np.repeat(np.arange(k), 25)
+    noise = rng.standard_normal((len(y), d))
+    for c in range(k):
+        noise[y == c] -= noise[y == c].mean(axis=0)
+    return rng, k, d, centres, y, noise
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Linear(6, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Dropout(0.5), nn.Linear(10, 4)
+        )
+        self.classifier = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _dist_data():
+    rng = np.random.default_rng(15)
+    h, y = make_data(rng, per_class=(12, 30, 9, 21, 18))
+    # Rank 0 never sees class 4: exercises ranks with locally empty classes.
+    rank0 = np.flatnonzero(y != 4)[:40]
+    rank1 = np.setdiff1d(np.arange(len(y)), rank0)
+    w = rng.standard_normal((5, 8))
+    return h, y, w, [rank0, rank1]
+
+
+def _dist_worker(rank: int, world: int, tmp: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world
+    )
+    try:
+        h, y, w, parts = _dist_data()
+        idx = parts[rank]
+        for mode in MODES:
+            acc = NCAccumulator(5, 8, mode=mode)
+            for lo in range(0, len(idx), 16):
+                acc.update(h[idx[lo : lo + 16]], y[idx[lo : lo + 16]])
+            if mode == "projected":
+                try:  # the second pass needs the global means
+                    acc.update_ncc(h[idx], y[idx], weight=w)
+                    raise AssertionError("update_ncc before all_reduce was accepted")
+                except ValueError:
+                    pass
+            acc.all_reduce()
+            acc.all_reduce()  # guard: already reduced, so a no-op (no double counting)
+            try:
+                acc.update(h[idx[:3]], y[idx[:3]])
+                raise AssertionError("update after all_reduce was accepted")
+            except ValueError:
+                pass
+            acc.update_ncc(h[idx], y[idx], weight=w)  # against the global means
+            acc.all_reduce(stats=False)
+            acc.all_reduce()  # both passes reduced: no-op
+            Path(tmp, f"rank{rank}-{mode}.json").write_text(json.dumps(acc.compute(w).as_dict()))
+    finally:
+        dist.destroy_process_group()
+
+
 # ------------------------------------------------------------------------------------------
-# Formulas
+# Every metric equals a direct float64 computation
 # ------------------------------------------------------------------------------------------
 
 
@@ -249,40 +320,6 @@ def test_exact_simplex_etf_is_fully_collapsed():
     assert rel(got.h_norm, 3.0 * math.sqrt(1 - 1 / k)) < 1e-12
 
 
-# ------------------------------------------------------------------------------------------
-# Invariances and streaming
-# ------------------------------------------------------------------------------------------
-
-
-def test_permutation_batching_merging_and_scaling_leave_nc1_unchanged():
-    rng = np.random.default_rng(5)
-    h, y = make_data(rng, per_class=(9, 31, 17, 4, 22))
-    want = ref_metrics(h, y, 5)["nc1"]
-    base = nc_metrics(h, y).nc1
-    assert rel(base, want) < 1e-9
-
-    perm = rng.permutation(len(y))
-    assert rel(nc_metrics(h[perm], y[perm]).nc1, base) < 1e-10
-
-    for size in (1, 2, 7, 50):
-        acc = NCAccumulator(5, 8)
-        for lo in range(0, len(y), size):
-            acc.update(h[lo : lo + size], y[lo : lo + size])
-        assert rel(acc.compute().nc1, base) < 1e-10, size
-
-    cuts = [0, 3, 4, 40, 41, 70, len(y)]
-    parts = [
-        NCAccumulator(5, 8).update(h[a:z], y[a:z]) for a, z in zip(cuts[:-1], cuts[1:], strict=True)
-    ]
-    merged = parts[0]
-    for part in parts[1:]:
-        assert merged.merge(part) is merged
-    assert rel(merged.compute().nc1, base) < 1e-10
-    assert merged.num_samples == len(y)
-
-    assert rel(nc_metrics(7.3 * h, y).nc1, base) < 1e-10
-
-
 def test_near_collapse_float32_input_is_accurate():
     """Class means of norm ~100 with noise of scale 1e-3, given as float32, in small batches.
 
@@ -313,16 +350,6 @@ def test_near_collapse_float32_input_is_accurate():
     assert rel(acc.compute().nc1, want) < 1e-4
 
 
-def test_torch_and_numpy_inputs_agree():
-    rng = np.random.default_rng(7)
-    h, y = make_data(rng, dtype=np.float32)
-    w = rng.standard_normal((5, 8)).astype(np.float32)
-    from_numpy = nc_metrics(h, y, w).as_dict()
-    from_torch = nc_metrics(torch.from_numpy(h), torch.from_numpy(y), torch.from_numpy(w))
-    assert from_torch.as_dict() == from_numpy
-    assert_metrics_close(from_numpy, ref_metrics(h, y, 5, w))
-
-
 def test_many_classes_and_warning_when_d_below_k_minus_1():
     rng = np.random.default_rng(8)
     k, d = 300, 6
@@ -340,26 +367,64 @@ def test_many_classes_and_warning_when_d_below_k_minus_1():
         assert rel(getattr(got, key), want[key]) < 1e-9, key
 
 
-def test_state_dict_round_trip_and_reset():
-    rng = np.random.default_rng(9)
-    h, y = make_data(rng)
-    acc = NCAccumulator(5, 8).update(h[:80], y[:80])
-    acc.update_ncc(h[:80], y[:80])
-    clone = NCAccumulator(5, 8).load_state_dict(acc.state_dict())
-    for a in (acc, clone):
-        a.update(h[80:], y[80:])
-    assert clone.compute() == acc.compute()
-    assert clone.tallies == acc.tallies
-    with pytest.raises(ValueError, match="K=5, d=8"):
-        NCAccumulator(5, 9).load_state_dict(acc.state_dict())
-    acc.reset()
-    assert acc.num_samples == 0 and acc.tallies["ncc_total"] == 0
-    assert not acc.shifted_scatter.any()
+@pytest.mark.parametrize(("k", "d", "spread"), [(6, 40, 1.0), (6, 40, 1e-4), (10, 4, 0.5)])
+def test_projected_mode_gives_the_streaming_metrics(k: int, d: int, spread: float) -> None:
+    """The projected two-pass mode (scatter only along the class-mean directions) gives the
+    same metrics as the streaming mode fed in small batches, also near collapse (tiny spread
+    around far-away means) and for d < K - 1 (the span is all of R^d); both match the direct
+    float64 reference."""
+    gen = torch.Generator().manual_seed(k * d)
+    y = torch.arange(k).repeat(50)[torch.randperm(50 * k, generator=gen)]
+    mu = 5.0 + torch.randn(k, d, generator=gen)
+    h = (mu[y] + spread * torch.randn(50 * k, d, generator=gen)).float()
+    logits = torch.randn(50 * k, k, generator=gen)
+    w, b = torch.randn(k, d, generator=gen), torch.randn(k, generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # d < K - 1 warns in both paths
+        proj = NCAccumulator(k, d, mode="projected").update(h, y)
+        fast = proj.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
+        stream = NCAccumulator(k, d)
+        for lo in range(0, len(y), 37):
+            stream.update(h[lo : lo + 37], y[lo : lo + 37])
+        ref = stream.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
+    assert set(fast) == set(ref) and all((fast[n] is None) == (ref[n] is None) for n in ref)
+    present = {n: v for n, v in ref.items() if v is not None}
+    assert {n: fast[n] for n in present} == pytest.approx(present, rel=1e-8, abs=1e-12)
+    assert fast["nc1"] > 0
+    want = ref_metrics(h.double().numpy(), y.numpy(), k, w.double().numpy(), b.double().numpy())
+    for key in ("nc1", "cdnv", "nc1_trace_ratio", "h_norm"):
+        assert rel(fast[key], want[key]) < 1e-8, key
+    with pytest.raises(ValueError, match="only along the class-mean directions"):
+        proj.within_class_covariance()
+    with pytest.raises(ValueError, match="second pass has fixed the class means"):
+        proj.update(h, y)
+    with pytest.raises(ValueError, match="needs its second pass"):
+        NCAccumulator(k, d, mode="projected").update(h, y).compute()
 
 
-# ------------------------------------------------------------------------------------------
-# NCC pass
-# ------------------------------------------------------------------------------------------
+def test_second_pass_tallies_equal_direct_distances() -> None:
+    """The NCC/NC4 tallies of update_ncc (scored on the class-centred chunk, in the class-mean
+    basis for the own means) equal argmin of the direct distances, against the accumulator's own
+    means and against other means (test features scored with train means), in both modes."""
+    rng = np.random.default_rng(3)
+    k, d, n = 7, 24, 700
+    y = np.arange(n) % k
+    h = (rng.standard_normal((k, d))[y] + 2.0 * rng.standard_normal((n, d))).astype(np.float32)
+    logits = rng.standard_normal((n, k))
+    own = np.stack([h[y == c].astype(np.float64).mean(axis=0) for c in range(k)])
+    other = own + 0.3 * rng.standard_normal((k, d))
+    for ref, means in ((own, None), (other, other)):
+        dist = np.linalg.norm(h[:, None, :].astype(np.float64) - ref[None], axis=-1)
+        ncc = dist.argmin(axis=1)
+        want = {
+            "ncc_correct": int((ncc == y).sum()),
+            "nc4_mismatch": int((ncc != logits.argmax(1)).sum()),
+        }
+        assert 0 < want["ncc_correct"] < n and 0 < want["nc4_mismatch"] < n
+        for mode in MODES:
+            acc = NCAccumulator(k, d, mode=mode).update(h, y)
+            tallies = acc.update_ncc(h, y, means=means, logits=logits).tallies
+            assert {key: tallies[key] for key in want} == want, mode
 
 
 def test_update_ncc_with_train_means_on_test_features_and_merge_sums_tallies():
@@ -398,8 +463,335 @@ def test_update_ncc_with_train_means_on_test_features_and_merge_sums_tallies():
     assert fresh.nc4 is None and fresh.ncc_acc is None
 
 
+def test_per_class_nc1_and_variability_match_direct_float64() -> None:
+    rng = np.random.default_rng(21)
+    k, d = 5, 8
+    h, y = make_data(rng, k=k, d=d, per_class=(10, 40, 25, 31, 17))
+    mu = np.stack([h[y == c].mean(axis=0) for c in range(k)])
+    mbar = mu - mu.mean(axis=0)
+    evals, evecs = np.linalg.eigh(mbar.T @ mbar / k)
+    top = evecs[:, -(k - 1) :]  # rank K-1 = 4 of d = 8
+    pinv_b = top @ np.diag(1 / evals[-(k - 1) :]) @ top.T
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode).update(h, y).update_ncc(h, y)
+        per = acc.per_class()
+        for c in range(k):
+            diff = h[y == c] - mu[c]
+            assert per.count[c] == (y == c).sum()
+            assert rel(per.variability[c], np.mean(np.sum(diff**2, axis=1))) < 1e-12
+            assert rel(per.nc1[c], np.trace(diff.T @ diff / len(diff) @ pinv_b) / k) < 1e-9
+        assert rel(float(per.count @ per.nc1) / len(y), acc.compute().nc1) < 1e-12
+    assert NCAccumulator(k, d).update(h, y).per_class().nc1 is None
+
+
+def test_nc5_and_cdnv_exponent_match_direct_float64(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(22)
+    h, y = make_data(rng)
+    ood = rng.standard_normal((40, 8)) + 0.5
+    want = ref_metrics(h, y, 5, ood=ood)
+    got = nc_metrics(h, y, ood_features=ood)
+    assert rel(got.nc5, want["nc5"]) < 1e-12 and 0 < got.nc5 < 1
+    mu = np.stack([h[y == c].mean(axis=0) for c in range(5)])
+    var = np.array([np.mean(np.sum((h[y == c] - mu[c]) ** 2, axis=1)) for c in range(5)])
+    pairs = [(a, c) for a in range(5) for c in range(5) if a != c]
+    for p in (0.5, 1.0, 2.0):
+        want_p = np.mean(
+            [(var[a] + var[c]) / (2 * np.sum((mu[a] - mu[c]) ** 2) ** p) for a, c in pairs]
+        )
+        assert rel(nc_metrics(h, y, cdnv_dist_exp=p).cdnv, want_p) < 1e-12, p
+    np.savez(tmp_path / "f.npz", features=h, labels=y)
+    np.savez(tmp_path / "o.npz", features=ood)
+    assert (
+        cli_main(["metrics", str(tmp_path / "f.npz"), "--ood", str(tmp_path / "o.npz"), "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["metrics"]["nc5"] == pytest.approx(
+        got.nc5, rel=1e-12
+    )
+    assert cli_main(["metrics", str(tmp_path / "f.npz"), "--ood", str(tmp_path / "x.npz")]) == 2
+    assert "x.npz not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("k", [40, 120])
+def test_many_class_tallies_equal_float64_argmax_and_argmin_with_near_ties(k: int) -> None:
+    """With many classes, on float32 input, the tallies equal the float64 argmax/argmin
+    exactly, including planted near-ties (two classifier rows that differ by 1e-9 relative, far
+    below float32 resolution, so every sample whose best class is 0 or 1 is a near tie)."""
+    rng = np.random.default_rng(k)
+    d, n = 48, 40 * k
+    y = np.arange(n) % k
+    means = rng.standard_normal((k, d)) * 3
+    h = (means[y] + rng.standard_normal((n, d))).astype(np.float32)
+    w = rng.standard_normal((k, d))
+    w[1] = w[0] * (1 + 1e-9)  # classes 0 and 1 nearly tie for every sample
+    b = rng.standard_normal(k)
+    b[1] = b[0]
+    h64 = h.astype(np.float64)
+    own = np.stack([h64[y == c].mean(axis=0) for c in range(k)])
+    other = own + 0.5 * rng.standard_normal((k, d))
+    cls = np.argmax(h64 @ w.T + b, axis=1)
+    for ref, means_arg in ((own, None), (other, other)):
+        ncc = np.argmin(((h64[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
+        acc = NCAccumulator(k, d, mode="projected").update(h, y)
+        t = acc.update_ncc(h, y, means=means_arg, weight=w, bias=b).tallies
+        assert t["ncc_correct"] == int((ncc == y).sum())
+        assert t["nc4_mismatch"] == int((ncc != cls).sum())
+    # float64 features too
+    acc = NCAccumulator(k, d, mode="projected").update(h64, y)
+    t = acc.update_ncc(h64, y, weight=w, bias=b).tallies
+    ncc = np.argmin(((h64[:, None, :] - own[None]) ** 2).sum(-1), axis=1)
+    assert t["nc4_mismatch"] == int((ncc != cls).sum())
+
+
+@pytest.mark.parametrize("sep", [0.3, 1.5, 3.0], ids=["overlapping", "mixed", "separated"])
+def test_many_classes_every_metric_matches_float64_with_near_ties(sep: float) -> None:
+    """Many classes, on float32 input, overlapping to well separated, with classifier near
+    ties: every metric matches the direct float64 formulas, NC1 over correctly / incorrectly
+    classified samples included (the near-tie rows decide their split)."""
+    k, d = 40, 48
+    rng = np.random.default_rng(7)
+    y = np.arange(30 * k) % k
+    centres = rng.standard_normal((k, d)) * sep
+    h = (centres[y] + rng.standard_normal((len(y), d))).astype(np.float32)
+    w = rng.standard_normal((k, d))
+    w[1] = w[0] * (1 + 1e-9)  # classes 0 and 1 nearly tie for every sample
+    b = rng.standard_normal(k)
+    b[1] = b[0]
+    assert_metrics_close(nc_metrics(h, y, w, b).as_dict(), ref_metrics(h, y, k, w, b))
+
+
+def test_as_dict_keys_follow_the_contract():
+    fields = list(NCMetrics.__dataclass_fields__)
+    assert fields == KEYS
+
+
 # ------------------------------------------------------------------------------------------
-# Bad input
+# Results do not depend on batching, order, merging, scale, precision or where the state lives
+# ------------------------------------------------------------------------------------------
+
+
+def test_permutation_batching_merging_and_scaling_leave_nc1_unchanged():
+    rng = np.random.default_rng(5)
+    h, y = make_data(rng, per_class=(9, 31, 17, 4, 22))
+    want = ref_metrics(h, y, 5)["nc1"]
+    base = nc_metrics(h, y).nc1
+    assert rel(base, want) < 1e-9
+
+    perm = rng.permutation(len(y))
+    assert rel(nc_metrics(h[perm], y[perm]).nc1, base) < 1e-10
+
+    for size in (1, 2, 7, 50):
+        acc = NCAccumulator(5, 8)
+        for lo in range(0, len(y), size):
+            acc.update(h[lo : lo + size], y[lo : lo + size])
+        assert rel(acc.compute().nc1, base) < 1e-10, size
+
+    cuts = [0, 3, 4, 40, 41, 70, len(y)]
+    parts = [
+        NCAccumulator(5, 8).update(h[a:z], y[a:z]) for a, z in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
+    merged = parts[0]
+    for part in parts[1:]:
+        assert merged.merge(part) is merged
+    assert rel(merged.compute().nc1, base) < 1e-10
+    assert merged.num_samples == len(y)
+
+    assert rel(nc_metrics(7.3 * h, y).nc1, base) < 1e-10
+
+
+def test_torch_and_numpy_inputs_agree():
+    rng = np.random.default_rng(7)
+    h, y = make_data(rng, dtype=np.float32)
+    w = rng.standard_normal((5, 8)).astype(np.float32)
+    from_numpy = nc_metrics(h, y, w).as_dict()
+    from_torch = nc_metrics(torch.from_numpy(h), torch.from_numpy(y), torch.from_numpy(w))
+    assert from_torch.as_dict() == from_numpy
+    assert_metrics_close(from_numpy, ref_metrics(h, y, 5, w))
+
+
+@pytest.mark.parametrize("factor", [1e-300, 1e200])
+def test_metrics_do_not_depend_on_the_feature_scale(tmp_path, capsys, factor) -> None:
+    rng = np.random.default_rng(25)
+    h, y = make_data(rng)
+    w, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
+    base = nc_metrics(h, y, w, b).as_dict()
+    scaled = nc_metrics(h * factor, y, w, b * factor).as_dict()
+    for key, value in base.items():
+        if value is None:
+            assert scaled[key] is None, key
+        elif key in ("h_norm", "bias_collapse"):
+            assert rel(scaled[key], value * factor) < 1e-12, key
+        else:
+            assert scaled[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    path = tmp_path / "scaled.npz"
+    np.savez(path, features=h * factor, labels=y)
+    assert cli_main(["metrics", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["nc1"] == pytest.approx(base["nc1"], rel=1e-10)
+
+
+def test_float32_coinciding_means_are_dropped_but_a_small_real_gap_counts() -> None:
+    """Two class means that coincide up to float32 rounding: the cutoff accounts for the input's
+    precision, warns, and gives the float64 answer (not ~1e15); two means 1e-3 ||mu|| apart in
+    float32 data keep their direction (no warning) and match the direct float64 formula."""
+    rng, k, d, centres, y, noise = coinciding_means_data()
+    h64 = centres[y] + noise
+    with pytest.warns(UserWarning, match="numerical rank 2 < 3"):
+        want = nc_metrics(h64, y).nc1
+    h32 = h64.astype(np.float32)
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode).update(h32, y).update_ncc(h32, y)
+        with pytest.warns(UserWarning, match="numerical rank 2 < 3"):
+            got = acc.compute().nc1
+        assert rel(got, want) < 1e-5, mode  # the float32 features differ from h64 by ~1e-7
+
+    gap = 1e-3 * np.linalg.norm(centres[0])
+    centres[1] = centres[0] + gap * rng.standard_normal(d) / np.sqrt(d)
+    h32 = (centres[y] + noise).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = nc_metrics(h32, y).nc1
+    assert rel(got, ref_metrics(h32.astype(np.float64), y, k)["nc1"]) < 1e-8
+    assert got > 1e3  # the small gap makes NC1 large, but finite and real
+
+
+def test_state_dict_round_trip_and_reset():
+    rng = np.random.default_rng(9)
+    h, y = make_data(rng)
+    acc = NCAccumulator(5, 8).update(h[:80], y[:80])
+    acc.update_ncc(h[:80], y[:80])
+    clone = NCAccumulator(5, 8).load_state_dict(acc.state_dict())
+    for a in (acc, clone):
+        a.update(h[80:], y[80:])
+    assert clone.compute() == acc.compute()
+    assert clone.tallies == acc.tallies
+    with pytest.raises(ValueError, match="K=5, d=8"):
+        NCAccumulator(5, 9).load_state_dict(acc.state_dict())
+    acc.reset()
+    assert acc.num_samples == 0 and acc.tallies["ncc_total"] == 0
+    assert not acc.shifted_scatter.any()
+
+
+def test_state_follows_the_first_input_and_moves_with_to() -> None:
+    h, y = make_data(np.random.default_rng(23), dtype=np.float32)
+    acc = NCAccumulator(5, 8)
+    assert acc.device == torch.device("cpu")
+    acc.update(torch.from_numpy(h), torch.from_numpy(y)).update_ncc(h, y)
+    assert all(t.device.type == "cpu" and t.dtype in (torch.float64, torch.int64)
+               for t in acc._tensors().values())  # fmt: skip
+    clone = NCAccumulator(5, 8).load_state_dict(acc.state_dict())
+    assert clone.compute() == acc.compute()  # bit for bit
+    assert acc.to("cpu").compute() == clone.compute()
+    path_state = {k: v for k, v in acc.state_dict().items()}
+    buf = __import__("io").BytesIO()
+    torch.save(path_state, buf)
+    buf.seek(0)
+    reloaded = NCAccumulator(5, 8).load_state_dict(torch.load(buf, weights_only=True))
+    assert reloaded.compute() == acc.compute()
+
+
+def test_projected_merge_state_dict_and_half_precision_inputs() -> None:
+    rng = np.random.default_rng(28)
+    h, y = make_data(rng)
+    w, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
+    want = nc_metrics(h, y, w, b).as_dict()
+    # first passes merged, then one second pass over all samples
+    left = NCAccumulator(5, 8, mode="projected").update(h[:70], y[:70])
+    right = NCAccumulator(5, 8, mode="projected").update(h[70:], y[70:])
+    merged = left.merge(right).update_ncc(h, y, weight=w, bias=b)
+    assert_metrics_close(merged.compute(w, b).as_dict(), want)
+    clone = NCAccumulator(5, 8, mode="projected").load_state_dict(merged.state_dict())
+    assert clone.compute(w, b) == merged.compute(w, b)
+    other = NCAccumulator(5, 8, mode="projected").update(h[:70], y[:70]).update_ncc(h, y)
+    with pytest.raises(ValueError, match="different class means"):
+        merged.merge(other)
+    with pytest.raises(ValueError, match="mode='streaming'"):
+        NCAccumulator(5, 8).merge(other)
+    # half-precision inputs: statistics of the rounded values in float64, precision recorded
+    for dtype in (torch.float16, torch.bfloat16):
+        ht = torch.from_numpy(h).to(dtype)
+        acc = NCAccumulator(5, 8).update(ht, torch.from_numpy(y))
+        assert acc.input_eps == torch.finfo(dtype).eps
+        ref = ref_metrics(ht.double().numpy(), y, 5)
+        assert rel(acc.compute().nc1, ref["nc1"]) < 1e-9
+
+
+def test_streaming_second_pass_restarts_after_new_samples_and_keeps_tallies() -> None:
+    """In streaming mode, update() after update_ncc() makes the second-pass statistics stale
+    (per-class and split NC1 become None) but keeps the tallies; a new second pass over all the
+    samples gives the one-shot answer."""
+    rng = np.random.default_rng(27)
+    h, y = make_data(rng)
+    w = rng.standard_normal((5, 8))
+    acc = NCAccumulator(5, 8).update(h[:100], y[:100]).update_ncc(h[:100], y[:100], weight=w)
+    acc.update(h[100:], y[100:])
+    stale = acc.compute(w)
+    assert stale.nc1_correct is None and acc.per_class().nc1 is None
+    assert acc.tallies["ncc_total"] == 100 and stale.ncc_acc is not None
+    fresh = NCAccumulator(5, 8).update(h, y).update_ncc(h, y, weight=w).compute(w).as_dict()
+    assert_metrics_close(fresh, ref_metrics(h, y, 5, w))
+    with pytest.raises(ValueError, match="unknown|mode must be one of"):
+        NCAccumulator(5, 8, mode="full")
+
+
+# ------------------------------------------------------------------------------------------
+# Batches never read the device back (nothing synchronises a CUDA stream per batch)
+# ------------------------------------------------------------------------------------------
+
+
+def test_update_never_reads_the_device_back() -> None:
+    """On the meta device every read of a value (``bool``, ``item``, ``cpu``, ``numpy``) raises,
+    so updates that succeed there make no host copy and no synchronisation per batch (what a
+    CUDA stream would pay). Checked for both modes with validation off."""
+    k, d = 5, 8
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode, device="meta", validate=False)
+        for _ in range(3):
+            acc.update(torch.randn(16, d, device="meta"), torch.randint(0, k, (16,), device="meta"))
+        assert all(t.device.type == "meta" for t in acc._tensors().values())
+    with pytest.raises(Exception):  # noqa: B017 - the meta device refuses any read-back
+        bool(acc.counts.any())
+
+
+@pytest.mark.parametrize("k", [5, 40])
+def test_second_pass_batches_never_read_the_device_back(k: int) -> None:
+    """After the first update_ncc call (which fixes the means: one read), further second-pass
+    batches make no read-back: the state is moved to the meta device, where any read raises."""
+    d = 8
+    rng = np.random.default_rng(k)
+    y = np.arange(20 * k) % k
+    h = (rng.standard_normal((k, d))[y] + rng.standard_normal((len(y), d))).astype(np.float32)
+    w, b = torch.randn(k, d, dtype=torch.float64), torch.randn(k, dtype=torch.float64)
+    for mode in MODES:
+        acc = NCAccumulator(k, d, mode=mode, validate=False).update(h, y)
+        acc.update_ncc(h[:10], y[:10], weight=w, bias=b)
+        acc.to("meta")
+        hm, ym = torch.from_numpy(h).to("meta"), torch.from_numpy(y).to("meta")
+        for _ in range(2):
+            acc.update_ncc(hm, ym, weight=w.to("meta"), bias=b.to("meta"))
+            acc.update_ncc(hm, ym, means=torch.zeros(k, d, device="meta"),
+                           logits=torch.zeros(len(y), k, device="meta"))  # fmt: skip
+
+
+def test_gpu_check_runs_in_tiny_mode_on_cpu(tmp_path, capsys) -> None:
+    """benchmarks/gpu_check.py runs every step at tiny sizes on the CPU; on CUDA the same script
+    compares the device engine with the CPU one (exactness must hold in both)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu.json"
+    assert module.main(["--tiny", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert max(report["exactness"]["max_rel_diff"].values()) <= 1e-9
+    assert report["speed"]["stream_all_metrics_s"] > 0 and report["training"]["epoch_s"] > 0
+    assert "exactness vs CPU" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: one clear ValueError (or a warning where the answer is still exact)
 # ------------------------------------------------------------------------------------------
 
 
@@ -469,20 +861,6 @@ def test_empty_class_is_named_at_compute_time():
         acc.update_ncc(h[keep], y[keep])  # default means need every class
 
 
-def coinciding_means_data():
-    """K = 4 classes in d = 6 whose means 0 and 1 coincide; the noise has exactly zero class
-    means, so the class means are exactly ``centres`` (up to float64 rounding)."""
-    rng = np.random.default_rng(19)
-    k, d = 4, 6
-    centres = rng.standard_normal((k, d)) * 3
-    centres[1] = centres[0]
-    y = np.repeat(np.arange(k), 25)
-    noise = rng.standard_normal((len(y), d))
-    for c in range(k):
-        noise[y == c] -= noise[y == c].mean(axis=0)
-    return rng, k, d, centres, y, noise
-
-
 def test_coinciding_class_means_drop_a_direction_with_a_warning():
     _, k, d, centres, y, noise = coinciding_means_data()
     h = centres[y] + noise
@@ -506,21 +884,22 @@ def test_low_dimension_warns_but_computes():
     assert rel(got.nc1, ref_metrics(h, y, 5)["nc1"]) < 1e-9
 
 
+def test_unvalidated_non_finite_features_are_reported_by_compute() -> None:
+    h, y = make_data(np.random.default_rng(29))
+    h[5, 3] = np.nan
+    for mode in MODES:
+        acc = NCAccumulator(5, 8, mode=mode, validate=False).update(h, y)
+        if mode == "projected":
+            with pytest.raises(ValueError, match="not finite"):
+                acc.update_ncc(h, y)
+            continue
+        with pytest.raises(ValueError, match=r"not finite \(per-batch validation was off\)"):
+            acc.compute()
+
+
 # ------------------------------------------------------------------------------------------
-# collect()
+# collect(): features of a model's classifier input, model state restored
 # ------------------------------------------------------------------------------------------
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Linear(6, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Dropout(0.5), nn.Linear(10, 4)
-        )
-        self.classifier = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 def test_collect_captures_classifier_input_and_restores_state():
@@ -580,53 +959,8 @@ def test_collect_feeds_the_accumulator():
 
 
 # ------------------------------------------------------------------------------------------
-# Distributed
+# Distributed: all_reduce equals one process
 # ------------------------------------------------------------------------------------------
-
-
-def _dist_data():
-    rng = np.random.default_rng(15)
-    h, y = make_data(rng, per_class=(12, 30, 9, 21, 18))
-    # Rank 0 never sees class 4: exercises ranks with locally empty classes.
-    rank0 = np.flatnonzero(y != 4)[:40]
-    rank1 = np.setdiff1d(np.arange(len(y)), rank0)
-    w = rng.standard_normal((5, 8))
-    return h, y, w, [rank0, rank1]
-
-
-def _dist_worker(rank: int, world: int, tmp: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world
-    )
-    try:
-        h, y, w, parts = _dist_data()
-        idx = parts[rank]
-        for mode in MODES:
-            acc = NCAccumulator(5, 8, mode=mode)
-            for lo in range(0, len(idx), 16):
-                acc.update(h[idx[lo : lo + 16]], y[idx[lo : lo + 16]])
-            if mode == "projected":
-                try:  # the second pass needs the global means
-                    acc.update_ncc(h[idx], y[idx], weight=w)
-                    raise AssertionError("update_ncc before all_reduce was accepted")
-                except ValueError:
-                    pass
-            acc.all_reduce()
-            acc.all_reduce()  # guard: already reduced, so a no-op (no double counting)
-            try:
-                acc.update(h[idx[:3]], y[idx[:3]])
-                raise AssertionError("update after all_reduce was accepted")
-            except ValueError:
-                pass
-            acc.update_ncc(h[idx], y[idx], weight=w)  # against the global means
-            acc.all_reduce(stats=False)
-            acc.all_reduce()  # both passes reduced: no-op
-            Path(tmp, f"rank{rank}-{mode}.json").write_text(json.dumps(acc.compute(w).as_dict()))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_all_reduce_across_two_gloo_processes_matches_single_process(tmp_path):
@@ -662,7 +996,7 @@ def test_all_reduce_without_process_group_is_a_no_op():
 
 
 # ------------------------------------------------------------------------------------------
-# CLI
+# nclab metrics (CLI)
 # ------------------------------------------------------------------------------------------
 
 
@@ -713,223 +1047,6 @@ def test_cli_errors(tmp_path, capsys):
     assert "lacks array(s) 'features', 'labels'" in err and "feats" in err
 
 
-def test_as_dict_keys_follow_the_contract():
-    fields = list(NCMetrics.__dataclass_fields__)
-    assert fields == KEYS
-
-
-# ------------------------------------------------------------------------------------------
-# Engine: modes, device placement, precision-aware cutoff, scale, new metrics
-# ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("k", "d", "spread"), [(6, 40, 1.0), (6, 40, 1e-4), (10, 4, 0.5)])
-def test_projected_mode_gives_the_streaming_metrics(k: int, d: int, spread: float) -> None:
-    """The projected two-pass mode (scatter only along the class-mean directions) gives the
-    same metrics as the streaming mode fed in small batches, also near collapse (tiny spread
-    around far-away means) and for d < K - 1 (the span is all of R^d); both match the direct
-    float64 reference."""
-    gen = torch.Generator().manual_seed(k * d)
-    y = torch.arange(k).repeat(50)[torch.randperm(50 * k, generator=gen)]
-    mu = 5.0 + torch.randn(k, d, generator=gen)
-    h = (mu[y] + spread * torch.randn(50 * k, d, generator=gen)).float()
-    logits = torch.randn(50 * k, k, generator=gen)
-    w, b = torch.randn(k, d, generator=gen), torch.randn(k, generator=gen)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # d < K - 1 warns in both paths
-        proj = NCAccumulator(k, d, mode="projected").update(h, y)
-        fast = proj.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
-        stream = NCAccumulator(k, d)
-        for lo in range(0, len(y), 37):
-            stream.update(h[lo : lo + 37], y[lo : lo + 37])
-        ref = stream.update_ncc(h, y, logits=logits).compute(w, b).as_dict()
-    assert set(fast) == set(ref) and all((fast[n] is None) == (ref[n] is None) for n in ref)
-    present = {n: v for n, v in ref.items() if v is not None}
-    assert {n: fast[n] for n in present} == pytest.approx(present, rel=1e-8, abs=1e-12)
-    assert fast["nc1"] > 0
-    want = ref_metrics(h.double().numpy(), y.numpy(), k, w.double().numpy(), b.double().numpy())
-    for key in ("nc1", "cdnv", "nc1_trace_ratio", "h_norm"):
-        assert rel(fast[key], want[key]) < 1e-8, key
-    with pytest.raises(ValueError, match="only along the class-mean directions"):
-        proj.within_class_covariance()
-    with pytest.raises(ValueError, match="second pass has fixed the class means"):
-        proj.update(h, y)
-    with pytest.raises(ValueError, match="needs its second pass"):
-        NCAccumulator(k, d, mode="projected").update(h, y).compute()
-
-
-def test_second_pass_tallies_equal_direct_distances() -> None:
-    """The NCC/NC4 tallies of update_ncc (scored on the class-centred chunk, in the class-mean
-    basis for the own means) equal argmin of the direct distances, against the accumulator's own
-    means and against other means (test features scored with train means), in both modes."""
-    rng = np.random.default_rng(3)
-    k, d, n = 7, 24, 700
-    y = np.arange(n) % k
-    h = (rng.standard_normal((k, d))[y] + 2.0 * rng.standard_normal((n, d))).astype(np.float32)
-    logits = rng.standard_normal((n, k))
-    own = np.stack([h[y == c].astype(np.float64).mean(axis=0) for c in range(k)])
-    other = own + 0.3 * rng.standard_normal((k, d))
-    for ref, means in ((own, None), (other, other)):
-        dist = np.linalg.norm(h[:, None, :].astype(np.float64) - ref[None], axis=-1)
-        ncc = dist.argmin(axis=1)
-        want = {
-            "ncc_correct": int((ncc == y).sum()),
-            "nc4_mismatch": int((ncc != logits.argmax(1)).sum()),
-        }
-        assert 0 < want["ncc_correct"] < n and 0 < want["nc4_mismatch"] < n
-        for mode in MODES:
-            acc = NCAccumulator(k, d, mode=mode).update(h, y)
-            tallies = acc.update_ncc(h, y, means=means, logits=logits).tallies
-            assert {key: tallies[key] for key in want} == want, mode
-
-
-def test_per_class_nc1_and_variability_match_direct_float64() -> None:
-    rng = np.random.default_rng(21)
-    k, d = 5, 8
-    h, y = make_data(rng, k=k, d=d, per_class=(10, 40, 25, 31, 17))
-    mu = np.stack([h[y == c].mean(axis=0) for c in range(k)])
-    mbar = mu - mu.mean(axis=0)
-    evals, evecs = np.linalg.eigh(mbar.T @ mbar / k)
-    top = evecs[:, -(k - 1) :]  # rank K-1 = 4 of d = 8
-    pinv_b = top @ np.diag(1 / evals[-(k - 1) :]) @ top.T
-    for mode in MODES:
-        acc = NCAccumulator(k, d, mode=mode).update(h, y).update_ncc(h, y)
-        per = acc.per_class()
-        for c in range(k):
-            diff = h[y == c] - mu[c]
-            assert per.count[c] == (y == c).sum()
-            assert rel(per.variability[c], np.mean(np.sum(diff**2, axis=1))) < 1e-12
-            assert rel(per.nc1[c], np.trace(diff.T @ diff / len(diff) @ pinv_b) / k) < 1e-9
-        assert rel(float(per.count @ per.nc1) / len(y), acc.compute().nc1) < 1e-12
-    assert NCAccumulator(k, d).update(h, y).per_class().nc1 is None
-
-
-def test_nc5_and_cdnv_exponent_match_direct_float64(tmp_path, capsys) -> None:
-    rng = np.random.default_rng(22)
-    h, y = make_data(rng)
-    ood = rng.standard_normal((40, 8)) + 0.5
-    want = ref_metrics(h, y, 5, ood=ood)
-    got = nc_metrics(h, y, ood_features=ood)
-    assert rel(got.nc5, want["nc5"]) < 1e-12 and 0 < got.nc5 < 1
-    mu = np.stack([h[y == c].mean(axis=0) for c in range(5)])
-    var = np.array([np.mean(np.sum((h[y == c] - mu[c]) ** 2, axis=1)) for c in range(5)])
-    pairs = [(a, c) for a in range(5) for c in range(5) if a != c]
-    for p in (0.5, 1.0, 2.0):
-        want_p = np.mean(
-            [(var[a] + var[c]) / (2 * np.sum((mu[a] - mu[c]) ** 2) ** p) for a, c in pairs]
-        )
-        assert rel(nc_metrics(h, y, cdnv_dist_exp=p).cdnv, want_p) < 1e-12, p
-    np.savez(tmp_path / "f.npz", features=h, labels=y)
-    np.savez(tmp_path / "o.npz", features=ood)
-    assert (
-        cli_main(["metrics", str(tmp_path / "f.npz"), "--ood", str(tmp_path / "o.npz"), "--json"])
-        == 0
-    )
-    assert json.loads(capsys.readouterr().out)["metrics"]["nc5"] == pytest.approx(
-        got.nc5, rel=1e-12
-    )
-    assert cli_main(["metrics", str(tmp_path / "f.npz"), "--ood", str(tmp_path / "x.npz")]) == 2
-    assert "x.npz not found" in capsys.readouterr().err
-
-
-def test_update_never_reads_the_device_back() -> None:
-    """On the meta device every read of a value (``bool``, ``item``, ``cpu``, ``numpy``) raises,
-    so updates that succeed there make no host copy and no synchronisation per batch (what a
-    CUDA stream would pay). Checked for both modes with validation off."""
-    k, d = 5, 8
-    for mode in MODES:
-        acc = NCAccumulator(k, d, mode=mode, device="meta", validate=False)
-        for _ in range(3):
-            acc.update(torch.randn(16, d, device="meta"), torch.randint(0, k, (16,), device="meta"))
-        assert all(t.device.type == "meta" for t in acc._tensors().values())
-    with pytest.raises(Exception):  # noqa: B017 - the meta device refuses any read-back
-        bool(acc.counts.any())
-
-
-@pytest.mark.parametrize("k", [5, 40])  # fused float64 scores / many-class scores
-def test_second_pass_batches_never_read_the_device_back(k: int) -> None:
-    """After the first update_ncc call (which fixes the means: one read), further second-pass
-    batches make no read-back: the state is moved to the meta device, where any read raises."""
-    d = 8
-    rng = np.random.default_rng(k)
-    y = np.arange(20 * k) % k
-    h = (rng.standard_normal((k, d))[y] + rng.standard_normal((len(y), d))).astype(np.float32)
-    w, b = torch.randn(k, d, dtype=torch.float64), torch.randn(k, dtype=torch.float64)
-    for mode in MODES:
-        acc = NCAccumulator(k, d, mode=mode, validate=False).update(h, y)
-        acc.update_ncc(h[:10], y[:10], weight=w, bias=b)
-        acc.to("meta")
-        hm, ym = torch.from_numpy(h).to("meta"), torch.from_numpy(y).to("meta")
-        for _ in range(2):
-            acc.update_ncc(hm, ym, weight=w.to("meta"), bias=b.to("meta"))
-            acc.update_ncc(hm, ym, means=torch.zeros(k, d, device="meta"),
-                           logits=torch.zeros(len(y), k, device="meta"))  # fmt: skip
-
-
-def test_state_follows_the_first_input_and_moves_with_to() -> None:
-    h, y = make_data(np.random.default_rng(23), dtype=np.float32)
-    acc = NCAccumulator(5, 8)
-    assert acc.device == torch.device("cpu")
-    acc.update(torch.from_numpy(h), torch.from_numpy(y)).update_ncc(h, y)
-    assert all(t.device.type == "cpu" and t.dtype in (torch.float64, torch.int64)
-               for t in acc._tensors().values())  # fmt: skip
-    clone = NCAccumulator(5, 8).load_state_dict(acc.state_dict())
-    assert clone.compute() == acc.compute()  # bit for bit
-    assert acc.to("cpu").compute() == clone.compute()
-    path_state = {k: v for k, v in acc.state_dict().items()}
-    buf = __import__("io").BytesIO()
-    torch.save(path_state, buf)
-    buf.seek(0)
-    reloaded = NCAccumulator(5, 8).load_state_dict(torch.load(buf, weights_only=True))
-    assert reloaded.compute() == acc.compute()
-
-
-def test_float32_coinciding_means_are_dropped_but_a_small_real_gap_counts() -> None:
-    """Two class means that coincide up to float32 rounding: the cutoff accounts for the input's
-    precision, warns, and gives the float64 answer (not ~1e15); two means 1e-3 ||mu|| apart in
-    float32 data keep their direction (no warning) and match the direct float64 formula."""
-    rng, k, d, centres, y, noise = coinciding_means_data()
-    h64 = centres[y] + noise
-    with pytest.warns(UserWarning, match="numerical rank 2 < 3"):
-        want = nc_metrics(h64, y).nc1
-    h32 = h64.astype(np.float32)
-    for mode in MODES:
-        acc = NCAccumulator(k, d, mode=mode).update(h32, y).update_ncc(h32, y)
-        with pytest.warns(UserWarning, match="numerical rank 2 < 3"):
-            got = acc.compute().nc1
-        assert rel(got, want) < 1e-5, mode  # the float32 features differ from h64 by ~1e-7
-
-    gap = 1e-3 * np.linalg.norm(centres[0])
-    centres[1] = centres[0] + gap * rng.standard_normal(d) / np.sqrt(d)
-    h32 = (centres[y] + noise).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        got = nc_metrics(h32, y).nc1
-    assert rel(got, ref_metrics(h32.astype(np.float64), y, k)["nc1"]) < 1e-8
-    assert got > 1e3  # the small gap makes NC1 large, but finite and real
-
-
-@pytest.mark.parametrize("factor", [1e-300, 1e200])
-def test_metrics_do_not_depend_on_the_feature_scale(tmp_path, capsys, factor) -> None:
-    rng = np.random.default_rng(25)
-    h, y = make_data(rng)
-    w, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
-    base = nc_metrics(h, y, w, b).as_dict()
-    scaled = nc_metrics(h * factor, y, w, b * factor).as_dict()
-    for key, value in base.items():
-        if value is None:
-            assert scaled[key] is None, key
-        elif key in ("h_norm", "bias_collapse"):
-            assert rel(scaled[key], value * factor) < 1e-12, key
-        else:
-            assert scaled[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
-    path = tmp_path / "scaled.npz"
-    np.savez(path, features=h * factor, labels=y)
-    assert cli_main(["metrics", str(path), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["metrics"]["nc1"] == pytest.approx(base["nc1"], rel=1e-10)
-
-
 def test_cli_json_is_strict_and_non_finite_input_is_one_line(tmp_path, capsys) -> None:
     rng = np.random.default_rng(26)
     h, y = make_data(rng)
@@ -947,132 +1064,6 @@ def test_cli_json_is_strict_and_non_finite_input_is_one_line(tmp_path, capsys) -
     assert cli_main(["metrics", str(path)]) == 2
     err = capsys.readouterr().err
     assert "non-finite" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize("k", [40, 120])
-def test_many_class_scores_in_float32_are_certified(k: int) -> None:
-    """Above 32 classes the classifier and NCC scores of the second pass are float32 products
-    with an error certificate; rows within the bound are redone in float64. The tallies must
-    equal float64 argmax/argmin exactly, including planted near-ties (two classifier rows that
-    differ by 1e-9 relative, so every sample whose best class is 0 or 1 needs the float64 redo)."""
-    rng = np.random.default_rng(k)
-    d, n = 48, 40 * k
-    y = np.arange(n) % k
-    means = rng.standard_normal((k, d)) * 3
-    h = (means[y] + rng.standard_normal((n, d))).astype(np.float32)
-    w = rng.standard_normal((k, d))
-    w[1] = w[0] * (1 + 1e-9)  # classes 0 and 1 nearly tie for every sample
-    b = rng.standard_normal(k)
-    b[1] = b[0]
-    h64 = h.astype(np.float64)
-    own = np.stack([h64[y == c].mean(axis=0) for c in range(k)])
-    other = own + 0.5 * rng.standard_normal((k, d))
-    cls = np.argmax(h64 @ w.T + b, axis=1)
-    for ref, means_arg in ((own, None), (other, other)):
-        ncc = np.argmin(((h64[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
-        acc = NCAccumulator(k, d, mode="projected").update(h, y)
-        t = acc.update_ncc(h, y, means=means_arg, weight=w, bias=b).tallies
-        assert t["ncc_correct"] == int((ncc == y).sum())
-        assert t["nc4_mismatch"] == int((ncc != cls).sum())
-    # float64 features take the same certified path through the centred chunk
-    acc = NCAccumulator(k, d, mode="projected").update(h64, y)
-    t = acc.update_ncc(h64, y, weight=w, bias=b).tallies
-    ncc = np.argmin(((h64[:, None, :] - own[None]) ** 2).sum(-1), axis=1)
-    assert t["nc4_mismatch"] == int((ncc != cls).sum())
-
-
-@pytest.mark.parametrize("sep", [0.3, 1.5, 3.0], ids=["overlapping", "mixed", "separated"])
-def test_many_classes_every_metric_matches_float64_with_near_ties(sep: float) -> None:
-    """Above 32 classes, on float32 input, the second pass skips the NCC scores of samples closer
-    to their own mean than half the gap to the nearest other mean (none when the classes overlap,
-    about 40% at sep 1.5, all when they are well separated), scores the others in certified
-    float32 and redoes near ties in float64 after the pass. Every metric matches float64, NC1
-    over correctly / incorrectly classified samples included (the redone rows decide their
-    split)."""
-    k, d = 40, 48
-    rng = np.random.default_rng(7)
-    y = np.arange(30 * k) % k
-    centres = rng.standard_normal((k, d)) * sep
-    h = (centres[y] + rng.standard_normal((len(y), d))).astype(np.float32)
-    w = rng.standard_normal((k, d))
-    w[1] = w[0] * (1 + 1e-9)  # classes 0 and 1 nearly tie for every sample
-    b = rng.standard_normal(k)
-    b[1] = b[0]
-    assert_metrics_close(nc_metrics(h, y, w, b).as_dict(), ref_metrics(h, y, k, w, b))
-
-
-def test_gpu_check_runs_in_tiny_mode_on_cpu(tmp_path, capsys) -> None:
-    """benchmarks/gpu_check.py runs every step at tiny sizes on the CPU; on CUDA the same script
-    compares the device engine with the CPU one (exactness must hold in both)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / "gpu.json"
-    assert module.main(["--tiny", "--device", "cpu", "--json", str(out)]) == 0
-    report = json.loads(out.read_text())
-    assert max(report["exactness"]["max_rel_diff"].values()) <= 1e-9
-    assert report["speed"]["stream_all_metrics_s"] > 0 and report["training"]["epoch_s"] > 0
-    assert "exactness vs CPU" in capsys.readouterr().out
-
-
-def test_streaming_second_pass_restarts_after_new_samples_and_keeps_tallies() -> None:
-    """In streaming mode, update() after update_ncc() makes the second-pass statistics stale
-    (per-class and split NC1 become None) but keeps the tallies; a new second pass over all the
-    samples gives the one-shot answer."""
-    rng = np.random.default_rng(27)
-    h, y = make_data(rng)
-    w = rng.standard_normal((5, 8))
-    acc = NCAccumulator(5, 8).update(h[:100], y[:100]).update_ncc(h[:100], y[:100], weight=w)
-    acc.update(h[100:], y[100:])
-    stale = acc.compute(w)
-    assert stale.nc1_correct is None and acc.per_class().nc1 is None
-    assert acc.tallies["ncc_total"] == 100 and stale.ncc_acc is not None
-    fresh = NCAccumulator(5, 8).update(h, y).update_ncc(h, y, weight=w).compute(w).as_dict()
-    assert_metrics_close(fresh, ref_metrics(h, y, 5, w))
-    with pytest.raises(ValueError, match="unknown|mode must be one of"):
-        NCAccumulator(5, 8, mode="full")
-
-
-def test_projected_merge_state_dict_and_half_precision_inputs() -> None:
-    rng = np.random.default_rng(28)
-    h, y = make_data(rng)
-    w, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
-    want = nc_metrics(h, y, w, b).as_dict()
-    # first passes merged, then one second pass over all samples
-    left = NCAccumulator(5, 8, mode="projected").update(h[:70], y[:70])
-    right = NCAccumulator(5, 8, mode="projected").update(h[70:], y[70:])
-    merged = left.merge(right).update_ncc(h, y, weight=w, bias=b)
-    assert_metrics_close(merged.compute(w, b).as_dict(), want)
-    clone = NCAccumulator(5, 8, mode="projected").load_state_dict(merged.state_dict())
-    assert clone.compute(w, b) == merged.compute(w, b)
-    other = NCAccumulator(5, 8, mode="projected").update(h[:70], y[:70]).update_ncc(h, y)
-    with pytest.raises(ValueError, match="different class means"):
-        merged.merge(other)
-    with pytest.raises(ValueError, match="mode='streaming'"):
-        NCAccumulator(5, 8).merge(other)
-    # half-precision inputs: statistics of the rounded values in float64, precision recorded
-    for dtype in (torch.float16, torch.bfloat16):
-        ht = torch.from_numpy(h).to(dtype)
-        acc = NCAccumulator(5, 8).update(ht, torch.from_numpy(y))
-        assert acc.input_eps == torch.finfo(dtype).eps
-        ref = ref_metrics(ht.double().numpy(), y, 5)
-        assert rel(acc.compute().nc1, ref["nc1"]) < 1e-9
-
-
-def test_unvalidated_non_finite_features_are_reported_by_compute() -> None:
-    h, y = make_data(np.random.default_rng(29))
-    h[5, 3] = np.nan
-    for mode in MODES:
-        acc = NCAccumulator(5, 8, mode=mode, validate=False).update(h, y)
-        if mode == "projected":
-            with pytest.raises(ValueError, match="not finite"):
-                acc.update_ncc(h, y)
-            continue
-        with pytest.raises(ValueError, match=r"not finite \(per-batch validation was off\)"):
-            acc.compute()
 
 
 def test_cli_per_class(tmp_path, capsys) -> None:

@@ -16,6 +16,7 @@ from nclab import cli
 from nclab.models import build_model
 from nclab.track import NCTracker
 from nclab.train import read_rows
+from nclab.train.loggers import metric_tag
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
@@ -23,8 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 
 TINY_ARGS = [
-    "--dataset", "synthetic", "--synthetic-classes", "4", "--synthetic-dim", "16",
-    "--synthetic-train-per-class", "30", "--synthetic-test-per-class", "10",
+    "--dataset", "synthetic:k=4,d=16,n=30,test=10",
     "--width", "32", "--depth", "2", "--batch-size", "40", "--lr", "0.1", "--threads", "1",
     "--quiet",
 ]  # fmt: skip
@@ -41,19 +41,28 @@ def assert_events_match_rows(run_dir: Path) -> None:
     rows = read_rows(run_dir / "metrics.jsonl")
     scalars = read_scalars(run_dir)
     expected_tags = {
-        k for row in rows for k, v in row.items() if k != "epoch" and isinstance(v, int | float)
+        metric_tag(k)
+        for row in rows
+        for k, v in row.items()
+        if k != "epoch" and isinstance(v, int | float)
     }
     assert set(scalars) == expected_tags
+    # grouped as train/… and test/…: the calibration metrics are test metrics
+    assert {"train/nc1", "train/loss", "test/acc", "test/ece", "test/brier", "test/nc1"} <= set(
+        scalars
+    )
     for row in rows:
         for key, value in row.items():
             if key == "epoch" or not isinstance(value, int | float):
                 continue
             # TensorBoard stores scalars as float32
-            assert scalars[key][row["epoch"]] == pytest.approx(value, rel=1e-6, abs=1e-30), key
+            got = scalars[metric_tag(key)][row["epoch"]]
+            assert got == pytest.approx(value, rel=1e-6, abs=1e-30), key
     # one step per row that logged the scalar (test_nc1_incorrect is absent in an epoch without
     # misclassified test samples of two classes)
+    keys = {metric_tag(k): k for row in rows for k in row}
     for tag, steps in scalars.items():
-        assert set(steps) == {row["epoch"] for row in rows if tag in row}, tag
+        assert set(steps) == {row["epoch"] for row in rows if keys[tag] in row}, tag
 
 
 def test_train_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
@@ -61,7 +70,9 @@ def test_train_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
     assert cli.main(["train", *TINY_ARGS, "--epochs", "3", "--tensorboard", "--out", str(out)]) == 0
     assert list(out.glob("events.out.tfevents.*"))
     assert_events_match_rows(out)
-    assert {"nc1", "test_acc", "ece", "lr", "seconds"} <= set(read_scalars(out))
+    assert {"train/nc1", "test/acc", "test/ece", "train/lr", "time/seconds"} <= set(
+        read_scalars(out)
+    )
 
     # starting over removes the previous run's events
     argv = ["train", *TINY_ARGS, "--epochs", "2", "--lr", "0.05", "--tensorboard", "--overwrite"]
@@ -76,7 +87,7 @@ def test_train_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
     assert not list(plain.glob("events.out.tfevents.*"))
     argv = ["train", *TINY_ARGS, "--epochs", "3", "--tensorboard", "--resume", "--out", str(plain)]
     assert cli.main(argv) == 0
-    assert set(read_scalars(plain)["nc1"]) == {3}
+    assert set(read_scalars(plain)["train/nc1"]) == {3}
 
 
 def test_tracker_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
@@ -105,7 +116,8 @@ def test_tracker_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
     tracker.finish()
     assert_events_match_rows(tmp_path / "run")
     scalars = read_scalars(tmp_path / "run")
-    assert scalars["grad_steps"] == {1: 4.0, 2: 8.0} and "missing" not in scalars
+    # a value of the caller, under train/ like the other per-epoch values of training
+    assert scalars["train/grad_steps"] == {1: 4.0, 2: 8.0} and "train/missing" not in scalars
     assert all(math.isfinite(v) for s in scalars.values() for v in s.values())
 
 

@@ -163,6 +163,9 @@ def test_tracked_plain_loop_rows_equal_nclab_train_and_build_the_report(tmp_path
         for path in paths:
             assert path.is_file() and path.stat().st_size > 0, path
     assert report.html.is_file() and "LS δ=0.2" in report.html.read_text(encoding="utf-8")
+    # the tracker records no dataset name: the summary's header says nothing of one
+    header = report.markdown.read_text(encoding="utf-8")
+    assert "None" not in header.split("\n\n")[1] and "dataset" not in header.split("\n\n")[1]
     # and through the command line
     code = cli.main(["report", str(tmp_path / "track"), "--out", str(tmp_path / "cli_report")])
     assert code == 0 and (tmp_path / "cli_report" / "report.html").is_file()

@@ -52,11 +52,7 @@ NC_KEYS = (
 
 # A tiny, fast problem: 5 classes in 48 dimensions, 60 training samples per class.
 TINY = dict(
-    dataset="synthetic",
-    synthetic_classes=5,
-    synthetic_dim=48,
-    synthetic_train_per_class=60,
-    synthetic_test_per_class=20,
+    dataset="synthetic:k=5,d=48,n=60,test=20",
     model="mlp",
     width=64,
     depth=2,
@@ -133,13 +129,8 @@ def test_tiny_run_reaches_full_train_accuracy_with_all_metrics(tmp_path: Path) -
 
 
 def _synthetic_kwargs() -> dict:
-    return dict(
-        num_classes=TINY["synthetic_classes"],
-        synthetic_dim=TINY["synthetic_dim"],
-        synthetic_train_per_class=TINY["synthetic_train_per_class"],
-        synthetic_test_per_class=TINY["synthetic_test_per_class"],
-        seed=0,
-    )
+    return dict(num_classes=5, synthetic_dim=48, synthetic_train_per_class=60,
+                synthetic_test_per_class=20, seed=0)  # fmt: skip
 
 
 def test_ce_and_ls_with_the_same_seed_share_initialisation_and_data_order(tmp_path: Path):
@@ -190,8 +181,7 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path: Path) -> None:
 def test_sigkill_then_resume_has_no_lost_or_duplicated_epochs(tmp_path: Path) -> None:
     epochs = 8
     argv = [
-        "--dataset", "synthetic", "--synthetic-classes", "5", "--synthetic-dim", "48",
-        "--synthetic-train-per-class", "200", "--synthetic-test-per-class", "20",
+        "--dataset", "synthetic:k=5,d=48,n=200,test=20",
         "--width", "64", "--depth", "2", "--batch-size", "20", "--lr", "0.05",
         "--scheduler", "cosine", "--epochs", str(epochs), "--threads", "1", "--seed", "3",
     ]  # fmt: skip
@@ -329,7 +319,7 @@ def test_bad_runtime_inputs(tmp_path: Path) -> None:
 def test_cli_config_file_with_command_line_override(tmp_path: Path, capsys) -> None:
     config_file = tmp_path / "cfg.yaml"
     config_file.write_text(
-        "dataset: synthetic\nsynthetic-classes: 4\nsynthetic_dim: 16\nwidth: 24\n"
+        "dataset: synthetic:k=4,d=16\nwidth: 24\n"
         "epochs: 5\nlr: 1e-2\nbatch_size: 40\nscheduler: constant\n"
     )
     out = tmp_path / "run"
@@ -539,8 +529,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     argv = [
-        "--dataset", "synthetic", "--synthetic-classes", "5", "--synthetic-dim", "48",
-        "--synthetic-train-per-class", "61", "--synthetic-test-per-class", "21",
+        "--dataset", "synthetic:k=5,d=48,n=61,test=21",
         "--width", "64", "--depth", "2", "--batch-size", "50", "--lr", "0.1",
         "--epochs", "2", "--threads", "1", "--device", "cpu",
     ]  # fmt: skip
@@ -558,7 +547,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
         assert pred["test_logits"].shape == (105, 5)
         np.testing.assert_array_equal(pred["test_labels"], np.repeat(np.arange(5), 21))
 
-    single = train(tiny(epochs=1, synthetic_train_per_class=61, synthetic_test_per_class=21),
+    single = train(tiny(epochs=1, dataset="synthetic:k=5,d=48,n=61,test=21"),
                    tmp_path / "single", quiet=True)  # fmt: skip
     assert set(rows[-1]) == set(single.final)
     # the sharded evaluation covers the whole train/test sets: a single-process evaluation
@@ -613,8 +602,9 @@ def test_conv_models_train_on_images_with_augmentation_and_resume(
     tmp_path: Path, model: str, width: int, channels_last: bool | None
 ) -> None:
     """Conv nets on a small image dataset (npz, 3x12x12) with augmentation: every metric key is
-    logged and finite, channels-last (the CPU default for conv nets) or not, and a resumed run
-    reproduces the uninterrupted one (augmentation is seeded per epoch)."""
+    logged and finite, in the default memory format (contiguous on CPU) or explicitly not
+    channels-last, and a resumed run reproduces the uninterrupted one (augmentation is seeded
+    per epoch)."""
     gen = np.random.default_rng(0)
     k, per_class = 4, 12
     proto = gen.uniform(0, 255, size=(k, 3, 12, 12))
@@ -650,7 +640,9 @@ def test_last_batch_of_one_sample_joins_the_previous_batch(tmp_path: Path, monke
         return original(model, h, cfg, n_train)
 
     monkeypatch.setattr(train_loop, "ufm_penalty", record)
-    config = tiny(synthetic_train_per_class=61, batch_size=76, epochs=1, ufm_penalties=True)
+    config = tiny(
+        dataset="synthetic:k=5,d=48,n=61,test=20", batch_size=76, epochs=1, ufm_penalties=True
+    )
     result = train(config, tmp_path / "r", quiet=True)
     assert seen == [76, 76, 76, 77]
     assert math.isfinite(result.final["train_loss"])

@@ -19,11 +19,12 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from nclab import __version__, signals
+from nclab import DOCS_URL, __version__, signals
 from nclab.commands import HelpFormatter
 from nclab.signals import termination_as_interrupt
+from nclab.threads import limit_threads
 
 # command name -> (module under nclab.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,7 +33,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ufm": ("ufm", "Unconstrained feature model: closed form, solver, conditioning, convergence."),
     "report": ("report", "Rebuild the HTML/Markdown report from existing run directories."),
     "metrics": ("metrics", "Neural-collapse metrics of features stored in an .npz file."),
+    "export": ("export", "Write the per-epoch metrics of run directories as a CSV/Parquet table."),
 }
+
+#: Closing line of every --help: where the docs/*.md files that help texts name can be read
+#: (a wheel does not ship them).
+EPILOG = f"Documentation (the docs/*.md named here): {DOCS_URL}"
 
 #: Exceptions that describe a problem with what the user gave (exit code 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError)
@@ -43,15 +49,28 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program stopped by `head`
 
 
-class _Parser(argparse.ArgumentParser):
-    """``ArgumentParser`` that reads ``-1e-3`` (scientific notation) as a negative number, not
-    an option, like ``-0.001`` (sub-parsers are built with the same class)."""
+#: A negative number, also in scientific notation or infinite (argparse alone reads ``-1e-3``
+#: as an option).
+_NEGATIVE_NUMBER = re.compile(
+    r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
+)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = re.compile(
-            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
-        )
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--opt -1e-3`` -> ``--opt=-1e-3``, so that argparse reads the number as the option's
+    value, like ``-0.001``."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if _NEGATIVE_NUMBER.match(token) and previous.startswith("--") and "=" not in previous:
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose usage errors are one line (sub-parsers use the same class)."""
 
     def error(self, message: str) -> NoReturn:
         """A usage error: one line (no usage dump), exit code 2."""
@@ -64,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="nclab: neural collapse under cross-entropy and label smoothing, after Guo, "
         "Andriopoulos, Zhao, Dong, Ling, Ross (2024), 'Cross Entropy versus Label Smoothing: A "
         "Neural Collapse Perspective', arXiv 2402.03979.",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"nclab {__version__}")
     parser.add_argument(
@@ -78,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_line,
             description=getattr(module, "DESCRIPTION", help_line),
+            epilog=EPILOG,
             formatter_class=HelpFormatter,
         )
         module.add_arguments(p)
@@ -117,11 +138,12 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_threads()  # before any command imports numpy or torch
     debug = debug_enabled(argv)
     prog = "nclab"
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
         if args.command is None:
             parser.print_help()
             return 0

@@ -39,6 +39,7 @@ from nclab.config import (
 from nclab.executors import Resources, SlurmOptions, Task, create, launchers
 from nclab.executors.commands import CommandsExecutor
 from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
+from nclab.threads import training_threads
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult
@@ -327,7 +328,7 @@ def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], Resour
     slurm = cfg.slurm or SlurmOptions()
     if slurm.folder is None:
         slurm = replace(slurm, folder=Path(cfg.out) / "slurm")
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = training_threads(cfg.threads, jobs)
     return preset, smoothings, seeds, Resources(jobs, threads, cfg.quiet, slurm)
 
 
@@ -349,16 +350,33 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     if options.get("ufm_penalties") and "weight_decay" not in cfg.train:
         options.pop("weight_decay", None)  # UFM mode: the explicit penalties replace it
     out = Path(cfg.out)
+    if options.get("wandb"):
+        from nclab.train.loggers import require_wandb
+
+        require_wandb()  # before any run starts
+    if options.get("wandb") and not options.get("wandb_group"):
+        options["wandb_group"] = wandb_group(out)  # the runs of one comparison: one W&B group
     runs = []
     for delta in smoothings:
         for seed in seeds:
             loss = "ce" if delta == 0 else "ls"
+            name = run_name(delta, seed)
+            if options.get("wandb"):
+                options["wandb_name"] = name
             config = TrainConfig(
                 **options, loss=loss, smoothing=delta, seed=seed, threads=resources.threads
             )
-            name = run_name(delta, seed)
             runs.append(PlannedRun(name, out / "runs" / name, config))
     return runs
+
+
+def wandb_group(out: Path) -> str:
+    """The default W&B group of the comparison in ``out``: its folder name and a short hash of
+    its absolute path (two comparisons named ``compare`` stay apart)."""
+    import hashlib
+
+    where = str(out.resolve())
+    return f"{out.resolve().name}-{hashlib.sha256(where.encode()).hexdigest()[:6]}"
 
 
 def run_state(run: PlannedRun) -> tuple[RunState, list[str]]:
@@ -475,11 +493,37 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
 
         _log(cfg, "  building the report ...")
         report = build_report([r.path for r in runs], out / "report", **preset.report)
+        if runs[0].config.wandb:
+            _log(cfg, "  attaching the report to W&B ...")
+            _report_to_wandb(report, runs[0].config, preset.name, smoothings, seeds)
     seconds = time.perf_counter() - t0
     manifest = _write_manifest(
         cfg, preset, smoothings, seeds, resources, runs, ordered, report, seconds
     )
     return CompareResult(out, ordered, report, seconds, manifest)
+
+
+def _report_to_wandb(
+    report: ReportResult,
+    config: TrainConfig,
+    preset: str,
+    smoothings: list[float],
+    seeds: list[int],
+) -> None:
+    """The report's figures, summaries and verdict table as artifacts of a W&B run of job
+    type ``report`` in the comparison's group."""
+    from nclab.train.loggers import WandbOptions, log_report_to_wandb
+
+    group = config.wandb_group
+    log_report_to_wandb(
+        report.out_dir,
+        WandbOptions(config.wandb_project, group, f"{group}-report"),
+        config={"preset": preset, "smoothings": smoothings, "seeds": seeds},
+        verdicts=[
+            {"claim": v.claim, "statement": v.statement, "verdict": v.verdict}
+            for v in report.summary.verdicts
+        ],
+    )
 
 
 def _write_manifest(

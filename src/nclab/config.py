@@ -15,7 +15,7 @@ import functools
 import json
 import math
 from collections.abc import Callable
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from nclab.names import (
     CLASSIFIERS,
     DATASETS,
     DEVICES,
+    IMBALANCE_PROFILES,
+    LABEL_NOISE_MODES,
     LOSSES,
     MODELS,
     SCHEDULERS,
@@ -37,13 +39,13 @@ __all__ = [
     "PER_RUN_FIELDS",
     "SCHEDULERS",
     "SETTING_FIELDS",
-    "SYNTHETIC_ALIASES",
     "Option",
     "TrainConfig",
     "config_differences",
     "config_from_dict",
     "load_config_file",
     "options",
+    "parse_layers",
     "parse_per_class",
 ]
 
@@ -103,6 +105,24 @@ def parse_per_class(value: Any) -> int | None:
     return value
 
 
+def parse_layers(value: Any) -> str | None:
+    """``nc_layers`` from a command line or file: ``all``, or block names separated by commas
+    (a list in a config file), normalised to ``"a,b"``; None or ``none``: off."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = [str(item).strip() for item in items]
+    if any(not name for name in names) or not names:
+        raise ValueError(
+            f"expected 'all' or block names separated by commas (e.g. layer1,layer2), got {value!r}"
+        )
+    if names == ["none"]:
+        return None
+    if "all" in names and len(names) > 1:
+        raise ValueError(f"'all' already names every block; give it alone, got {value!r}")
+    return ",".join(names)
+
+
 def option(default: Any, help: str, **schema: Any) -> Any:
     """A :class:`TrainConfig` field with its :class:`Option` in the field's metadata."""
     return dataclasses.field(default=default, metadata={"option": Option(help, **schema)})
@@ -115,15 +135,6 @@ _COUNT_OR_ALL: dict[str, Any] = {
     "dataset_specific": True,
 }
 
-#: The old ``synthetic_*`` options, kept for one release as aliases of the keys of the
-#: ``synthetic:k=K,d=D,n=N,test=M`` dataset spec (command line, config files, ``TrainConfig``).
-SYNTHETIC_ALIASES: dict[str, str] = {
-    "synthetic_classes": "k",
-    "synthetic_dim": "d",
-    "synthetic_train_per_class": "n",
-    "synthetic_test_per_class": "test",
-}
-
 
 @dataclass
 class TrainConfig:
@@ -132,8 +143,7 @@ class TrainConfig:
     Each field declares its help, placeholder, choices and role in its :class:`Option`
     metadata (:func:`options`); the ``nclab train`` and ``nclab compare`` parsers, resume's and
     compare's identity checks and the report's like-for-like check are generated from it.
-    Defaults train the default MLP on Fashion-MNIST to 100% training accuracy.  The
-    ``synthetic_*`` arguments are deprecated aliases folded into the ``dataset`` spec.
+    Defaults train the default MLP on Fashion-MNIST to 100% training accuracy.
     ``per_class``/``test_per_class`` also accept ``"all"`` (= None, every sample).
     """
 
@@ -168,6 +178,33 @@ class TrainConfig:
         **_COUNT_OR_ALL,
     )
     augment: bool = option(False, "random crop (4-pixel padding) + horizontal flip on images")
+    # training conditions (nclab.conditions, docs/training.md)
+    label_noise: float = option(
+        0.0,
+        "flip exactly round(P·N) training labels, drawn from --seed (the same for every loss); "
+        "NC metrics use the clean labels, test labels stay clean",
+        metavar="P",
+    )
+    label_noise_mode: str = option(
+        "symmetric",
+        "how --label-noise flips a label (symmetric: to a uniformly drawn other class; pairflip: "
+        "to the next class)",
+        metavar="MODE",
+        choices=LABEL_NOISE_MODES,
+    )
+    imbalance: float | None = option(
+        None,
+        "long-tailed training set with n_max/n_min = RATIO (the test set stays balanced)",
+        metavar="RATIO",
+        unset="balanced",
+    )
+    imbalance_profile: str = option(
+        "exp",
+        "per-class counts of --imbalance (exp: n_k = n_max·RATIO^(-k/(K-1)); step: the second "
+        "half of the classes n_max/RATIO)",
+        metavar="NAME",
+        choices=IMBALANCE_PROFILES,
+    )
     # model
     model: str = option("mlp", "model", metavar="NAME", choices=MODELS)
     width: int | None = option(
@@ -239,18 +276,27 @@ class TrainConfig:
     )
     bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
     channels_last: bool | None = option(
-        None, "channels-last memory format", unset="on for conv nets on CPU", knob=True
+        None, "channels-last memory format", unset="on for conv nets on CUDA", knob=True
     )
     threads: int | None = option(
         None,
         "torch intra-op threads",
-        unset="torch's default",
+        unset="the cores this process may use (OMP_NUM_THREADS if exported)",
         identity=False,
         knob=True,
         per_run=True,
     )
     eval_every: int = option(
         1, "evaluate every this many epochs (the last epoch is always evaluated)", metavar="EPOCHS"
+    )
+    nc_layers: str | None = option(
+        None,
+        "also record NC1 and NC2 (train split) of intermediate features each evaluated epoch: "
+        "all, or block names separated by commas (docs/training.md)",
+        metavar="all|NAMES",
+        unset="penultimate features only",
+        parse=parse_layers,
+        knob=True,
     )
     checkpoint_every: int = option(
         1,
@@ -265,30 +311,40 @@ class TrainConfig:
         identity=False,
         knob=True,
     )
-    # deprecated aliases of the synthetic dataset spec (not stored)
-    synthetic_classes: InitVar[int | None] = None
-    synthetic_dim: InitVar[int | None] = None
-    synthetic_train_per_class: InitVar[int | None] = None
-    synthetic_test_per_class: InitVar[int | None] = None
+    wandb: bool = option(
+        False,
+        "also log every row and the config to Weights & Biases, files in RUN_DIR/wandb "
+        "(WANDB_MODE=offline works with no network; needs pip install 'nclab[wandb]')",
+        identity=False,
+        knob=True,
+    )
+    wandb_project: str | None = option(
+        None, "W&B project of --wandb", metavar="NAME", unset="nclab", identity=False, knob=True
+    )
+    wandb_group: str | None = option(
+        None,
+        "W&B group of --wandb (runs of one comparison share one)",
+        metavar="NAME",
+        unset="none; compare: its --out folder",
+        identity=False,
+        knob=True,
+    )
+    wandb_name: str | None = option(
+        None,
+        "W&B run name of --wandb",
+        metavar="NAME",
+        unset="the run directory's name",
+        identity=False,
+        knob=True,
+        per_run=True,
+    )
 
-    def __post_init__(
-        self,
-        synthetic_classes: int | None,
-        synthetic_dim: int | None,
-        synthetic_train_per_class: int | None,
-        synthetic_test_per_class: int | None,
-    ) -> None:
+    def __post_init__(self) -> None:
         if self.milestones is not None and not isinstance(self.milestones, list | tuple):
             raise ValueError(f"milestones must be a list of epochs, got {self.milestones!r}")
         if self.milestones is not None:
             self.milestones = [_as_int("milestones", m) for m in self.milestones]
-        aliases = dict(
-            synthetic_classes=synthetic_classes,
-            synthetic_dim=synthetic_dim,
-            synthetic_train_per_class=synthetic_train_per_class,
-            synthetic_test_per_class=synthetic_test_per_class,
-        )
-        self.dataset = _dataset_spec(self.dataset, aliases)
+        self.dataset = _dataset_spec(self.dataset)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -309,6 +365,7 @@ class TrainConfig:
         for name, limit in (("width", MAX_WIDTH), ("depth", MAX_DEPTH)):
             if getattr(self, name) is not None:  # before anything is built or read
                 check_count(name, int(getattr(self, name)), limit)
+        _check_conditions(self)
         _finite("lr", self.lr, positive=True)
         _finite("momentum", self.momentum)
         if not 0.0 <= self.momentum < 1.0:
@@ -396,25 +453,13 @@ SETTING_FIELDS: frozenset[str] = _names(lambda o: not (o.per_run or o.knob))
 DATASET_SPECIFIC_FIELDS: frozenset[str] = _names(lambda o: o.dataset_specific)
 
 
-def _dataset_spec(dataset: str, aliases: dict[str, int | None]) -> str:
-    """``dataset`` with the deprecated ``synthetic_*`` values folded in; a synthetic dataset is
-    written out in full (``synthetic:k=10,d=32,n=100,test=100``) so that equal data compare
-    equal.  The aliases are ignored for other datasets, as they always were."""
+def _dataset_spec(dataset: str) -> str:
+    """``dataset``, with a synthetic dataset written out in full
+    (``synthetic:k=10,d=32,n=100,test=100``) so that equal data compare equal."""
     name = str(dataset)
     if not name.strip().lower().startswith("synthetic"):
         return name
-    spec = parse_synthetic(name)
-    for alias, value in aliases.items():
-        if value is None:
-            continue
-        key = SYNTHETIC_ALIASES[alias]
-        _positive_int(alias, value)
-        if spec.setdefault(key, value) != value:
-            raise ValueError(
-                f"{alias}={value} contradicts {key}={spec[key]} in dataset {name!r}; give the "
-                "value once, in the dataset spec"
-            )
-    return synthetic_name(**spec)
+    return synthetic_name(**parse_synthetic(name))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -433,6 +478,31 @@ def _check_names(cfg: TrainConfig) -> None:
     check_loss(cfg.loss, cfg.smoothing)
     if cfg.device not in DEVICES:
         raise ValueError(f"unknown device {cfg.device!r}; use one of {', '.join(DEVICES)}")
+
+
+def _check_conditions(cfg: TrainConfig) -> None:
+    _finite("label_noise", cfg.label_noise)
+    if not 0.0 <= cfg.label_noise < 1.0:
+        raise ValueError(f"label_noise must be a fraction in [0, 1), got {cfg.label_noise}")
+    if cfg.label_noise_mode not in LABEL_NOISE_MODES:
+        raise ValueError(
+            f"unknown label_noise_mode {cfg.label_noise_mode!r}; use one of "
+            + ", ".join(LABEL_NOISE_MODES)
+        )
+    if cfg.imbalance is not None:
+        _finite("imbalance", cfg.imbalance)
+        if cfg.imbalance < 1.0:
+            raise ValueError(
+                f"imbalance is n_max/n_min and must be >= 1, got {cfg.imbalance}; leave it "
+                "unset for a balanced training set"
+            )
+    if cfg.imbalance_profile not in IMBALANCE_PROFILES:
+        raise ValueError(
+            f"unknown imbalance_profile {cfg.imbalance_profile!r}; use one of "
+            + ", ".join(IMBALANCE_PROFILES)
+        )
+    if cfg.nc_layers is not None:
+        cfg.nc_layers = parse_layers(cfg.nc_layers)
 
 
 def _check_schedule(cfg: TrainConfig) -> None:
@@ -480,8 +550,8 @@ def _field_names() -> list[str]:
 
 
 def _accepted_names() -> set[str]:
-    """Option names a configuration may hold: the fields and the deprecated aliases."""
-    return {*_field_names(), *SYNTHETIC_ALIASES}
+    """Option names a configuration may hold: the fields."""
+    return set(_field_names())
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -635,15 +705,14 @@ def config_differences(
     saved: dict[str, Any], current: TrainConfig, ignore: frozenset[str] = COMPARABLE_EXCEPT
 ) -> list[str]:
     """Names of the options whose values differ between a saved config dict and ``current``,
-    as ``"name: saved -> current"`` strings (options in ``ignore`` are skipped).  A config saved
-    with the deprecated ``synthetic_*`` options compares by the dataset spec they stand for; an
-    option the saved config lacks (added to nclab after the run started) counts as its default,
+    as ``"name: saved -> current"`` strings (options in ``ignore`` are skipped).  A saved
+    synthetic dataset compares by the full spec it stands for; an option the saved config
+    lacks (added to nclab after the run started) counts as its default,
     which is what that run used, so adding an option does not orphan existing runs."""
     saved = dict(saved)
-    aliases = {alias: saved.pop(alias, None) for alias in SYNTHETIC_ALIASES}
     if "dataset" in saved:
         try:
-            saved["dataset"] = _dataset_spec(saved["dataset"], aliases)
+            saved["dataset"] = _dataset_spec(saved["dataset"])
         except ValueError:
             pass  # a saved value that no longer parses simply differs
     now = current.to_dict()

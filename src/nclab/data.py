@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nclab import names
+from nclab import conditions, names
 from nclab.names import parse_synthetic, synthetic_name
 
 __all__ = [
@@ -102,6 +102,9 @@ class DataBundle:
     std: tuple[float, ...]
     class_names: tuple[str, ...] = field(default_factory=tuple)
     files: tuple[str, ...] = ()  #: the files (or the folder) the data were read from
+    #: the training labels before ``label_noise`` flipped some (None: no label noise);
+    #: ``y_train`` holds the labels trained on
+    y_train_clean: Tensor | None = None
 
     @property
     def num_train(self) -> int:
@@ -174,6 +177,10 @@ def load_dataset(
     synthetic_dim: int = 32,
     synthetic_train_per_class: int = 100,
     synthetic_test_per_class: int = 100,
+    imbalance: float | None = None,
+    imbalance_profile: str = "exp",
+    label_noise: float = 0.0,
+    label_noise_mode: str = "symmetric",
 ) -> DataBundle:
     """Load dataset ``name`` (one of :data:`DATASETS` or ``npz:PATH``) into memory.
 
@@ -183,7 +190,8 @@ def load_dataset(
     class (the test set is untouched). ``synthetic:k=K,d=D,n=N,test=M`` sets the synthetic
     dataset's size (:func:`parse_synthetic`); ``num_classes``, ``synthetic_dim`` and
     ``synthetic_*_per_class`` are the values of the keys the spec leaves out (ignored for other
-    datasets).
+    datasets). ``imbalance``/``imbalance_profile`` keep a long-tailed training subset and
+    ``label_noise``/``label_noise_mode`` flip training labels (:mod:`nclab.conditions`).
     """
     canonical = _canonical_name(name)
     data_path = None if data_dir is None else Path(data_dir).expanduser()
@@ -209,10 +217,21 @@ def load_dataset(
                 "the files are incomplete or corrupt, re-download them"
             )
     idx = None
-    if per_class is not None:
+    if imbalance is not None:
+        idx = conditions.imbalanced_indices(
+            raw.y_train, imbalance, imbalance_profile, per_class=per_class, seed=seed,
+            num_classes=raw.num_classes,
+        )  # fmt: skip
+    elif per_class is not None:
         idx = class_balanced_indices(raw.y_train, per_class, seed, raw.num_classes)
     x_train_raw = _take(raw.x_train, idx)
     y_train = raw.y_train if idx is None else raw.y_train[idx]
+    y_clean = None
+    if label_noise:
+        y_clean = torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.int64))
+        y_train = conditions.noisy_labels(
+            y_train, label_noise, label_noise_mode, num_classes=raw.num_classes, seed=seed
+        )
     x_test_raw = _take(raw.x_test, None)
 
     mean, std = _channel_stats(x_train_raw, raw.scale)
@@ -230,6 +249,7 @@ def load_dataset(
         std=tuple(float(s) for s in std),
         class_names=raw.class_names,
         files=raw.files,
+        y_train_clean=y_clean,
     )
 
 

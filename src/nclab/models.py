@@ -45,6 +45,15 @@ class FeatureClassifier(nn.Module):
         self.feature_dim = int(feature_dim)
         self.num_classes = int(num_classes)
         self.classifier = nn.Linear(self.feature_dim, self.num_classes, bias=bias)
+        #: feature taps for ``--nc-layers`` (:mod:`nclab.layers`): tap name -> module path,
+        #: every block in forward order, last ``features`` (the body: the penultimate features)
+        self.tap_paths: dict[str, str] = {"features": "body"}
+
+    def feature_taps(self) -> dict[str, nn.Module]:
+        """Tap name -> module whose output (globally average-pooled when it is a map) are the
+        features of that block; the last, ``features``, gives :meth:`features` itself."""
+        modules = dict(self.named_modules())
+        return {name: modules[path] for name, path in self.tap_paths.items()}
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features h, shape (B, feature_dim)."""
@@ -79,7 +88,11 @@ def _build_mlp(
     in_dim = 1
     for s in input_shape:
         in_dim *= s
-    return FeatureClassifier(_MLPBody(in_dim, width, depth), width, num_classes, bias)
+    model = FeatureClassifier(_MLPBody(in_dim, width, depth), width, num_classes, bias)
+    # each hidden layer's ReLU output; the last one is the features themselves
+    taps = {f"layer{i + 1}": f"body.net.{3 * i + 2}" for i in range(depth - 1)}
+    model.tap_paths = {**taps, "features": "body"}
+    return model
 
 
 # ----------------------------------------------------------------------------------------- CNN
@@ -103,16 +116,22 @@ def _build_cnn(
     width = _positive("width", 32 if width is None else width)
     depth = _positive("depth", 4 if depth is None else depth)
     layers: list[nn.Module] = []
+    taps: dict[str, str] = {}
     c_in = c
     for i in range(depth):
         c_out = width * 2 ** min(i, 3)
+        taps[f"block{i + 1}"] = f"body.{len(layers)}"
         layers.append(_conv_bn_relu(c_in, c_out))
         c_in = c_out
         if i % 2 == 1 and h >= 2 and w >= 2:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
+    if not isinstance(layers[-1], nn.MaxPool2d):  # its pooled output is the features
+        taps.pop(f"block{depth}")
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
-    return FeatureClassifier(nn.Sequential(*layers), c_in, num_classes, bias)
+    model = FeatureClassifier(nn.Sequential(*layers), c_in, num_classes, bias)
+    model.tap_paths = {**taps, "features": "body"}
+    return model
 
 
 # -------------------------------------------------------------------------------------- ResNet
@@ -218,7 +237,15 @@ def _resnet_builder(
             )
         width = _positive("width", 64 if width is None else width)
         body = _ResNetBody(block, blocks, c, width)
-        return FeatureClassifier(body, body.out_dim, num_classes, bias)
+        model = FeatureClassifier(body, body.out_dim, num_classes, bias)
+        # the stem and every residual block; the last block's pooled output is the features
+        taps = {"stem": "body.stem"}
+        for i, n in enumerate(blocks):
+            for j in range(n):
+                taps[f"stage{i + 1}.block{j + 1}"] = f"body.stages.{i}.{j}"
+        taps.popitem()
+        model.tap_paths = {**taps, "features": "body"}
+        return model
 
     build.__doc__ = f"{name}: CIFAR-style ResNet with {block.__name__} blocks {list(blocks)}."
     return build

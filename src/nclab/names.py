@@ -26,6 +26,10 @@ CLASSIFIERS: tuple[str, ...] = ("linear", "etf")
 LOSSES: tuple[str, ...] = ("ce", "ls", "focal", "mse")
 SCHEDULERS: tuple[str, ...] = ("multistep", "cosine", "constant")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: ``--label-noise-mode``: how a noisy label is drawn (nclab.conditions).
+LABEL_NOISE_MODES: tuple[str, ...] = ("symmetric", "pairflip")
+#: ``--imbalance-profile``: long-tailed per-class training counts (nclab.conditions).
+IMBALANCE_PROFILES: tuple[str, ...] = ("exp", "step")
 
 
 def check_loss(name: str, smoothing: float = 0.0) -> str:

@@ -33,7 +33,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from nclab import __version__
+from nclab.hooks import capture
+from nclab.layers import resolve_taps
 from nclab.losses import get_loss
 from nclab.runs import lifecycle
 from nclab.runs.files import RunFiles, append_per_class, append_row, lock_directory, read_json
@@ -52,7 +54,7 @@ from nclab.train.evaluate import Evaluator
 __all__ = ["NCTracker"]
 
 #: Keys of ``config.json`` that the tracker sets itself (``config=`` may not override them).
-_TRACKER_KEYS = ("loss", "smoothing", "seed", "num_classes")
+_TRACKER_KEYS = ("loss", "smoothing", "seed", "num_classes", "nc_layers")
 
 
 class _LayerInputModel(nn.Module):
@@ -66,20 +68,14 @@ class _LayerInputModel(nn.Module):
         self.check_output = True  # the first batch checks model(x) == layer(h)
 
     def features(self, x: Tensor) -> Tensor:
-        captured: list[Tensor] = []
-        handle = self.classifier.register_forward_pre_hook(
-            lambda _module, inputs: captured.append(inputs[0])
-        )
-        try:
+        with capture({"classifier": self.classifier}, inputs=True) as captured:
             output = self.model(x)
-        finally:
-            handle.remove()
-        if not captured:
+        if "classifier" not in captured:
             raise ValueError(
                 "the given layer was not called during model(x); pass the classifier module "
                 "whose input is the feature vector (e.g. layer=model.fc)"
             )
-        h = captured[-1].flatten(1)
+        h = captured["classifier"].flatten(1)
         if self.check_output:
             self.check_output = False
             logits = self.classifier(h)
@@ -145,6 +141,32 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _wandb_options(wandb: Any) -> Any:
+    """NCTracker's ``wandb`` argument as :class:`nclab.train.loggers.WandbOptions` (or None)."""
+    if wandb is False or wandb is None:
+        return None
+    from nclab.train.loggers import WandbOptions, require_wandb
+
+    if wandb is True:
+        options = WandbOptions()
+    elif isinstance(wandb, Mapping):
+        unknown = set(wandb) - {"project", "group", "name"}
+        if unknown:
+            raise ValueError(
+                f"wandb= accepts the keys project, group, name; got {', '.join(sorted(unknown))}"
+            )
+        bad = [k for k, v in wandb.items() if v is not None and not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"wandb[{bad[0]!r}] must be a string, got {wandb[bad[0]]!r}")
+        options = WandbOptions(**wandb)
+    else:
+        raise ValueError(
+            f"wandb must be True, False or a dict of project/group/name, got {wandb!r}"
+        )
+    require_wandb()
+    return options
+
+
 class NCTracker:
     """Evaluate a model after each epoch of any training loop and write an ``nclab`` run
     directory (``config.json``, ``metrics.jsonl``/``.csv``, ``predictions.npz``, ``DONE``).
@@ -171,6 +193,16 @@ class NCTracker:
     tensorboard:
         Also write every logged scalar as TensorBoard events in ``run_dir``
         (needs ``pip install nclab[tensorboard]``).
+    wandb:
+        Also log every row and the config to Weights & Biases (files in ``run_dir/wandb``;
+        needs ``pip install nclab[wandb]``): ``True``, or a mapping with any of ``project``,
+        ``group``, ``name`` (default: project ``nclab``, the run directory's name). Tags as
+        TensorBoard's: ``train/…``, ``test/…`` (:mod:`nclab.train.loggers`).
+    layers:
+        Collapse across layers: module names of ``model`` (``named_modules()`` paths, e.g.
+        ``["layer1", "layer2.0"]``; on an nclab model also its tap names or ``"all"``) whose
+        outputs' NC1 and NC2 (training set; maps globally average-pooled) are logged each
+        epoch as ``layer_nc1/<name>`` and ``layer_nc2/<name>`` (:mod:`nclab.layers`).
 
     Under ``torch.distributed`` every rank must call :meth:`log_epoch` and :meth:`finish`;
     statistics are reduced over the ranks and rank 0 writes the files.
@@ -190,8 +222,10 @@ class NCTracker:
         seed: int = 0,
         config: Mapping[str, Any] | None = None,
         tensorboard: bool = False,
+        wandb: bool | Mapping[str, str] = False,
         overwrite: bool = False,
         resume: bool = False,
+        layers: Sequence[str] | None = None,
     ) -> None:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
@@ -218,10 +252,16 @@ class NCTracker:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         self.loss_fn = get_loss(loss, num_classes, smoothing)  # raises on a bad loss or δ
+        if isinstance(layers, str):
+            layers = [layers]
+        # --nc-layers: modules of `model` by their named_modules() path (or, on a built-in
+        # model, its tap names / "all"); NC1 and NC2 of their outputs become layer_nc* columns
+        self.layers = resolve_taps(model, None if layers is None else list(layers))
         if tensorboard:
             from nclab.train.tensorboard import require_tensorboard
 
             require_tensorboard()
+        self._wandb = _wandb_options(wandb)
         extra = dict(config or {})
         clash = [k for k in _TRACKER_KEYS if k in extra]
         if clash:
@@ -245,6 +285,8 @@ class NCTracker:
             "seed": int(seed),
             **extra,
         }
+        if self.layers:
+            self.settings["nc_layers"] = ",".join(self.layers)
         self.files = RunFiles(Path(run_dir))
         lifecycle.refuse_system_folder(self.files.root, "run_dir")
         self._check_run_dir(overwrite, resume)
@@ -288,7 +330,8 @@ class NCTracker:
                 "overwrite=True to start over (or choose another run_dir)"
             )
         saved = read_json(self.files.config)
-        differ = [k for k in ("loss", "smoothing", "seed") if saved.get(k) != self.settings[k]]
+        keys = ("loss", "smoothing", "seed", "nc_layers")
+        differ = [k for k in keys if saved.get(k) != self.settings.get(k)]
         if differ:
             raise ValueError(
                 f"cannot resume {root}: it was tracked with a different "
@@ -317,6 +360,7 @@ class NCTracker:
             num_classes=self.num_classes,
             loss_fn=self.loss_fn,
             ctx=self._ctx,
+            nc_layers=self.layers or None,
         )
         if self._ctx.is_main:
             # one writer per run directory, as nclab train (released by close()/finish())
@@ -327,10 +371,16 @@ class NCTracker:
             except BaseException:
                 self._lock.close()
                 raise
-            if self.tensorboard:
-                from nclab.train.tensorboard import ScalarWriter
+            if self.tensorboard or self._wandb is not None:
+                from nclab.train.loggers import open_loggers
 
-                self._writer = ScalarWriter(self.files.root, fresh=not self.rows)
+                self._writer = open_loggers(
+                    self.files.root,
+                    tensorboard=self.tensorboard,
+                    wandb=self._wandb,
+                    config=read_json(self.files.config),
+                    fresh=not self.rows,
+                )
         self._ctx.barrier()
         self._started = True
 
@@ -356,6 +406,7 @@ class NCTracker:
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_class": type(self.model).__name__,
             "tensorboard": bool(self.tensorboard),
+            "wandb": self._wandb is not None,
             "resolved": {"device": str(device), "world_size": self._ctx.world_size},
             "versions": {
                 "python": platform.python_version(),
@@ -448,7 +499,7 @@ class NCTracker:
         self._ctx.barrier()
 
     def close(self) -> None:
-        """Close the TensorBoard file and release the run directory's lock (done by
+        """Close the TensorBoard file and the W&B run, and release the run directory's lock (done by
         :meth:`finish`; call it to stop tracking without marking the run complete)."""
         if self._writer is not None:
             self._writer.close()

@@ -21,8 +21,7 @@ TALLY: Counter[str] = Counter()
 HANG_SECONDS = 120.0
 
 TINY = [
-    "--dataset", "synthetic", "--synthetic-classes", "3", "--synthetic-dim", "8",
-    "--synthetic-train-per-class", "20", "--synthetic-test-per-class", "10",
+    "--dataset", "synthetic:k=3,d=8,n=20,test=10",
     "--width", "16", "--depth", "1", "--batch-size", "20", "--lr", "0.05",
     "--scheduler", "constant", "--threads", "1", "--quiet",
 ]  # fmt: skip

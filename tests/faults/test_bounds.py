@@ -63,10 +63,7 @@ OPTION_CASES = {
     "samples": (["--dataset", "synthetic:k=10,n=1000000000"], "GiB"),
     "dims": (["--dataset", "synthetic:d=1000000000"], "GiB"),
     "test-samples": (["--dataset", "synthetic:test=1000000000"], "GiB"),
-    "classes-option": (
-        ["--dataset", "synthetic", "--synthetic-classes", "50000"],
-        f"limit {MAX_CLASSES}",
-    ),
+    "classes-spec-over": (["--dataset", "synthetic:k=50000"], f"limit {MAX_CLASSES}"),
 }
 
 

@@ -1,6 +1,6 @@
 """Subcommands of the ``nclab`` CLI.
 
-Each module here defines ``HELP`` (one line), ``add_arguments(parser)`` and
+Each module here defines ``DESCRIPTION``, ``add_arguments(parser)`` and
 ``run(args) -> int``; :mod:`nclab.cli` imports them lazily so that ``nclab --help``
 stays fast and one command's heavy imports never slow another down.
 """

@@ -13,7 +13,6 @@ from nclab.executors import CLUSTERS, SlurmOptions, launchers
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
 TRAIN_PREFIX = "train_"
 
-HELP = "Main job: train CE and label smoothing side by side and write a report."
 DESCRIPTION = (
     "Train the same model on the same data with cross-entropy and with label smoothing at one "
     "or more δ, from the same initialisation and data order (one seed = one init and batch "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Neural-collapse metrics of features stored in an .npz file."
 DESCRIPTION = (
     "Compute neural-collapse metrics (NC1, CDNV, NC2, NC3, NC4, NCC accuracy, equinorm, "
     "equiangularity, norms) of features stored in an .npz file. The file must hold 'features' "

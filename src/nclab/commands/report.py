@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-HELP = "Rebuild the HTML/Markdown report from existing run directories."
 DESCRIPTION = (
     "Rebuild the CE-vs-label-smoothing report (report.html with embedded figures, summary.md, "
     "summary.json, PNG and PDF figures) from run directories written by `nclab train` or "
@@ -23,27 +23,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: DIR/report for a single DIR, DIR-report beside a run "
-        "folder, which the report never writes into; required for several)",
+        metavar="DIR",
+        help="output directory (default: DIR/report for one `nclab compare` folder; otherwise "
+        "report-HASH beside the run directories, HASH naming the set of runs; never inside a "
+        "run directory)",
     )
     parser.add_argument("--no-theory", action="store_true", help="skip the UFM theory panel")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
 
 
 def default_out(dirs: list[str], out: str | None) -> Path:
-    """Where the report goes: ``--out``, else ``DIR/report`` for a single DIR (``DIR-report``
-    beside it when DIR is itself a run folder: the report never writes into one)."""
+    """Where the report goes: ``--out``; else ``DIR/report`` for a single DIR that is not itself
+    a run directory (a ``nclab compare`` folder, a folder of runs); else
+    ``PARENT/report-HASH``, where PARENT is the deepest folder holding every DIR that is not a
+    run directory nor inside one, and HASH (8 hex digits) names the set of DIRs, so the same
+    runs always rebuild the same report and a report never lands inside a run directory."""
+    import hashlib
+    import os
+
+    from nclab.report.runs import is_run_dir
+
     if out is not None:
         return Path(out)
-    if len(dirs) == 1:
-        from nclab.runs.files import RunFiles
+    paths = [Path(d).resolve() for d in dirs]
+    if len(paths) == 1 and not _in_run_dir(paths[0], is_run_dir):
+        return Path(dirs[0]) / "report"
+    parent = Path(os.path.commonpath([str(p) for p in paths]))
+    while _in_run_dir(parent, is_run_dir) and parent != parent.parent:
+        parent = parent.parent
+    key = "\n".join(sorted(str(p) for p in paths)).encode()
+    return parent / f"report-{hashlib.sha256(key).hexdigest()[:8]}"
 
-        one = Path(dirs[0])
-        files = RunFiles(one)
-        if files.config.is_file() or files.metrics.is_file():
-            return one.parent / f"{one.resolve().name}-report"
-        return one / "report"
-    raise ValueError("several DIRs given: say where the report goes with --out")
+
+def _in_run_dir(path: Path, is_run_dir: Any) -> bool:
+    """``path`` is a run directory or lies inside one."""
+    return any(is_run_dir(p) for p in (path, *path.parents))
 
 
 def run(args: argparse.Namespace) -> int:

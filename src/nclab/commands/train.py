@@ -13,9 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.config import SYNTHETIC_ALIASES, TrainConfig, options
+from nclab.config import TrainConfig, options
 
-HELP = "Train one classifier with per-epoch neural-collapse tracking."
 DESCRIPTION = (
     "Train one model on one dataset with one loss and one seed, evaluating every epoch: "
     "train/test loss and accuracy, test ECE and the neural-collapse metrics (NC1-NC4, CDNV, "
@@ -43,7 +42,14 @@ class _Explicit(argparse.Action):
         _mark(namespace, self.dest)
 
 
-class _Store(_Explicit, argparse._StoreAction):
+class _StoreValue(argparse.Action):
+    """Plain ``store`` (argparse's own store action is private)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, *_: Any) -> None:
+        setattr(namespace, self.dest, values)
+
+
+class _Store(_Explicit, _StoreValue):
     """``store`` that also records the option as given explicitly."""
 
 
@@ -90,15 +96,12 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
     return str(field.default)
 
 
-def add_config_options(
-    group: argparse._ArgumentGroup, *, prefix: str = "", defaults: bool = True
-) -> None:
+def add_config_options(group: Any, *, prefix: str = "", defaults: bool = True) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
     (:func:`nclab.config.options`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
-    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options.
-    The deprecated ``--synthetic-*`` aliases follow the fields."""
+    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options."""
     for name, (f, opt) in options().items():
         if prefix and opt.per_run:
             continue
@@ -121,16 +124,6 @@ def add_config_options(
         kind = _value_type(f, opt.parse)
         kwargs["metavar"] = opt.metavar or ("N" if kind is int else name.upper())
         group.add_argument(flag, action=_Store, type=kind, **kwargs)
-    for alias, key in SYNTHETIC_ALIASES.items():
-        group.add_argument(
-            "--" + alias.replace("_", "-"),
-            dest=prefix + alias,
-            action=_Store,
-            type=int,
-            metavar="N",
-            default=None if defaults else argparse.SUPPRESS,
-            help=f"deprecated alias of {key}=N in --dataset synthetic:...",
-        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the --config file (if any) with explicitly given options on top."""
     from nclab.config import config_from_dict, load_config_file
 
-    names = [*options(), *SYNTHETIC_ALIASES]
+    names = list(options())
     if args.config is None:
         return config_from_dict({name: getattr(args, name) for name in names})
     from_file = {str(k).replace("-", "_"): v for k, v in load_config_file(args.config).items()}
@@ -196,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
     from nclab.train import TrainingDivergedError, train
 
     config = config_from_args(args)
+    if config.threads is None:  # a share of the cores, not torch's default on a busy machine
+        import torch
+
+        from nclab.threads import training_threads
+
+        torch.set_num_threads(training_threads(None))
     out = args.out or default_out_dir(config)
     resume, overwrite = args.resume, args.overwrite
     if requeued():  # SLURM restarted the job after preempting it: continue where it stopped

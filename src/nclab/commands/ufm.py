@@ -11,11 +11,11 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nclab.commands import HelpFormatter
 
-HELP = "Unconstrained feature model: closed form, solver, conditioning, convergence."
 DESCRIPTION = (
     "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
     "||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2 with N = n K balanced samples "
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method", choices=("lbfgs", "gd"), default="lbfgs", help="L-BFGS or fixed-step GD"
     )
-    p.add_argument("--lr", type=float, default=2.0, help="GD step size")
+    p.add_argument("--lr", type=parse_lr, default=2.0, metavar="LR", help=_LR_HELP)
     p.add_argument("--max-iters", type=int, default=20000, help="iteration cap")
     p.add_argument("--seed", type=int, default=0, help="random initialisation")
     p.add_argument("--record-every", type=int, default=1, help="NC metrics every m iterations")
@@ -120,7 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=fmt,
     )
     _add_problem(p, dim=True, smoothing=(0.0, 0.05, 0.1, 0.2))
-    p.add_argument("--lr", type=float, default=2.0, help="GD step size, shared by every delta")
+    p.add_argument(
+        "--lr", type=parse_lr, default=2.0, metavar="LR", help=_LR_HELP + "; a number is shared"
+    )
     p.add_argument("--max-iters", type=int, default=3000, help="GD iterations")
     p.add_argument("--tol-objective", type=float, default=1e-8, help="relative objective gap")
     p.add_argument("--tol-nc1", type=float, default=1e-3, help="NC1 tolerance")
@@ -176,6 +178,58 @@ def _jsonable(obj: Any) -> Any:
 
 def _emit_json(payload: Any) -> None:
     print(json.dumps(_jsonable(payload), indent=2))
+
+
+_LR_HELP = (
+    "GD step size: a number, or C/lambda_max (e.g. 1/lambda_max): each delta's own step, C "
+    "over the largest Hessian eigenvalue at its minimizer"
+)
+
+
+@dataclass(frozen=True)
+class RelativeStep:
+    """``--lr C/lambda_max``: the step ``C / lambda_max(delta)`` of each delta, where
+    ``lambda_max`` is the largest Hessian eigenvalue at that delta's closed-form minimizer."""
+
+    scale: float
+
+    def __str__(self) -> str:
+        return f"{self.scale:g}/lambda_max"
+
+
+def parse_lr(text: str) -> float | RelativeStep:
+    """``--lr``: a number, or ``C/lambda_max`` (``1/lambda_max``, ``0.5/lambda_max``) as
+    :class:`RelativeStep`; ``argparse.ArgumentTypeError`` (a one-line usage error) otherwise."""
+    raw = str(text).strip()
+    head, sep, tail = raw.replace(" ", "").partition("/")
+    if sep and tail.lower() in ("lambda_max", "λ_max", "lambdamax"):
+        try:
+            scale = float(head)
+        except ValueError:
+            scale = math.nan
+        if not (math.isfinite(scale) and scale > 0):
+            raise argparse.ArgumentTypeError(
+                f"{raw!r}: write C/lambda_max with a positive number C, e.g. 1/lambda_max"
+            )
+        return RelativeStep(scale)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a step size: give a number (e.g. 2.0) or C/lambda_max "
+            "(e.g. 1/lambda_max)"
+        ) from None
+    return value
+
+
+def _step(args: argparse.Namespace, delta: float) -> float:
+    """The GD step of ``delta``: ``--lr`` itself, or ``C / lambda_max(delta)``."""
+    if not isinstance(args.lr, RelativeStep):
+        return args.lr
+    from nclab.ufm import condition
+
+    lam = condition(_problem(args, delta), method="auto", seed=args.seed).lambda_max
+    return args.lr.scale / lam
 
 
 def _problem(args: argparse.Namespace, smoothing: float = 0.0) -> Any:
@@ -252,9 +306,10 @@ def _run_solve(args: argparse.Namespace) -> int:
     from nclab.ufm import SOLVERS
 
     options = dict(max_iters=args.max_iters, seed=args.seed, record_every=args.record_every)
-    if args.method == "gd":
-        options["lr"] = args.lr
-    results = [SOLVERS[args.method](_problem(args, d), **options) for d in args.smoothing]
+    results = []
+    for d in args.smoothing:
+        step = {"lr": _step(args, d)} if args.method == "gd" else {}
+        results.append(SOLVERS[args.method](_problem(args, d), **options, **step))
     _emit(args, [r.summary() for r in results], _COLUMNS["solve"])
     if args.plot:
         plt, fig, axes = _figure(2)
@@ -337,15 +392,20 @@ def _plot_condition(args: argparse.Namespace, results: list[Any]) -> None:
 def _run_convergence(args: argparse.Namespace) -> int:
     from nclab.ufm import convergence
 
-    results = convergence(
-        _problem(args),
-        smoothings=args.smoothing,
-        lr=args.lr,
+    options = dict(
         max_iters=args.max_iters,
         tol_objective=args.tol_objective,
         tol_nc1=args.tol_nc1,
         seed=args.seed,
     )
+    if isinstance(args.lr, RelativeStep):  # each delta its own step (same initialisation)
+        results = [
+            r
+            for d in args.smoothing
+            for r in convergence(_problem(args), smoothings=[d], lr=_step(args, d), **options)
+        ]
+    else:
+        results = convergence(_problem(args), smoothings=args.smoothing, lr=args.lr, **options)
     _emit(args, [r.summary() for r in results], _COLUMNS["convergence"])
     if args.plot:
         plt, fig, axes = _figure(2)
@@ -356,13 +416,18 @@ def _run_convergence(args: argparse.Namespace) -> int:
         axes[1].axhline(args.tol_nc1, color="gray", lw=0.8, ls="--")
         title = (
             f"GD, K={args.num_classes}, n={args.n_per_class}, d={args.dim}, "
-            f"$\\lambda_W$={args.lambda_w:g}, $\\lambda_H$={args.lambda_h:g}, lr={args.lr:g}"
+            f"$\\lambda_W$={args.lambda_w:g}, $\\lambda_H$={args.lambda_h:g}, "
+            f"lr={_lr_text(args.lr)}"
         )
         axes[0].set(xlabel="iteration", ylabel="(f - f*) / f*", title="objective gap")
         axes[1].set(xlabel="iteration", ylabel="NC1", title="NC1")
         fig.suptitle(title, fontsize=9)
         _save(plt, fig, axes, args.plot, fontsize=8)
     return 0
+
+
+def _lr_text(lr: float | RelativeStep) -> str:
+    return str(lr) if isinstance(lr, RelativeStep) else f"{lr:g}"
 
 
 _RUNNERS = {
@@ -414,7 +479,11 @@ def memory_estimate(args: argparse.Namespace) -> int:
         copies = _PARAM_COPIES["lanczos"]
     else:
         copies = _PARAM_COPIES[args.ufm_command]
-    return 8 * (copies * params + _LOGIT_COPIES * logits)
+    needed = 8 * (copies * params + _LOGIT_COPIES * logits)
+    if isinstance(getattr(args, "lr", None), RelativeStep):  # C/lambda_max: conditions first
+        conditioning = 3 * params * params if params <= 2500 else _PARAM_COPIES["lanczos"] * params
+        needed = max(needed, 8 * (conditioning + _LOGIT_COPIES * logits))
+    return needed
 
 
 def available_memory() -> int | None:
@@ -445,15 +514,8 @@ def _check_memory(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import sys
-
     _check_options(args)
     _check_memory(args)
 
-    if "numpy" not in sys.modules:
-        # The UFM works with many small matrix products; a multi-threaded BLAS on a shared or
-        # busy machine makes them up to 100x slower.  An explicit user setting wins.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # one-thread BLAS (many small products): nclab.threads.limit_threads, run by cli.main
     return _RUNNERS[args.ufm_command](args)

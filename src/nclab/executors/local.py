@@ -26,6 +26,7 @@ from nclab.executors.base import (
     register,
     run_task,
 )
+from nclab.threads import training_threads
 
 __all__ = ["LocalExecutor", "WorkerDiedError"]
 
@@ -45,7 +46,7 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, resources: Resources) -> None:
-        threads = resources.threads or max(1, (os.cpu_count() or 1) // resources.jobs)
+        threads = training_threads(resources.threads, resources.jobs)
         super().__init__(replace(resources, threads=threads))
         self._queue: collections.deque[Task] = collections.deque()
         self._pool: ProcessPoolExecutor | None = None

@@ -3,9 +3,12 @@
 :class:`NCCallback` wraps :class:`nclab.track.NCTracker`: at the end of every training epoch it
 evaluates the module (eval mode, no gradients, each submodule's mode restored) on the given
 train and test loaders, appends the row to the run directory (the layout of ``nclab train``,
-so ``nclab report`` reads it) and logs the same numbers, prefixed ``nc/``, through
-``LightningModule.log_dict`` to Lightning's own loggers (and ``trainer.callback_metrics``, so
-a ``ModelCheckpoint`` can monitor ``nc/nc1``). When fitting ends it writes
+so ``nclab report`` reads it) and logs the same numbers to Lightning's own loggers under
+``nc/`` + the tags of ``nclab train --tensorboard`` (``nc/train/nc1``, ``nc/test/acc``,
+``nc/test/ece``; :mod:`nclab.train.loggers`) with the step and the ``epoch`` value equal to
+the row's epoch (1 after the first epoch, as in ``metrics.jsonl``; Lightning itself counts
+epochs from 0), and puts them in ``trainer.callback_metrics``, so a ``ModelCheckpoint`` can
+monitor ``nc/train/nc1``. When fitting ends it writes
 ``predictions.npz`` and ``DONE``. Under DDP every rank evaluates its shard and rank 0 writes.
 
 Uses the ``lightning`` package (``lightning.pytorch``), or ``pytorch_lightning`` when only that
@@ -14,10 +17,10 @@ is installed.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 try:
@@ -31,6 +34,7 @@ except ImportError:  # pragma: no cover - the older package name
         ) from None
 
 from nclab.track import NCTracker
+from nclab.train.loggers import row_scalars
 
 __all__ = ["NCCallback"]
 
@@ -65,7 +69,8 @@ class NCCallback(Callback):
     registered ``nn.Linear``). ``every_n_epochs``: evaluate every n-th epoch and the last one
     completed when fitting stops.
     The row's ``lr`` is the first optimizer's lr at the start of the epoch.
-    ``log_to_lightning``: also log the row through ``LightningModule.log_dict`` with ``prefix``.
+    ``log_to_lightning``: also log the row to the trainer's loggers, tags ``prefix`` +
+    ``train/…``/``test/…``, at step = the row's epoch.
     """
 
     def __init__(
@@ -116,16 +121,14 @@ class NCCallback(Callback):
         row = self.tracker.log_epoch(epoch, lr=self._epoch_lr)
         self.last_row = row
         if self.log_to_lightning:
-            values = {
-                f"{self.prefix}{key}": float(value)
-                for key, value in row.items()
-                if key != "epoch"
-                and isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            }
-            # every rank holds the same reduced row: no further synchronisation needed
-            pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
+            values = {f"{self.prefix}{tag}": v for tag, v in row_scalars(row).items()}
+            # every rank holds the same reduced row: no further synchronisation needed. Logged
+            # to the loggers directly, at step = epoch (LightningModule.log would use the global
+            # step and Lightning's 0-based epoch); loggers write on rank 0 only.
+            for logger in trainer.loggers:
+                logger.log_metrics({**values, "epoch": epoch}, step=epoch)
+            for name, value in values.items():
+                trainer.callback_metrics[name] = torch.tensor(value)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.tracker is None:  # pragma: no cover - Lightning calls on_fit_start first

@@ -214,28 +214,18 @@ def collect(
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    captured: list[torch.Tensor] = []
+    from nclab.hooks import capture, eval_mode
 
-    def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        captured.append(inputs[0].detach())
-
-    modes = [(m, m.training) for m in model.modules()]  # restore per module, not just the root
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model.eval()
+    with capture({"layer": layer}, inputs=True) as captured, eval_mode(model):
         for x, y in loader:
             captured.clear()
             # no_grad only around the forward: a generator suspended inside the context would
             # leave gradients disabled in the caller's code between batches.
             with torch.no_grad():
                 logits = model(x.to(device))
-            if not captured:
+            if "layer" not in captured:
                 raise ValueError(
                     "the given layer was not called during model(x); pass the classifier module "
                     "whose input is the feature vector (e.g. model.classifier)"
                 )
-            yield captured[-1].flatten(1), logits, y
-    finally:
-        handle.remove()
-        for module, mode in modes:
-            module.training = mode
+            yield captured["layer"].flatten(1), logits, y

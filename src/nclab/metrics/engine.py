@@ -5,6 +5,11 @@ or ``device=``); batches from any device (or numpy arrays) are moved there and r
 inside a CUDA loop nothing is copied to the host per batch. Results (:meth:`compute`) are
 assembled on the host from a few small matrices by :mod:`nclab.metrics.formulas`.
 
+Every state tensor is declared once (:meth:`NCAccumulator._add_state`, the torchmetrics
+``add_state`` pattern) with the part it belongs to; :meth:`reset`, :meth:`to`,
+:meth:`state_dict`, :meth:`load_state_dict`, :meth:`merge` and :meth:`all_reduce` all walk that
+declaration.
+
 Modes
 -----
 ``streaming`` (one pass, O(d^2 + K d) memory whatever N)
@@ -15,7 +20,9 @@ Modes
     ``t_k = sum_{y_i=k} (h_i - c_k)``
     (the shifted-data algorithm; Chan, Golub & LeVeque 1983). Because ``c_k`` is a class mean of
     real samples, ``||t_k|| / n_k`` is of the order of the within-class spread, so the subtraction
-    never cancels catastrophically, unlike ``E[h h^T] - mu mu^T``.
+    never cancels catastrophically, unlike ``E[h h^T] - mu mu^T``. Two accumulators combine by
+    re-expressing both around the pooled means (:meth:`_first_pass_state`), after which every
+    first-pass tensor is a plain sum.
 ``projected`` (two passes, O(N d K) work)
     Pass 1 (:meth:`update`) sums features per class. Pass 2 (:meth:`update_ncc`) centres each
     sample on its class mean and keeps, per class, its squared coordinates along the right
@@ -24,14 +31,13 @@ Modes
     nearest-class-mean tallies. Exact for every metric; it never forms the d x d scatter, so a
     projected accumulator has no full ``Sigma_W`` to offer.
 
-In both modes :meth:`update_ncc` (the second pass) also records per-class NC1 and NC1 over
-correctly / incorrectly classified samples.
+In both modes :meth:`update_ncc` (the second pass, plain float64 products on every device) also
+records per-class NC1 and NC1 over correctly / incorrectly classified samples.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -60,11 +66,11 @@ MODES = ("streaming", "projected")
 _TALLIES = ("ncc_total", "ncc_correct", "nc4_total", "nc4_mismatch")
 #: Rows per chunk of float64 work (bounds the temporaries; ~4 MiB at d = 512).
 _CHUNK = 1024
-#: Rows per chunk of the second pass (measured faster than 1024 on CPU: smaller buffers).
-_CHUNK_NCC = 512
-#: Up to this many classes, classifier and NCC scores are float64 products fused with the
-#: projection; above it they are float32 products with an error certificate (:class:`_Scores`).
-_FUSE_CLASSES = 32
+#: The parts of the state, as :meth:`NCAccumulator._add_state` declares them: ``first`` (summed
+#: once both sides share the shift ``c_k``), ``shift`` (the ``c_k`` themselves), ``frozen`` (the
+#: class means and directions the second pass fixed: must be equal to combine), ``second``
+#: (second-pass sums) and ``tally`` (nearest-class-mean counts: always summed).
+_PARTS = ("first", "shift", "frozen", "second", "tally")
 
 
 def _nonfinite_error(x: torch.Tensor, name: str) -> ValueError:
@@ -107,6 +113,15 @@ class NCAccumulator:
     second (each call reduces only what was added since; a second call is a no-op).
     """
 
+    #: Second-pass state: None until :meth:`update_ncc` begins the pass.
+    frozen_means: torch.Tensor | None  # own means when pass 2 began
+    basis: torch.Tensor | None  # (r, d) right singular vectors of the centred means
+    basis_sv: torch.Tensor | None  # (r,) their singular values
+    proj_sq: torch.Tensor | None  # (K, r) sum (v_j . z)^2 per class
+    split_sq: torch.Tensor | None  # (2, r): classifier right / wrong
+    split_count: torch.Tensor | None  # (2,)
+    centred_sq: torch.Tensor | None  # (K,) sum ||h - mu_k||^2 per class (pass 2)
+
     def __init__(
         self,
         num_classes: int,
@@ -131,46 +146,56 @@ class NCAccumulator:
         self.scale = 1.0
         self.reset()
 
-    # -- state -----------------------------------------------------------------------------
+    # -- state: declared once, everything else walks the declaration --------------------------
 
-    def _zeros(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        return torch.zeros(shape, dtype=dtype, device=self.device)
+    def _add_state(
+        self, name: str, shape: tuple[int, ...], part: str, dtype: torch.dtype = torch.float64
+    ) -> None:
+        """Declare state tensor ``name`` (zeros of ``shape``) as belonging to ``part``."""
+        setattr(self, name, torch.zeros(shape, dtype=dtype, device=self.device))
+        self._state[name] = part
+
+    def _tensors(self, *parts: str) -> dict[str, torch.Tensor]:
+        """The declared state tensors (of ``parts``, default all), in declaration order."""
+        return {n: getattr(self, n) for n, p in self._state.items() if not parts or p in parts}
 
     def reset(self) -> NCAccumulator:
         """Forget every sample, tally and reduction. Returns ``self``."""
         k, d = self.num_classes, self.dim
-        self.counts = self._zeros(k)
-        self.shift = self._zeros(k, d)  # c_k (streaming); stays 0 in projected mode
-        self.shifted_sums = self._zeros(k, d)  # t_k = sum (h - c_k)
-        self.shifted_scatter = self._zeros(d, d) if self.mode == "streaming" else None
-        self.shifted_sq = self._zeros(k)  # sum ||h - c_k||^2 (streaming)
-        self.ood_sum = self._zeros(d)
-        self.ood_count = self._zeros(1)
-        self._reset_second_pass()
+        self._state: dict[str, str] = {}
+        self.shifted_scatter = self.shifted_sq = None
+        self._add_state("counts", (k,), "first")
+        self._add_state("shift", (k, d), "shift")  # c_k (streaming); stays 0 in projected mode
+        self._add_state("shifted_sums", (k, d), "first")  # t_k = sum (h - c_k)
+        if self.mode == "streaming":
+            self._add_state("shifted_scatter", (d, d), "first")  # sum (h - c_y)(h - c_y)^T
+            self._add_state("shifted_sq", (k,), "first")  # sum ||h - c_k||^2
+        self._add_state("ood_sum", (d,), "first")
+        self._add_state("ood_count", (1,), "first")
+        self._add_state("tally", (len(_TALLIES),), "tally", torch.int64)
+        self._drop_second_pass()
         self.input_eps = EPS64
         self._first_pass_fed = False  # host-side: update() saw samples (no device read)
         self._synced = {"stats": False, "second": False}
-        self._buffers: dict[str, torch.Tensor] = {}
         return self
 
-    def _reset_second_pass(self) -> None:
-        k = self.num_classes
-        self.frozen_means: torch.Tensor | None = None  # own means when pass 2 began
-        self.basis: torch.Tensor | None = None  # (r, d) right singular vectors of Mbar
-        self.basis_sv: torch.Tensor | None = None  # (r,) their singular values
-        self.proj_sq: torch.Tensor | None = None  # (K, r) sum (v_j . z)^2 per class
-        self.split_sq: torch.Tensor | None = None  # (2, r): classifier right / wrong
-        self.split_count = self._zeros(2)
-        self.centred_sq = self._zeros(k)  # sum ||h - mu_k||^2 per class (pass 2)
-        self.tally = self._zeros(len(_TALLIES), dtype=torch.int64)
+    def _drop_second_pass(self) -> None:
+        for name in ("frozen_means", "basis", "basis_sv", "proj_sq", "split_sq", "split_count",
+                     "centred_sq"):  # fmt: skip
+            setattr(self, name, None)
+            self._state.pop(name, None)
         self._second_stale = False
-        self._radius: torch.Tensor | None = None  # cache of _own_radius()
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        names = ("counts", "shift", "shifted_sums", "shifted_scatter", "shifted_sq", "ood_sum",
-                 "ood_count", "frozen_means", "basis", "basis_sv", "proj_sq", "split_sq",
-                 "split_count", "centred_sq", "tally")  # fmt: skip
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    def _declare_second_pass(self, rank: int) -> None:
+        k, d = self.num_classes, self.dim
+        self._add_state("frozen_means", (k, d), "frozen")
+        self._add_state("basis", (rank, d), "frozen")
+        self._add_state("basis_sv", (rank,), "frozen")
+        self._add_state("proj_sq", (k, rank), "second")
+        self._add_state("split_sq", (2, rank), "second")
+        self._add_state("split_count", (2,), "second")
+        self._add_state("centred_sq", (k,), "second")
+        self._second_stale = False
 
     def to(self, device: Any) -> NCAccumulator:
         """Move the state to ``device`` (and keep it there). Returns ``self``."""
@@ -178,35 +203,7 @@ class NCAccumulator:
         self._device_fixed = True
         for name, t in self._tensors().items():
             setattr(self, name, t.to(self.device))
-        self._buffers = {}
-        self._radius = None
         return self
-
-    @property
-    def num_samples(self) -> int:
-        """Number of samples accumulated by :meth:`update` (reads the device)."""
-        return int(self.counts.sum())
-
-    @property
-    def tallies(self) -> dict[str, int]:
-        """Nearest-class-mean tallies ``ncc_total, ncc_correct, nc4_total, nc4_mismatch``."""
-        return dict(zip(_TALLIES, (int(v) for v in self.tally.tolist()), strict=True))
-
-    @property
-    def second_pass_started(self) -> bool:
-        return self.frozen_means is not None
-
-    def _centred(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(sums, centred scatter S or None, centred per-class squared norms), scaled units."""
-        n = self.counts.clamp(min=1.0)
-        t = self.shifted_sums
-        sums = self.shift * self.counts[:, None] + t
-        if self.mode == "projected":
-            return sums, None, self.centred_sq.clone()
-        scaled = t / n.sqrt()[:, None]
-        scatter = self.shifted_scatter - scaled.T @ scaled
-        sq = self.shifted_sq - (t * t).sum(dim=1) / n
-        return sums, scatter, sq
 
     def state_dict(self) -> dict[str, Any]:
         """The state as tensors and plain numbers (loadable with ``torch.load(weights_only=True)``).
@@ -223,15 +220,11 @@ class NCAccumulator:
             "second_stale": self._second_stale,
             "synced": sorted(part for part, done in self._synced.items() if done),
         }
-        for name, t in self._tensors().items():
-            state[name] = t.clone()
+        state.update({name: t.clone() for name, t in self._tensors().items()})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> NCAccumulator:
-        """Restore a :meth:`state_dict`; sizes and mode must match. Returns ``self``.
-
-        Also accepts the centred form ``counts, sums, scatter, class_scatter`` (+ tallies).
-        """
+        """Restore a :meth:`state_dict`; sizes and mode must match. Returns ``self``."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
         missing = [key for key in ("num_classes", "dim", "counts") if key not in state]
@@ -247,35 +240,17 @@ class NCAccumulator:
         mode = state.get("mode", "streaming")
         if mode != self.mode:
             raise ValueError(f"state is for mode={mode!r} but this accumulator is {self.mode!r}")
-        k, d = self.num_classes, self.dim
-        r = int(np.shape(state["basis"])[0]) if "basis" in state else 0
-        shapes = {"counts": (k,), "shift": (k, d), "shifted_sums": (k, d),
-                  "shifted_scatter": (d, d), "shifted_sq": (k,), "ood_sum": (d,),
-                  "ood_count": (1,), "frozen_means": (k, d), "basis": (r, d), "basis_sv": (r,),
-                  "proj_sq": (k, r), "split_sq": (2, r), "split_count": (2,),
-                  "centred_sq": (k,), "tally": (len(_TALLIES),)}  # fmt: skip
-
-        def tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-            t = as_tensor(state[name], name).to(self.device, dtype).clone()
-            if tuple(t.shape) != shape:
-                raise ValueError(f"state[{name!r}] has shape {tuple(t.shape)}, expected {shape}")
-            return t
-
-        if "sums" in state and "shifted_sums" not in state:  # centred form
-            state = dict(state)
-            counts = as_tensor(state["counts"], "counts").double()
-            sums = as_tensor(state["sums"], "sums").double()
-            state["shift"] = sums / counts.clamp(min=1.0)[:, None]
-            state["shifted_scatter"] = state["scatter"]
-            state["shifted_sq"] = state["class_scatter"]
-            state["tally"] = [int(state.get(name, 0)) for name in _TALLIES]
-        loaded = {}
-        for name, shape in shapes.items():
-            if name in state and (self.mode == "streaming" or name != "shifted_scatter"):
-                dtype = torch.int64 if name == "tally" else torch.float64
-                loaded[name] = tensor(name, shape, dtype)
         self.reset()
-        for name, t in loaded.items():
+        if "frozen_means" in state:
+            self._declare_second_pass(int(np.shape(state["basis"])[0]))
+        for name, default in self._tensors().items():
+            if name not in state:
+                raise ValueError(f"state has no {name!r}; pass a NCAccumulator.state_dict()")
+            t = as_tensor(state[name], name).to(self.device, default.dtype).clone()
+            if t.shape != default.shape:
+                raise ValueError(
+                    f"state[{name!r}] has shape {tuple(t.shape)}, expected {tuple(default.shape)}"
+                )
             setattr(self, name, t)
         self.scale = float(state.get("scale", 1.0))
         self.input_eps = float(state.get("input_eps", EPS64))
@@ -284,6 +259,53 @@ class NCAccumulator:
         for part in state.get("synced", []):
             self._synced[str(part)] = True
         return self
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples accumulated by :meth:`update` (reads the device)."""
+        return int(self.counts.sum())
+
+    @property
+    def tallies(self) -> dict[str, int]:
+        """Nearest-class-mean tallies ``ncc_total, ncc_correct, nc4_total, nc4_mismatch``."""
+        return dict(zip(_TALLIES, (int(v) for v in self.tally.tolist()), strict=True))
+
+    @property
+    def second_pass_started(self) -> bool:
+        return self.frozen_means is not None
+
+    def _sums(self) -> torch.Tensor:
+        """(K, d) per-class sums, scaled units."""
+        return self.shift * self.counts[:, None] + self.shifted_sums
+
+    def _centred(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(sums, centred scatter S or None, centred per-class squared norms), scaled units."""
+        sums = self._sums()
+        if self.mode == "projected":
+            return sums, None, None if self.centred_sq is None else self.centred_sq.clone()
+        n, t = self.counts.clamp(min=1.0), self.shifted_sums
+        scaled = t / n.sqrt()[:, None]
+        scatter = self.shifted_scatter - scaled.T @ scaled
+        sq = self.shifted_sq - (t * t).sum(dim=1) / n
+        return sums, scatter, sq
+
+    def _first_pass_state(self, shift: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The ``first`` tensors re-expressed around ``shift`` (K, d) (streaming; projected state
+        has no shift): the centred statistics plus ``n_k d_k d_k^T`` with ``d_k = mu_k - shift_k``
+        (Chan et al.'s pairwise rule once summed), so that accumulators around the same shift
+        combine by plain sums."""
+        state = self._tensors("first")
+        if self.mode == "projected":
+            return state
+        n = self.counts
+        sums, scatter, sq = self._centred()
+        delta = sums / n.clamp(min=1.0)[:, None] - shift
+        delta = torch.where(n[:, None] > 0, delta, torch.zeros_like(delta))
+        scaled = delta * n.sqrt()[:, None]
+        state["shifted_sums"] = delta * n[:, None]
+        state["shifted_scatter"] = scatter + scaled.T @ scaled
+        state["shifted_sq"] = sq + n * (delta * delta).sum(dim=1)
+        return state
 
     # -- input handling --------------------------------------------------------------------
 
@@ -344,25 +366,10 @@ class NCAccumulator:
     def _note_precision(self, x: torch.Tensor) -> None:
         self.input_eps = max(self.input_eps, input_eps(x.dtype))
 
-    def _buffer(self, name: str, rows: int, cols: int) -> torch.Tensor:
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
-            buf = torch.empty(max(rows, 1), cols, dtype=torch.float64, device=self.device)
-            self._buffers[name] = buf
-        return buf[:rows]
-
-    def _chunks(
-        self, x: torch.Tensor, y: torch.Tensor, size: int = _CHUNK
-    ) -> Iterator[tuple[torch.Tensor, ...]]:
-        """``(z, y)`` per chunk of ``size`` rows: ``z = scale * x`` in float64 in a reused
-        buffer."""
-        for start in range(0, int(x.shape[0]), size):
-            stop = min(int(x.shape[0]), start + size)
-            z = self._buffer("z", stop - start, self.dim)
-            z.copy_(x[start:stop])
-            if self.scale != 1.0:
-                z.mul_(self.scale)
-            yield z, y[start:stop]
+    def _float64(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """``scale * x[rows]`` as a fresh float64 tensor (the input is never written)."""
+        z = x[rows].to(torch.float64, copy=True)
+        return z.mul_(self.scale) if self.scale != 1.0 else z
 
     def _check_unsynced(self, part: str, method: str) -> None:
         if self._synced[part]:
@@ -393,49 +400,33 @@ class NCAccumulator:
         self._first_pass_fed = True
         if self.second_pass_started:  # streaming: the second-pass statistics no longer apply
             self._second_stale = True
-        k = self.num_classes
-        for z, yc in self._chunks(x, y):
-            ones = self._buffer("ones", z.shape[0], 1)[:, 0].fill_(1.0)
-            batch_counts = self._zeros(k).index_add_(0, yc, ones)
-            if self.mode == "projected":
-                self.shifted_sums.index_add_(0, yc, z)
-                self.counts += batch_counts
-                continue
-            self._update_shift(z, yc, batch_counts)
-            g = self._buffer("g", z.shape[0], self.dim)
-            torch.index_select(self.shift, 0, yc, out=g)
-            z.sub_(g)  # h - c_y
-            self._add_gram(z)
+        k, d = self.num_classes, self.dim
+        for start in range(0, int(x.shape[0]), _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            z, yc = self._float64(x, rows), y[rows]
+            ones = torch.ones(yc.shape[0], dtype=torch.float64, device=self.device)
+            batch_counts = torch.zeros(k, dtype=torch.float64, device=self.device)
+            batch_counts.index_add_(0, yc, ones)
+            if self.mode == "streaming":
+                # c_k := this chunk's class-k mean for classes seen for the first time
+                sums = torch.zeros(k, d, dtype=torch.float64, device=self.device)
+                sums.index_add_(0, yc, z)
+                new = (self.counts == 0) & (batch_counts > 0)
+                means = sums / batch_counts.clamp(min=1.0)[:, None]
+                self.shift = torch.where(new[:, None], means, self.shift)
+                z -= self.shift[yc]  # h - c_y
+                self.shifted_scatter.addmm_(z.T, z)
+                self.shifted_sq.index_add_(0, yc, (z * z).sum(dim=1))
             self.shifted_sums.index_add_(0, yc, z)
-            self.shifted_sq.index_add_(0, yc, torch.mul(z, z, out=g).sum(dim=1))
             self.counts += batch_counts
         return self
-
-    def _update_shift(self, z: torch.Tensor, y: torch.Tensor, batch_counts: torch.Tensor) -> None:
-        """``c_k`` := this batch's class-k mean for classes seen for the first time."""
-        new = (self.counts == 0) & (batch_counts > 0)
-        if self.device.type == "cpu" and not bool(new.any()):
-            return  # reading a CPU tensor costs no synchronisation
-        batch_sums = self._zeros(self.num_classes, self.dim).index_add_(0, y, z)
-        batch_means = batch_sums / batch_counts.clamp(min=1.0)[:, None]
-        self.shift = torch.where(new[:, None], batch_means, self.shift)
-
-    def _add_gram(self, z: torch.Tensor) -> None:
-        """``shifted_scatter += z^T z``; on CPU through numpy, whose ``A.T @ A`` calls the
-        symmetric rank-k BLAS kernel (half the work of torch's general product)."""
-        if self.device.type == "cpu":
-            zn = z.numpy()
-            self.shifted_scatter.numpy()[...] += zn.T @ zn
-        else:
-            self.shifted_scatter.addmm_(z.T, z)
 
     def update_ood(self, features: Any) -> NCAccumulator:
         """Add out-of-distribution features (B, d), for ``nc5``. Returns ``self``."""
         self._check_unsynced("stats", "update_ood()")
         x = self._features(features, "ood_features")
         for start in range(0, int(x.shape[0]), _CHUNK):
-            z = self._buffer("z", min(_CHUNK, int(x.shape[0]) - start), self.dim)
-            self.ood_sum += z.copy_(x[start : start + _CHUNK]).sum(dim=0) * self.scale
+            self.ood_sum += self._float64(x, slice(start, start + _CHUNK)).sum(dim=0)
         self.ood_count += float(x.shape[0])
         return self
 
@@ -459,26 +450,11 @@ class NCAccumulator:
         means = self._scaled_means()
         _, s, vh = torch.linalg.svd(means - means.mean(dim=0), full_matrices=False)
         r = min(self.num_classes - 1, self.dim)
-        tally = self.tally  # tallies survive a restart after new first-pass samples (streaming)
-        self._reset_second_pass()
-        self.tally = tally
+        # tallies survive a restart after new first-pass samples (streaming)
+        self._drop_second_pass()
+        self._declare_second_pass(r)
         self.frozen_means = means
         self.basis, self.basis_sv = vh[:r].contiguous(), s[:r].contiguous()
-        self.proj_sq = self._zeros(self.num_classes, r)
-        self.split_sq = self._zeros(2, r)
-
-    def _own_radius(self) -> torch.Tensor:
-        """(K,) half the distance from each frozen mean to the nearest other one, less 1e-6.
-
-        A sample closer to its own mean than that is nearest to its own mean (triangle
-        inequality), so its NCC scores are not needed; the relative margin of 1e-6 is far above
-        float64 rounding. Cached per second pass (it depends on the frozen means only).
-        """
-        if self._radius is None:
-            own = self.frozen_means
-            gaps = torch.cdist(own, own).fill_diagonal_(math.inf).amin(dim=1)
-            self._radius = 0.5 * (1.0 - 1e-6) * gaps
-        return self._radius
 
     def update_ncc(
         self,
@@ -489,7 +465,7 @@ class NCAccumulator:
         weight: Any = None,
         bias: Any = None,
     ) -> NCAccumulator:
-        """Second pass over the samples of :meth:`update`.
+        """Second pass over the samples of :meth:`update`, in float64.
 
         Tallies the nearest-class-mean rule ``argmin_k ||h - nu_k||`` against ``means`` (K, d)
         when given (pass the *train* means when this accumulator holds *test* features), else
@@ -524,117 +500,34 @@ class NCAccumulator:
             return self
         self._note_precision(x)
         own = self.frozen_means
-        own_ref = ref is None
         ref = own if ref is None else ref
+        # Scores of the class-centred sample z = h - mu_y (no large offset in any product):
+        # NCC: argmin_k ||h - nu_k||^2 = argmax_k 2 z.m_k + [2 (mu_y - c).m_k - ||m_k||^2] with
+        # m_k = nu_k - c; classifier: W h + b = W z + [W mu_y + b]. Brackets: (K, K) per class y.
         centre = ref.mean(dim=0)
-        m = ref - centre  # nu_k - c
-        # NCC: argmin_k ||h - nu_k||^2 = argmax_k 2 (h - c).m_k - ||m_k||^2, with
-        # (h - c).m_k = z.m_k + (mu_y - c).m_k for the class-centred sample z = h - mu_y
-        ncc_add = 2.0 * ((own - centre) @ m.T) - (m * m).sum(dim=1)  # (K, K), row = class y
-        # the own centred means lie in span(basis): score them in r coordinates
-        ncc_mat = 2.0 * (m @ self.basis.T if own_ref else m)
-        # Few classes: the K-row products are bound by reading the chunk, so they ride along
-        # with the float64 projection (exact scores). Many classes: float32 with a certificate.
-        fuse = k <= _FUSE_CLASSES
-        rows = [self.basis]
-        if w is not None:  # W h + b = W z + (W mu_y + b), in scaled units
-            cls_add = own @ w.T + (0.0 if b is None else b * self.scale)
-            if fuse:
-                rows.append(w)
-            else:
-                raw = x.dtype == torch.float32 and self.scale == 1.0
-                # raw: W h + b straight from the float32 input (no table lookup per row)
-                b_add = torch.zeros_like(w[:, 0]) if b is None else b
-                cls = _Scores(w, b_add if raw else cls_add)
-                own_norm = torch.linalg.vector_norm(own, dim=1)
-        if fuse and not own_ref:
-            rows.append(ncc_mat)
-        else:
-            ncc = _Scores(ncc_mat, ncc_add)
-        if own_ref and ncc.fast:
-            own_radius = self._own_radius()
-        rows = torch.cat(rows) if len(rows) > 1 else rows[0]
-        rows_t, n_rows = None, rows.shape[0]
-        if self.device.type == "cpu":  # zero columns up to a multiple of 4: BLAS runs faster
-            rows_t = torch.zeros(d, -(-n_rows // 4) * 4, dtype=torch.float64)
-            rows_t[:, :n_rows] = rows.T
-        r = self.basis.shape[0]
+        m = ref - centre
+        ncc_add = 2.0 * ((own - centre) @ m.T) - (m * m).sum(dim=1)
+        cls_add = None if w is None else own @ w.T + (0.0 if b is None else b * self.scale)
         has_cls = z_logits is not None or w is not None
-        # per (class, classifier right/wrong) pair: rows 2 y + wrong, summed into proj_sq and
-        # split_sq after the pass; row 2 K parks the rows whose prediction is not yet certain
-        pair_sq = self._zeros(2 * k + 1, r)
+        r = self.basis.shape[0]
+        # per (class, classifier right/wrong) pair: row 2 y + wrong
+        pair_sq = torch.zeros(2 * k, r, dtype=torch.float64, device=self.device)
         pred_ncc = torch.empty(n, dtype=torch.int64, device=self.device)
-        pred_cls = torch.empty_like(pred_ncc) if has_cls else None
-        unsure_ncc = torch.zeros(n, dtype=torch.bool, device=self.device)
-        unsure_cls = torch.zeros_like(unsure_ncc)
-        chunks = self._chunks(x, y, _CHUNK_NCC)
-        for start, (z, yc) in zip(range(0, n, _CHUNK_NCC), chunks, strict=True):
-            stop = start + yc.shape[0]
-            g = self._buffer("g", z.shape[0], d)
-            torch.index_select(own, 0, yc, out=g)
-            z.sub_(g)  # h - mu_y
-            if rows_t is None:
-                scores = (rows @ z.T).T  # (chunk, rows); the (rows, chunk) product is faster
-            else:  # numpy's BLAS: faster than torch's on some CPUs, into a reused buffer
-                scores = self._buffer("s", z.shape[0], rows_t.shape[1])
-                np.matmul(z.numpy(), rows_t.numpy(), out=scores.numpy())
-            proj = scores[:, :r]  # coordinates along the class-mean directions
-            # squares into a row-major buffer: index_add_ over rows of a transposed view is slow
-            proj_sq = torch.mul(proj, proj, out=self._buffer("p", z.shape[0], r))
-            z_norm = torch.linalg.vector_norm(z, dim=1)  # ||h - mu_y||
-            self.centred_sq.index_add_(0, yc, z_norm * z_norm)
-            unsure = None
-            if own_ref and ncc.fast:
-                p_norm = proj_sq.sum(dim=1).sqrt_()  # ||h - mu_y|| within span(basis)
-                pred = yc.clone()
-                far = (p_norm >= own_radius[yc]).nonzero().flatten()
-                if len(far):
-                    pred[far], unsure_far = ncc.argmax(proj[far], p_norm[far], yc[far])
-                    unsure = torch.zeros_like(pred, dtype=torch.bool)
-                    unsure[far] = unsure_far
-            elif own_ref:
-                pred, unsure = ncc.argmax(proj, proj_sq.sum(dim=1).sqrt_(), yc)
-            elif fuse:
-                pred = scores[:, n_rows - k : n_rows].add(ncc_add[yc]).argmax(dim=1)
-            else:
-                pred, unsure = ncc.argmax(z, z_norm, yc)
-            pred_ncc[start:stop] = pred
-            if unsure is not None:
-                unsure_ncc[start:stop] = unsure
-            unsure = None
-            if z_logits is not None:
-                pred = z_logits[start:stop].argmax(dim=1)
-            elif w is None:
-                pred = None
-            elif fuse:
-                pred = scores[:, r : r + k].add(cls_add[yc]).argmax(dim=1)
-            elif raw:  # W h + b from the float32 input itself: no conversion
-                x_norm = z_norm + own_norm[yc]  # >= ||h|| (triangle inequality)
-                pred, unsure = cls.argmax(x[start:stop], x_norm, yc)
-            else:
-                pred, unsure = cls.argmax(z, z_norm, yc)
+        pred_cls = torch.empty_like(pred_ncc)
+        for start in range(0, n, _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            z, yc = self._float64(x, rows), y[rows]
+            z -= own[yc]  # h - mu_y
+            proj = z @ self.basis.T  # coordinates along the class-mean directions
+            self.centred_sq.index_add_(0, yc, (z * z).sum(dim=1))
+            pred_ncc[rows] = (2.0 * (z @ m.T) + ncc_add[yc]).argmax(dim=1)
             pair = 2 * yc
-            if pred is not None:
-                pred_cls[start:stop] = pred
-                pair += pred != yc
-            if unsure is not None:
-                unsure_cls[start:stop] = unsure
-                pair.masked_fill_(unsure, 2 * k)  # parked until its prediction is certain
-            pair_sq.index_add_(0, pair, proj_sq)
-        # near ties of the float32 scores, redone in float64 (a few rows)
-        for unsure, scorer in ((unsure_ncc, "ncc"), (unsure_cls, "cls")):
-            if self.device.type != "cpu" or not bool(unsure.any()):
-                continue
-            idx = unsure.nonzero().flatten()
-            yi = y[idx]
-            zi = x[idx].double() * self.scale - own[yi]  # h - mu_y
-            if scorer == "ncc":
-                pred_ncc[idx] = ncc.exact(zi @ self.basis.T if own_ref else zi, yi)
-            else:
-                pred_cls[idx] = cls.exact(x[idx] if raw else zi, yi)
-                p = zi @ self.basis.T
-                pair_sq.index_add_(0, 2 * yi + (pred_cls[idx] != yi), p * p)
-        pair_sq = pair_sq[: 2 * k].view(k, 2, r)
+            if has_cls:
+                scores = z_logits[rows] if z_logits is not None else z @ w.T + cls_add[yc]
+                pred_cls[rows] = scores.argmax(dim=1)
+                pair += pred_cls[rows] != yc
+            pair_sq.index_add_(0, pair, proj * proj)
+        pair_sq = pair_sq.view(k, 2, r)
         self.proj_sq += pair_sq.sum(dim=1)
         tally = [n, (pred_ncc == y).sum(), 0, 0]
         if has_cls:
@@ -686,10 +579,10 @@ class NCAccumulator:
     def merge(self, other: NCAccumulator) -> NCAccumulator:
         """Fold another accumulator's samples and tallies into this one. Returns ``self``.
 
-        First-pass statistics combine with Chan et al.'s pairwise rule (in centred form).
-        Second-pass statistics add up when both accumulators froze the same class means;
-        otherwise the merged accumulator needs a new second pass for per-class / split NC1 (the
-        tallies still add).
+        First-pass statistics combine with Chan et al.'s pairwise rule (both sides re-expressed
+        around the pooled means, then summed). Second-pass statistics add up when both
+        accumulators froze the same class means; otherwise the merged accumulator needs a new
+        second pass for per-class / split NC1 (the tallies still add).
         """
         if not isinstance(other, NCAccumulator):
             raise ValueError(f"merge expects an NCAccumulator, got {type(other).__name__}")
@@ -702,39 +595,27 @@ class NCAccumulator:
         if other.scale != self.scale:
             raise ValueError("cannot merge accumulators with different input scales")
         self._check_unsynced("stats", "merge()")
-        if self.mode == "projected" and (self.second_pass_started or other.second_pass_started):
-            if not self._same_second_pass(other):
-                raise ValueError(
-                    "cannot merge projected accumulators whose second passes used different "
-                    "class means; merge after the first pass, before update_ncc()"
-                )
+        same = self._same_second_pass(other)
+        if self.mode == "projected" and not same:
+            raise ValueError(
+                "cannot merge projected accumulators whose second passes used different "
+                "class means; merge after the first pass, before update_ncc()"
+            )
         dev = self.device
-        n_a, n_b = self.counts, other.counts.to(dev)
-        sums_a, scatter_a, sq_a = self._centred()
-        sums_b, scatter_b, sq_b = (t if t is None else t.to(dev) for t in other._centred())
-        n = n_a + n_b
-        delta = sums_a / n_a.clamp(min=1.0)[:, None] - sums_b / n_b.clamp(min=1.0)[:, None]
-        c = n_a * n_b / n.clamp(min=1.0)  # 0 where either side is empty
+        n = self.counts + other.counts.to(dev)
+        pooled = (self._sums() + other._sums().to(dev)) / n.clamp(min=1.0)[:, None]
+        theirs = other._first_pass_state(pooled.to(other.device))
+        for name, mine in self._first_pass_state(pooled).items():
+            setattr(self, name, mine + theirs[name].to(dev))
         if self.mode == "streaming":
-            scaled = delta * c.sqrt()[:, None]
-            self.shifted_scatter = scatter_a + scatter_b + scaled.T @ scaled
-            self.shifted_sq = sq_a + sq_b + c * (delta * delta).sum(dim=1)
-            self.shift = (sums_a + sums_b) / n.clamp(min=1.0)[:, None]
-            self.shifted_sums = self._zeros(self.num_classes, self.dim)
-        else:
-            self.shifted_sums = sums_a + sums_b
-        self.counts = n
-        self.ood_sum = self.ood_sum + other.ood_sum.to(dev)
-        self.ood_count = self.ood_count + other.ood_count.to(dev)
+            self.shift = pooled
+        parts = ("tally", "second") if same and other.second_pass_started else ("tally",)
+        for name, theirs_t in other._tensors(*parts).items():
+            setattr(self, name, getattr(self, name) + theirs_t.to(dev))
+        if not same:
+            self._second_stale = True
         self.input_eps = max(self.input_eps, other.input_eps)
         self._first_pass_fed = self._first_pass_fed or other._first_pass_fed
-        same = self._same_second_pass(other)
-        if same and other.second_pass_started:
-            for name in ("proj_sq", "split_sq", "split_count", "centred_sq"):
-                setattr(self, name, getattr(self, name) + getattr(other, name).to(dev))
-        elif self.second_pass_started or other.second_pass_started:
-            self._second_stale = True
-        self.tally = self.tally + other.tally.to(dev)
         return self
 
     def _same_second_pass(self, other: NCAccumulator) -> bool:
@@ -751,11 +632,10 @@ class NCAccumulator:
         NCCL (state on CPU is staged on the current CUDA device for NCCL). Must be called on
         every rank of ``group`` with the same arguments.
 
-        ``stats``: the first pass (:meth:`update`, :meth:`update_ood`). Streaming state is
-        combined with two sum-reductions: counts and sums, then each rank's centred scatter plus
-        its correction ``n_kr (mu_kr - mu_k)(mu_kr - mu_k)^T`` towards the global means (the
-        K-way form of Chan's rule). ``tallies``: the second pass (:meth:`update_ncc`: tallies and
-        second-pass statistics, centred on the global means, so a plain sum).
+        ``stats``: the first pass (:meth:`update`, :meth:`update_ood`): counts and sums give
+        the global means, then every rank's first-pass state re-expressed around them is summed
+        (the K-way form of Chan's rule). ``tallies``: the second pass (:meth:`update_ncc`:
+        tallies and second-pass statistics, centred on the global means, so a plain sum).
 
         Guard against reducing twice: each part is reduced once; calling again is a no-op for
         the parts already reduced, and adding local samples to a reduced part raises
@@ -766,40 +646,21 @@ class NCAccumulator:
         if not (dist.is_available() and dist.is_initialized()):
             return self
         if stats and not self._synced["stats"]:
-            self._reduce_first_pass(group)
+            counts, sums = _all_sum([self.counts, self._sums()], group)
+            pooled = sums / counts.clamp(min=1.0)[:, None]
+            self._set(_all_sum_dict(self._first_pass_state(pooled), group))
+            if self.mode == "streaming":
+                self.shift = pooled
+            self._first_pass_fed = True
             self._synced["stats"] = True
         if tallies and not self._synced["second"] and self.second_pass_started:
-            names = ["centred_sq", "split_count", "proj_sq", "split_sq"]
-            parts = [getattr(self, n) for n in names] + [self.tally.double()]
-            reduced = _all_sum(parts, group)
-            for name, t in zip(names, reduced, strict=False):
-                setattr(self, name, t)
-            self.tally = reduced[-1].round().long()
+            self._set(_all_sum_dict(self._tensors("second", "tally"), group))
             self._synced["second"] = True
         return self
 
-    def _reduce_first_pass(self, group: Any) -> None:
-        sums, scatter, sq = self._centred()
-        counts, sums_g, ood_sum, ood_count = _all_sum(
-            [self.counts, sums, self.ood_sum, self.ood_count], group
-        )
-        self.ood_sum, self.ood_count = ood_sum, ood_count
-        self._first_pass_fed = True
-        if self.mode == "projected":
-            self.counts, self.shifted_sums = counts, sums_g
-            return
-        # each rank adds n_kr (mu_kr - mu_k)(mu_kr - mu_k)^T towards the global means mu_k
-        local_n = self.counts
-        delta = sums / local_n.clamp(min=1.0)[:, None] - sums_g / counts.clamp(min=1.0)[:, None]
-        delta = torch.where(local_n[:, None] > 0, delta, torch.zeros_like(delta))
-        scaled = delta * local_n.sqrt()[:, None]
-        scatter = scatter + scaled.T @ scaled
-        sq = sq + local_n * (delta * delta).sum(dim=1)
-        scatter, sq = _all_sum([scatter, sq], group)
-        self.counts = counts
-        self.shift = sums_g / counts.clamp(min=1.0)[:, None]
-        self.shifted_sums = self._zeros(self.num_classes, self.dim)
-        self.shifted_scatter, self.shifted_sq = scatter, sq
+    def _set(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, t in tensors.items():
+            setattr(self, name, t)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -847,9 +708,7 @@ class NCAccumulator:
             )
 
     def _check_finite(self) -> None:
-        parts = [self.shifted_sums, self.shift, self.centred_sq]
-        if self.shifted_scatter is not None:
-            parts += [self.shifted_scatter, self.shifted_sq]
+        parts = self._tensors("first", "shift", "second").values()
         if not all(bool(torch.isfinite(p).all()) for p in parts):
             hint = " (per-batch validation was off)" if not self.validate else ""
             raise ValueError(
@@ -952,7 +811,8 @@ class NCAccumulator:
 
 
 def _all_sum(tensors: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
-    """Sum-all-reduce float64 tensors in one flat buffer (on CUDA for NCCL); same devices back."""
+    """Sum-all-reduce tensors in one flat float64 buffer (on CUDA for NCCL); same devices and
+    dtypes back (integer tallies are exact in float64 up to 2**53)."""
     import torch.distributed as dist
 
     device = tensors[0].device
@@ -962,72 +822,13 @@ def _all_sum(tensors: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
     dist.all_reduce(flat, group=group)
     out, start = [], 0
     for t in tensors:
-        out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.device))
+        part = flat[start : start + t.numel()].reshape(t.shape)
+        if not t.is_floating_point():
+            part = part.round()
+        out.append(part.to(t.device, t.dtype))
         start += t.numel()
     return out
 
 
-_U32 = 2.0**-24  # unit round-off of float32
-
-
-class _Scores:
-    """Row-wise ``argmax_k (a @ mat.T + add)`` as in float64, computed mostly in float32.
-
-    ``add`` is a (K,) vector or a (T, K) table whose row ``keys[i]`` is added to row i.
-    On CPU the scores are computed in float32 (about twice the speed of float64) with a
-    rigorous bound on their error: for rows of length p,
-    ``|fl32(a_i . m_k) - a_i . m_k| <= gamma_{p+2} ||a_i|| ||m_k||`` with
-    ``gamma_q = q u / (1 - q u)``, ``u = 2^-24`` (the dot-product bound of Higham, "Accuracy and
-    Stability of Numerical Algorithms", Sec. 3.1, which holds for any summation order, with one
-    more ``u`` each for rounding ``a`` and ``mat`` to float32), plus
-    ``2u (||a_i|| ||m|| + max |add|)`` for rounding ``add`` and the sum. A row whose best score
-    beats the runner-up by more than twice the bound has the float64 argmax; the other rows
-    (near ties) are marked, for the caller to redo with :meth:`exact`. On other devices the
-    scores are float64 throughout (no read-back to decide which rows to redo).
-    """
-
-    def __init__(self, mat: torch.Tensor, add: torch.Tensor) -> None:
-        self.mat, self.add = mat, add
-        self.fast = mat.device.type == "cpu"
-        if self.fast:
-            self.mat32_t = mat.T.float().contiguous().numpy()
-            self.add32 = add.float()
-            p = mat.shape[1]
-            gamma = (p + 2) * _U32 / (1.0 - (p + 2) * _U32)
-            mat_norm = float(torch.linalg.vector_norm(mat, dim=1).max()) if mat.numel() else 0.0
-            add_max = float(add.abs().max()) if add.numel() else 0.0
-            self.norm_factor = (gamma + 2 * _U32) * 1.01 * mat_norm
-            self.add_bound = 2.02 * _U32 * add_max
-            self._scores: np.ndarray | None = None  # reused (rows, K) float32 buffer
-
-    def _add(self, table: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return table[keys] if table.dim() == 2 else table
-
-    def argmax(
-        self, a: torch.Tensor, a_norm: torch.Tensor, keys: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(argmax, unsure)`` for ``a`` (n, p), ``a_norm`` (n,) upper bounds of its row
-        norms and ``keys`` (n,) rows of the ``add`` table (ignored for a vector). ``unsure``
-        (n,) bool marks the rows whose float32 argmax is not certified (redo them with
-        :meth:`exact`); ``None`` where the scores were float64 throughout."""
-        if not self.fast:
-            return self.exact(a, keys), None
-        a32 = a if a.dtype == torch.float32 else a.float()
-        n = a32.shape[0]
-        if self._scores is None or self._scores.shape[0] < n:
-            self._scores = np.empty((n, self.mat32_t.shape[1]), dtype=np.float32)
-            self._rows = np.arange(n)
-        # numpy's BLAS (faster than torch's on some CPUs), into a reused buffer
-        scores = np.matmul(a32.numpy(), self.mat32_t, out=self._scores[:n])
-        scores += self._add(self.add32, keys).numpy()
-        idx = scores.argmax(axis=1)
-        rows = self._rows[:n]
-        gap = scores[rows, idx].astype(np.float64)
-        scores[rows, idx] = -np.inf
-        gap -= torch.from_numpy(scores).amax(dim=1).numpy()  # best minus runner-up
-        bound = a_norm.numpy() * (2.0 * self.norm_factor) + 2.0 * self.add_bound
-        return torch.from_numpy(idx), torch.from_numpy(gap <= bound)
-
-    def exact(self, a: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """Row-wise argmax of the float64 scores."""
-        return torch.addmm(self._add(self.add, keys), a.double(), self.mat.T).argmax(dim=1)
+def _all_sum_dict(tensors: dict[str, torch.Tensor], group: Any) -> dict[str, torch.Tensor]:
+    return dict(zip(tensors, _all_sum(list(tensors.values()), group), strict=True))

@@ -26,6 +26,7 @@ from nclab.report.figures import (
     trajectory_figure,
     ufm_figure,
 )
+from nclab.report.figures_layers import LAYER_FIGURES, layers_figure
 from nclab.report.render import render_html, render_markdown
 from nclab.report.runs import load_runs
 from nclab.report.summary import ReportSummary, summarize
@@ -76,6 +77,7 @@ def _figures(summary: ReportSummary, theory: TheoryPanel | None) -> dict[str, Fi
         "compare_test_nc": test_nc_figure(summary),
         "compare_test_nc1_split": test_nc1_split_figure(summary),
         "compare_delta_sweep": delta_sweep_figure(summary, theory),
+        "compare_layers": layers_figure(summary),
     }
 
 
@@ -126,7 +128,7 @@ def build_report(
     _write_text(js, json.dumps(data, indent=1, default=_json_default))
     page = out / "report.html"
     pngs = {stem: paths[0] for stem, paths in written.items()}
-    _write_text(page, render_html(summary, panel, pngs, FIGURES))
+    _write_text(page, render_html(summary, panel, pngs, {**FIGURES, **LAYER_FIGURES}))
     return ReportResult(out, page, md, js, written, summary, panel, [r.path for r in runs])
 
 

@@ -153,10 +153,14 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _study_line(summary: ReportSummary) -> str:
     runs = [r for g in summary.groups for r in g.runs]
     cfg = runs[0].config
-    parts = [f"{len(runs)} runs", f"dataset {cfg.get('dataset')}"]
+    parts = [f"{len(runs)} runs"]
+    if cfg.get("dataset") is not None:  # an NCTracker run records no dataset name
+        parts.append(f"dataset {cfg['dataset']}")
     if cfg.get("per_class"):
         parts.append(f"{cfg['per_class']} per class")
-    parts.append(f"model {cfg.get('model')}")
+    model = cfg.get("model") or cfg.get("model_class")
+    if model:
+        parts.append(f"model {model}")
     if cfg.get("width") or cfg.get("depth"):
         parts.append(f"width {cfg.get('width')} depth {cfg.get('depth')}")
     parts.append(f"{int(max(r.epochs.max() for r in runs))} epochs")

@@ -15,6 +15,11 @@ set (no augmentation). The NC metrics come from :class:`~nclab.metrics.NCAccumul
   :data:`KEEP_FEATURES_MAX_BYTES`: ``mode="streaming"`` accumulators fed per batch, then a
   second forward pass for ``update_ncc``.
 
+Under label noise (``y_train_clean``) the loss and accuracy use the labels trained on and the NC
+statistics the clean labels; ``train_acc_clean``, ``noisy_fit`` and ``noisy_clean_fit`` are added.
+With ``nc_layers`` the train pass also feeds :class:`~nclab.layers.LayerNC` through forward hooks
+(``layer_nc1/<name>``, ``layer_nc2/<name>``).
+
 Under DDP every rank evaluates its rank-strided shard; the accumulators are all-reduced after
 each pass (the second pass needs the global means), then the loss sums; the test logits are
 gathered (for the calibration metrics and ``predictions.npz``).
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nclab.calibration import calibration_metrics
+from nclab.hooks import eval_mode
+from nclab.layers import LayerNC, resolve_taps
 from nclab.metrics import NCAccumulator
 from nclab.train.distributed import DistContext
 
@@ -115,24 +122,44 @@ class Evaluator:
     channels_last: bool = False
     batch_size: int = EVAL_BATCH_SIZE
     keep_limit_bytes: int = KEEP_FEATURES_MAX_BYTES
+    #: clean training labels under label noise (``y_train``: the labels trained on): the NC
+    #: metrics use them, and ``train_acc_clean`` / ``noisy_fit`` / ``noisy_clean_fit`` are added
+    y_train_clean: Tensor | None = None
+    #: ``--nc-layers``: taps whose NC1/NC2 (train split) are added as ``layer_nc1/<name>``,
+    #: ``layer_nc2/<name>`` (:mod:`nclab.layers`): a spec for
+    #: :func:`~nclab.layers.resolve_taps` or a name -> module mapping
+    nc_layers: str | Mapping[str, nn.Module] | None = None
     _buffers: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
+    _layer_nc: tuple[int, LayerNC] | None = field(default=None, init=False, repr=False)
 
     def __call__(self, model: nn.Module) -> EvalResult:
-        """Evaluate ``model`` (put in eval mode; its previous mode is restored)."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return self._evaluate(model)
-        finally:
-            model.train(was_training)
+        """Evaluate ``model`` (put in eval mode; its modules' previous modes are restored)."""
+        with eval_mode(model), torch.no_grad():
+            return self._evaluate(model)
+
+    def _layers(self, model: nn.Module) -> LayerNC | None:
+        if self.nc_layers is None:
+            return None
+        if self._layer_nc is None or self._layer_nc[0] != id(model):
+            spec = self.nc_layers
+            taps = dict(spec) if isinstance(spec, Mapping) else resolve_taps(model, spec)
+            layer_nc = LayerNC(taps, self.num_classes)
+            # a tap on the body of a FeatureClassifier gives model.features(x): its NC1/NC2
+            # are the train metrics computed anyway, not recomputed
+            body = getattr(model, "body", None)
+            layer_nc.skip = frozenset(n for n, m in taps.items() if m is body)
+            self._layer_nc = (id(model), layer_nc)
+        return self._layer_nc[1]
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
         t0 = time.perf_counter()
         for name, param in model.classifier.named_parameters():
             if not bool(torch.isfinite(param).all()):
                 raise NonFiniteFeaturesError(f"the classifier {name} contains NaN or Inf values")
-        train = self._pass(model, self.x_train, self.y_train, "train")
+        layer_nc = self._layers(model)
+        train = self._pass(
+            model, self.x_train, self.y_train, "train", self.y_train_clean, layer_nc
+        )  # fmt: skip
         test = self._pass(model, self.x_test, self.y_test, "test")
         t1 = time.perf_counter()
         in_pass = train.metric_seconds + test.metric_seconds  # streaming updates in the passes
@@ -154,6 +181,11 @@ class Evaluator:
         test_logits = self.ctx.gather_strided(test.logits.cpu().clone(), self.num_test)
         test_labels = self.ctx.gather_strided(test.labels.cpu().clone(), self.num_test)
         calib = calibration_metrics(test_logits, test_labels, n_bins=15)
+        noise = self._noise_metrics(train)
+        layers = {}
+        if layer_nc is not None:
+            same = (train_nc["nc1"], train_nc["nc2_h"])
+            layers = layer_nc.compute(dict.fromkeys(layer_nc.skip, same))
         paper = _paper_extras(test, test_logits, test_labels)
         t2 = time.perf_counter()
 
@@ -171,6 +203,8 @@ class Evaluator:
             **{key: calib[key] for key in _CALIBRATION_KEYS},
             **train_nc,
             **{f"test_{k}": v for k, v in test_nc.items()},
+            **noise,
+            **layers,
             **paper,
         }
         timings = {
@@ -178,6 +212,30 @@ class Evaluator:
             "metrics": in_pass + (t2 - t1) - recompute,
         }
         return EvalResult(metrics, test_logits, test_labels, timings, per_class)
+
+    def _noise_metrics(self, train: PassOutput) -> dict[str, float | None]:
+        """Under label noise: accuracy on the clean labels and, over the flipped samples, the
+        fractions predicted as their noisy label (memorised) and as their clean label."""
+        if self.y_train_clean is None:
+            return {}
+        pred = train.logits.argmax(1)
+        clean = self.y_train_clean
+        flipped = clean != self.y_train
+        counts = self.ctx.sum(
+            [
+                float((pred == clean).sum()),
+                float(clean.shape[0]),
+                float((flipped & (pred == self.y_train)).sum()),
+                float((flipped & (pred == clean)).sum()),
+                float(flipped.sum()),
+            ]
+        )
+        n_flipped = counts[4]
+        return {
+            "train_acc_clean": counts[0] / counts[1],
+            "noisy_fit": counts[2] / n_flipped if n_flipped else None,
+            "noisy_clean_fit": counts[3] / n_flipped if n_flipped else None,
+        }
 
     # ------------------------------------------------------------------ passes
 
@@ -202,11 +260,21 @@ class Evaluator:
             self._buffers[key] = buf
         return buf
 
-    def _pass(self, model: nn.Module, x: Tensor, y: Tensor, split: str) -> PassOutput:
+    def _pass(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        split: str,
+        nc_labels: Tensor | None = None,
+        layer_nc: LayerNC | None = None,
+    ) -> PassOutput:
+        """One pass: loss and accuracy against ``y``; the NC statistics (and ``layer_nc``'s)
+        against ``nc_labels`` (default ``y``)."""
         n, dim = int(x.shape[0]), int(model.classifier.in_features)
         keep = n * dim * 4 <= self.keep_limit_bytes
         out = PassOutput(
-            labels=y,
+            labels=y if nc_labels is None else nc_labels,
             logits=self._buffer(f"{split}_logits", n, self.num_classes, x.device),
             features=self._buffer(f"{split}_features", n, dim, x.device) if keep else None,
             acc=None if keep else self._accumulator("streaming", dim, x.device),
@@ -214,22 +282,26 @@ class Evaluator:
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         loss_sum, ce_sum, correct = zero, zero, zero
         start = 0
-        for xb, yb in self._batches(x, y):
-            h, logits = self._forward(model, xb)
-            loss_sum = loss_sum + self.loss_fn(logits, yb).double() * yb.shape[0]
-            ce_sum = ce_sum + F.cross_entropy(logits, yb, reduction="sum").double()
-            correct = correct + (logits.argmax(1) == yb).sum()
-            rows = slice(start, start + yb.shape[0])
-            start = rows.stop
-            out.logits[rows] = logits
-            if out.features is not None:
-                out.features[rows] = h
-            else:
-                if not bool(torch.isfinite(h).all()):  # the accumulator would raise ValueError
-                    raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf")
-                t = time.perf_counter()
-                out.acc.update(h, yb)
-                out.metric_seconds += time.perf_counter() - t
+        layers = contextlib.nullcontext() if layer_nc is None else layer_nc.recording(n, x.device)
+        with layers:
+            for xb, yb in self._batches(x, y):
+                h, logits = self._forward(model, xb)
+                loss_sum = loss_sum + self.loss_fn(logits, yb).double() * yb.shape[0]
+                ce_sum = ce_sum + F.cross_entropy(logits, yb, reduction="sum").double()
+                correct = correct + (logits.argmax(1) == yb).sum()
+                rows = slice(start, start + yb.shape[0])
+                start = rows.stop
+                out.logits[rows] = logits
+                if layer_nc is not None:
+                    layer_nc.update(out.labels[rows])
+                if out.features is not None:
+                    out.features[rows] = h
+                else:
+                    if not bool(torch.isfinite(h).all()):  # the accumulator would raise
+                        raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf")
+                    t = time.perf_counter()
+                    out.acc.update(h, out.labels[rows])
+                    out.metric_seconds += time.perf_counter() - t
         out.loss_sum, out.ce_sum, out.correct = float(loss_sum), float(ce_sum), float(correct)
         return out
 

@@ -17,7 +17,6 @@ import functools
 import math
 import os
 import platform
-import random
 import socket
 import time
 import warnings
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from nclab import __version__
 from nclab.config import TrainConfig, config_differences
 from nclab.data import DataBundle, augment_batch, class_balanced_indices, load_dataset
+from nclab.layers import resolve_taps
 from nclab.losses import get_loss
 from nclab.models import build_model, count_parameters
 from nclab.runs import lifecycle
@@ -227,6 +227,13 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def default_channels_last(model: str, input_shape: tuple[int, ...], device: torch.device) -> bool:
+    """``--channels-last`` unset: on for conv nets on CUDA only. On CPU, torch 2.13's
+    channels-last kernels corrupt the heap on some shapes (a strided 1x1 ``Conv2d(4 -> 8)``
+    aborts with ``free(): invalid next size``)."""
+    return len(input_shape) == 3 and model != "mlp" and device.type == "cuda"
+
+
 @contextlib.contextmanager
 def _num_threads(threads: int | None):  # noqa: ANN202 - context manager
     if threads is None:
@@ -240,45 +247,19 @@ def _num_threads(threads: int | None):  # noqa: ANN202 - context manager
         torch.set_num_threads(previous)
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global state on purpose
-    random.seed(seed)
-
-
 def _rng_state() -> dict[str, Tensor]:
-    """Every global RNG state as tensors (checkpoints hold tensors and plain values only):
-    torch's byte state; numpy's MT19937 as int64 ``[key(624), pos, has_gauss]`` plus
-    ``cached_gaussian``; Python's ``random`` as int64 ``[version, internal state(625)]`` plus
-    ``gauss_next`` (NaN for None)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.tensor([*keys.tolist(), pos, has_gauss], dtype=torch.int64),
-        "numpy_gauss": torch.tensor(float(cached), dtype=torch.float64),
-        "python": torch.tensor([version, *internal], dtype=torch.int64),
-        "python_gauss": torch.tensor(
-            math.nan if gauss_next is None else gauss_next, dtype=torch.float64
-        ),
-    }
+    """torch's generator states (CPU, and CUDA where present) as tensors. Only torch's global
+    generators are drawn from (model initialisation, dropout); numpy and Python's ``random``
+    are never used globally, so they are neither seeded nor saved."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
 
 
 def _set_rng_state(state: dict[str, Tensor]) -> None:
-    """Inverse of :func:`_rng_state`."""
+    """Inverse of :func:`_rng_state` (older checkpoints' numpy/Python states are ignored)."""
     torch.set_rng_state(state["torch"])
-    numpy_state = [int(v) for v in state["numpy"].tolist()]
-    np.random.set_state(  # noqa: NPY002
-        ("MT19937", np.array(numpy_state[:624], dtype=np.uint32), *numpy_state[624:626],
-         float(state["numpy_gauss"]))
-    )  # fmt: skip
-    python_state = [int(v) for v in state["python"].tolist()]
-    gauss = float(state["python_gauss"])
-    gauss_next = None if math.isnan(gauss) else gauss
-    random.setstate((python_state[0], tuple(python_state[1:]), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(RuntimeError, IndexError):
             torch.cuda.set_rng_state_all(list(state["cuda"]))
@@ -477,7 +458,7 @@ class _Run:
     y_train: Tensor
     ufm: dict[str, Any] | None
     progress: Progress = field(init=False)
-    scalars: Any = None  # nclab.train.tensorboard.ScalarWriter with --tensorboard (rank 0)
+    scalars: Any = None  # nclab.train.loggers.Loggers with --tensorboard/--wandb (rank 0)
     last_eval: EvalResult | None = None
     checkpoint_epoch: int = 0  # epoch of the last good checkpoint written or resumed from
     fingerprint: dict[str, Any] = field(default_factory=dict)  # the data's identity
@@ -514,6 +495,10 @@ def train(
         from nclab.train.tensorboard import require_tensorboard
 
         require_tensorboard()  # before any file changes
+    if config.wandb:
+        from nclab.train.loggers import require_wandb
+
+        require_wandb()
     files = RunFiles(Path(out_dir))
     lifecycle.refuse_system_folder(files.root)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -554,10 +539,16 @@ def _train(
     if ctx.is_main:
         _write_config(run, plan, start)
     run.progress = Progress(config.epochs, start, quiet=quiet or not ctx.is_main)
-    if config.tensorboard and ctx.is_main:
-        from nclab.train.tensorboard import ScalarWriter
+    if (config.tensorboard or config.wandb) and ctx.is_main:
+        from nclab.train.loggers import WandbOptions, open_loggers
 
-        run.scalars = ScalarWriter(files.root, fresh=plan.action is RunState.NEW)
+        run.scalars = open_loggers(
+            files.root,
+            tensorboard=config.tensorboard,
+            wandb=WandbOptions.from_config(config),
+            config=read_json(files.config),
+            fresh=plan.action is RunState.NEW,
+        )
     try:
         if start:
             run.progress.message(f"resuming {files.root} after epoch {start}")
@@ -576,6 +567,10 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         config.data_dir,
         per_class=config.per_class,
         seed=config.seed,
+        imbalance=config.imbalance,
+        imbalance_profile=config.imbalance_profile,
+        label_noise=config.label_noise,
+        label_noise_mode=config.label_noise_mode,
     )
     if config.augment and len(data.input_shape) != 3:
         raise ValueError(f"--augment needs image data; {config.dataset} holds flat vectors")
@@ -584,7 +579,7 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
             f"batch_size {config.batch_size} must be divisible by the number of processes "
             f"({ctx.world_size}): it is the global batch, split evenly over the ranks"
         )
-    _seed_everything(config.seed)  # the model initialisation is the first random draw
+    torch.manual_seed(config.seed)  # the model initialisation is the first random draw
     model = build_model(
         config.model,
         data.num_classes,
@@ -596,10 +591,10 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         feature_bn=config.feature_bn,
     ).to(device)
     _check_batch_norm_batches(model, config, data.num_train, ctx.world_size)
+    resolve_taps(model, config.nc_layers)  # an unknown --nc-layers name fails before training
     channels_last = config.channels_last
     if channels_last is None:
-        is_conv = len(data.input_shape) == 3 and config.model != "mlp"
-        channels_last = is_conv and device.type == "cpu"
+        channels_last = default_channels_last(config.model, data.input_shape, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
@@ -616,6 +611,8 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
     shard_train = ctx.shard(data.num_train)
     x_eval_train = data.x_train[shard_train].contiguous().to(device)
     y_eval_train = data.y_train[shard_train].contiguous().to(device)
+    y_clean = data.y_train_clean
+    y_clean = None if y_clean is None else y_clean[shard_train].contiguous().to(device)
 
     def evaluator_on(x_test: Tensor, y_test: Tensor) -> Evaluator:
         shard = ctx.shard(len(y_test))
@@ -630,6 +627,8 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
             ctx=ctx,
             autocast=autocast,
             channels_last=channels_last,
+            y_train_clean=y_clean,
+            nc_layers=config.nc_layers,
         )
 
     final_evaluator = evaluator_on(data.x_test, data.y_test)

@@ -1,7 +1,9 @@
 """TensorBoard events for the metrics rows (``nclab train --tensorboard``, ``NCTracker``).
 
 Every numeric value of a ``metrics.jsonl`` row (all keys but ``epoch``) becomes a scalar
-with the row's ``epoch`` as the step and the row's key as the tag, written by PyTorch's own
+with the row's ``epoch`` as the step and the tag of :func:`nclab.train.loggers.row_scalars`
+(``train/…``, ``test/…``: ``test_acc`` is ``test/acc``, ``ece`` is ``test/ece``; the same tags
+as Weights & Biases), written by PyTorch's own
 :class:`torch.utils.tensorboard.SummaryWriter` into the run directory, next to
 ``metrics.jsonl`` (``tensorboard --logdir RUN_DIR``). It needs the ``tensorboard`` package:
 ``pip install nclab[tensorboard]``. A run that starts over removes the event files of the
@@ -11,10 +13,12 @@ so epochs trained after the last checkpoint of a killed run appear twice).
 
 from __future__ import annotations
 
-import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from nclab.train.loggers import row_scalars
 
 __all__ = ["ScalarWriter", "require_tensorboard"]
 
@@ -50,15 +54,12 @@ class ScalarWriter:
 
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
-    def write_row(self, row: dict[str, Any]) -> None:
+    def write_row(self, row: Mapping[str, Any]) -> None:
         """One scalar per finite number in ``row`` at step ``row["epoch"]``, then flush (a
         reader sees each epoch as soon as it is logged)."""
         step = int(row["epoch"])
-        for key, value in row.items():
-            if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if math.isfinite(value):
-                self._writer.add_scalar(key, value, global_step=step)
+        for tag, value in row_scalars(row).items():
+            self._writer.add_scalar(tag, value, global_step=step)
         self._writer.flush()
 
     def close(self) -> None:
