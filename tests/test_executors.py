@@ -31,16 +31,8 @@ from nclab.train import TrainConfig
 
 
 def _config(epochs: int, **kw) -> TrainConfig:
-    options = dict(
-        dataset="synthetic:k=3,d=8,n=20,test=10",
-        model="mlp",
-        width=16,
-        depth=1,
-        batch_size=20,
-        epochs=epochs,
-        scheduler="constant",
-    )
-    return TrainConfig(**{**options, **kw})
+    tiny = {"model": "mlp", "width": 16, "depth": 1, "batch_size": 20, "scheduler": "constant"}
+    return TrainConfig(dataset="synthetic:k=3,d=8,n=20,test=10", epochs=epochs, **{**tiny, **kw})
 
 
 def _task(tmp_path: Path, name: str, epochs: int, **kw) -> Task:
