@@ -59,7 +59,7 @@ def config_hash(config: dict[str, Any]) -> str:
     options (the :class:`~nclab.train.TrainConfig` fields with ``identity=True``, the seed
     among them; knobs such as threads or paths left out). Runs of a tracker, whose config is
     free-form, hash every plain entry."""
-    from nclab.train.config import options
+    from nclab.config import options
 
     if "epochs" in config and "model" in config:
         keep = {

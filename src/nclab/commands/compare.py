@@ -8,6 +8,7 @@ from typing import Any
 
 from nclab.commands.train import add_config_options
 from nclab.compare import PRESETS
+from nclab.executors import CLUSTERS, SlurmOptions, launchers
 
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
 TRAIN_PREFIX = "train_"
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="J",
-        help="runs trained in parallel by spawned worker processes "
+        help="runs trained at once: spawned worker processes, or jobs of --slurm-cluster local "
         "(default: the preset's; quick/smoke: min(2, CPU count))",
     )
     parser.add_argument(
@@ -86,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cluster.add_argument(
         "--launcher",
-        choices=("local", "submitit"),
+        choices=launchers(),
         default="local",
         help="local: --jobs worker processes here; submitit: one SLURM job per run through "
         "submitit (pip install 'nclab[submitit]'), waited for, then the report",
@@ -111,10 +112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cluster.add_argument(
         "--slurm-cluster",
-        choices=("auto", "slurm", "local", "debug"),
+        choices=CLUSTERS,
         default="auto",
         help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
-        "(all jobs at once as processes on this machine, for a dry run), debug (in this process)",
+        "(the jobs as processes on this machine, --jobs at once, for a dry run), debug (in this "
+        "process)",
     )
     group = parser.add_argument_group(
         "training options",
@@ -133,8 +135,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print where the report is."""
-    from nclab.compare import CompareConfig, compare
-    from nclab.launch import SlurmOptions, comparison_commands
+    from nclab.compare import CompareConfig, compare, comparison_commands
 
     slurm = SlurmOptions(
         partition=args.slurm_partition,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.train.config import TrainConfig, options
+from nclab.config import TrainConfig, options
 
 DESCRIPTION = (
     "Train one model on one dataset with one loss and one seed, evaluating every epoch: "
@@ -98,7 +98,7 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
 
 def add_config_options(group: Any, *, prefix: str = "", defaults: bool = True) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
-    (:func:`nclab.train.config.options`): help, placeholder, choices (listed in the help;
+    (:func:`nclab.config.options`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
     ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options."""
@@ -163,7 +163,7 @@ def default_out_dir(config: TrainConfig) -> str:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the --config file (if any) with explicitly given options on top."""
-    from nclab.train.config import config_from_dict, load_config_file
+    from nclab.config import config_from_dict, load_config_file
 
     names = list(options())
     if args.config is None:
