@@ -1,6 +1,7 @@
 """Verdicts from paired seeds on synthetic run directories whose truth is known.
 
-Each fake run has NC1 decaying like ``exp(-rate·epoch)``, NC2 tied to NC1 as
+Each fake run has NC1 decaying like ``2 exp(-rate·epoch) + floor`` towards its own plateau
+(a higher rate reaches it sooner), a training loss of the same shape, NC2 tied to NC1 as
 ``nc2 = level · nc1^0.3`` (so at matched NC1 the NC2 ratio of two runs is their ``level`` ratio),
 test predictions with a set accuracy and a set confidence (so the ECE is known in closed form),
 and seed-dependent noise. The tests set LS clearly better, clearly worse or mixed, and check the
@@ -47,6 +48,9 @@ def write_run(
     accuracy: float = 0.80,
     confidence: float = 0.80,
     zero_at: int = 12,
+    floor: float = 0.02,
+    nc1_scale: float = 1.0,
+    epochs: int = EPOCHS,
 ) -> Path:
     """One fake run directory (config.json, metrics.jsonl, predictions.npz, DONE)."""
     loss = "ce" if delta == 0 else "ls"
@@ -60,16 +64,17 @@ def write_run(
         "loss": loss,
         "smoothing": delta,
         "seed": seed,
-        "epochs": EPOCHS,
+        "epochs": epochs,
         "num_classes": K,
     }
     (run / "config.json").write_text(json.dumps(config))
     rows = []
-    for e in range(1, EPOCHS + 1):
-        nc1 = 2.0 * math.exp(-rate * e) * (1 + 0.05 * rng.random())
+    for e in range(1, epochs + 1):
+        nc1 = nc1_scale * (2.0 * math.exp(-rate * e) + floor) * (1 + 0.02 * rng.random())
         rows.append(
             {
                 "epoch": e,
+                "train_loss": 2.3 * math.exp(-rate * e) + 0.05,
                 "train_acc": 1.0 if e >= zero_at else 0.5 + 0.01 * e,
                 "test_acc": accuracy,
                 "nc1": nc1,
@@ -221,11 +226,13 @@ def test_combine_over_deltas_and_sig():
 
 
 def test_theory_claim_follows_the_ufm_computation(tmp_path):
-    """Claim (f) is computed by nclab.ufm: its κ verdict matches closed_form directly, and its GD
-    verdict matches the iteration counts of the panel's curves."""
+    """Claim (f) is computed by nclab.ufm: its condition-number measures match
+    nclab.ufm.condition directly, its GD measures the panel's iteration counts, κ_logit never
+    decides, and the verdict is holds / does not hold / mixed exactly as the deciding measures
+    agree."""
     from nclab.report.theory import theory_panel
     from nclab.report.verdicts import LSGroup, claim_theory
-    from nclab.ufm import closed_form
+    from nclab.ufm import DEFAULT_LAMBDA_B, closed_form, condition
 
     for seed in (0,):
         write_run(tmp_path, delta=0.0, seed=seed)
@@ -235,21 +242,44 @@ def test_theory_claim_follows_the_ufm_computation(tmp_path):
     ce = [r for r in runs if r.group.is_ce]
     ls = [LSGroup("LS δ=0.1", 0.1, [r for r in runs if r.group.is_ls])]
     d = claim_theory(ce, ls, panel).per_delta[0]
-    kappa, gd = d.measures
+    by_key = {m.measure.key: m for m in d.measures}
     n = panel.n_per_class
     lam = dict(lambda_w=panel.lambda_w, lambda_h=panel.lambda_h)
     ref = [
-        closed_form(num_classes=K, n_per_class=n, smoothing=s, **lam).kappa_logit
+        condition(num_classes=K, n_per_class=n, smoothing=s, dim=K - 1, lambda_b=DEFAULT_LAMBDA_B,
+                  **lam)
         for s in (0.0, 0.1)
-    ]
-    assert kappa.effect == pytest.approx(math.log10(ref[1] / ref[0]), rel=1e-9)
-    assert kappa.status == (HOLDS if ref[1] < ref[0] else FAILS)
+    ]  # fmt: skip
+    for key, get in (
+        ("hessian_ratio", lambda c: c.ratio_excl_bias_shift),
+        ("w_block_ratio", lambda c: c.w_block.ratio),
+        ("h_block_ratio", lambda c: c.h_block.ratio),
+    ):
+        m = by_key[key]
+        assert m.measure.decides
+        assert m.effect == pytest.approx(math.log10(get(ref[1]) / get(ref[0])), rel=1e-6)
+        assert m.status == (HOLDS if get(ref[1]) < get(ref[0]) else FAILS)
+    kappa = by_key["kappa_logit"]
+    assert not kappa.measure.decides and "by construction" in kappa.measure.description
+    cf = [closed_form(num_classes=K, n_per_class=n, smoothing=s, **lam) for s in (0.0, 0.1)]
+    assert kappa.effect == pytest.approx(math.log10(cf[1].kappa_logit / cf[0].kappa_logit))
     iters = {c.smoothing: c.iters_to_objective_tol for c in panel.curves}
+    gd = by_key["gd_iterations"]
     if None not in iters.values():
         assert gd.effect == iters[0.1] - iters[0.0]
-        assert gd.status == (HOLDS if iters[0.1] < iters[0.0] else FAILS)
-    else:
-        assert gd.status == UNDETERMINED
+    best = {c.smoothing: c.best_iters for c in panel.curves}
+    for c in panel.curves:  # the best step is the grid's fastest
+        reached = [v for v in c.iters_by_lr.values() if v is not None]
+        assert c.best_iters == (min(reached) if reached else None)
+    if None not in best.values():
+        assert by_key["gd_iterations_best_step"].effect == best[0.1] - best[0.0]
+    deciding = [m.status for m in d.measures if m.measure.decides]
+    if all(s == HOLDS for s in deciding):
+        assert d.status == HOLDS
+    elif all(s == FAILS for s in deciding):
+        assert d.status == FAILS
+    elif HOLDS in deciding and FAILS in deciding:
+        assert d.status == MIXED and "favour LS" in d.text and "favour CE" in d.text
 
 
 def _judge(diffs, measure=None):

@@ -43,6 +43,7 @@ __all__ = [
     "maximum_calibration_error",
     "top_k_accuracy",
     "fit_temperature",
+    "fit_temperature_ece",
     "nll",
     "reliability_bins",
     "split_for_temperature",
@@ -250,6 +251,34 @@ def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
         options={"xatol": 1e-10, "maxiter": 500},
     )
     return float(np.exp(res.x))
+
+
+def fit_temperature_ece(
+    logits: ArrayLike, labels: ArrayLike, n_bins: int = 15, points: int = 401
+) -> float:
+    """The ``T`` in [0.05, 20] minimising the top-label ECE of ``softmax(logits / T)`` on these
+    same samples: the protocol of Guo et al. (2024)'s code, which picks T on the test set it
+    then reports. ECE is piecewise constant in T, so the search is a grid of ``points``
+    log-spaced values followed by a finer grid around the best one; the smallest T among ties.
+    Measured on the set it was chosen on, the resulting ECE is optimistic (a lower bound on what
+    a held-out fit, :func:`fit_temperature` on another split, achieves)."""
+    z, y = _as_numpy(logits, labels)
+    if int(points) != points or points < 3:
+        raise ValueError(f"points must be an integer >= 3, got {points!r}")
+
+    def best(grid: np.ndarray) -> tuple[float, float]:
+        eces = [expected_calibration_error(z / t, y, n_bins) for t in grid]
+        i = int(np.argmin(eces))
+        return float(grid[i]), float(eces[i])
+
+    coarse = np.exp(np.linspace(*_LOG_T_BOUNDS, int(points)))
+    t, _ = best(coarse)
+    step = (_LOG_T_BOUNDS[1] - _LOG_T_BOUNDS[0]) / (int(points) - 1)
+    lo = max(_LOG_T_BOUNDS[0], float(np.log(t)) - step)
+    hi = min(_LOG_T_BOUNDS[1], float(np.log(t)) + step)
+    fine = np.exp(np.linspace(lo, hi, 41))
+    t_fine, _ = best(np.concatenate([[t], fine]))
+    return t_fine
 
 
 def split_for_temperature(

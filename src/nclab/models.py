@@ -9,16 +9,31 @@ to penultimate features ``h`` of shape (B, d) and a final ``nn.Linear`` ``classi
 Weights use PyTorch's default initialisation (Kaiming-uniform for conv/linear layers, BatchNorm
 weight 1 and bias 0); no custom init is applied.
 
-Build by name with :func:`build_model`; :data:`MODELS` maps names to builders.
+Build by name with :func:`build_model`; :data:`MODELS` maps names to builders. Two options of
+Guo et al. (2024)'s code apply to every model: ``feature_bn`` appends a ``BatchNorm1d`` on the
+features (their UFM-regularised setting) and ``classifier="etf"`` makes ``W`` a fixed simplex
+ETF (:func:`simplex_etf_weight`), not trained, with a zero bias that is not trained either.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "FeatureClassifier", "build_model", "count_parameters"]
+from nclab.names import CLASSIFIERS  # classifier heads: a trained nn.Linear or a fixed ETF
+
+__all__ = [
+    "CLASSIFIERS",
+    "MODELS",
+    "FeatureClassifier",
+    "build_model",
+    "count_parameters",
+    "simplex_etf_weight",
+]
+
+ETF_SEED = 0  # the fixed rotation of the ETF classifier (the same for every run and seed)
 
 
 class FeatureClassifier(nn.Module):
@@ -257,6 +272,8 @@ def build_model(
     width: int | None = None,
     depth: int | None = None,
     bias: bool = True,
+    classifier: str = "linear",
+    feature_bn: bool = False,
 ) -> FeatureClassifier:
     """Build model ``name`` for ``num_classes`` classes and inputs of shape ``input_shape``
     ((C, H, W) for images, (D,) for vectors; ``mlp`` accepts both).
@@ -264,6 +281,8 @@ def build_model(
     ``width``: hidden units (mlp, default 512), base channels (cnn, default 32; resnets,
     default 64, 16 is the fast CPU setting). ``depth``: hidden layers (mlp, default 3) or conv
     blocks (cnn, default 4); the resnets have a fixed depth. ``bias``: classifier bias.
+    ``classifier``: ``linear`` (trained) or ``etf`` (fixed simplex ETF, not trained);
+    ``feature_bn``: a BatchNorm1d on the features (module docstring).
     """
     builder = MODELS.get(str(name).lower())
     if builder is None:
@@ -273,7 +292,40 @@ def build_model(
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 0 or any(s <= 0 for s in shape):
         raise ValueError(f"input_shape must be non-empty positive sizes, got {tuple(input_shape)}")
-    return builder(int(num_classes), shape, width, depth, bool(bias))
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
+    model = builder(int(num_classes), shape, width, depth, bool(bias))
+    if feature_bn:
+        model.body = nn.Sequential(model.body, nn.BatchNorm1d(model.feature_dim))
+    if classifier == "etf":
+        import torch
+
+        weight = simplex_etf_weight(model.num_classes, model.feature_dim)
+        with torch.no_grad():
+            model.classifier.weight.copy_(weight)
+            if model.classifier.bias is not None:
+                model.classifier.bias.zero_()
+        for param in model.classifier.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+def simplex_etf_weight(num_classes: int, feature_dim: int) -> Tensor:
+    """A K × d simplex equiangular tight frame ``sqrt(K/(K-1)) (I_K - 11ᵀ/K) Uᵀ`` with ``U``
+    (d × K) orthonormal columns drawn from a fixed seed: unit-norm rows with pairwise cosine
+    ``-1/(K-1)``. Needs ``d >= K``."""
+    import torch
+
+    k, d = int(num_classes), int(feature_dim)
+    if d < k:
+        raise ValueError(
+            f"classifier etf needs feature dimension >= classes (got d={d}, K={k}); "
+            "raise --width or use --classifier linear"
+        )
+    gen = torch.Generator().manual_seed(ETF_SEED)
+    u, _ = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))
+    centre = torch.eye(k, dtype=torch.float64) - 1.0 / k
+    return (math.sqrt(k / (k - 1)) * centre @ u.T).float()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -19,6 +19,7 @@ DATASETS: tuple[str, ...] = (
     "synthetic",
 )
 MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")
+CLASSIFIERS: tuple[str, ...] = ("linear", "etf")
 LOSSES: tuple[str, ...] = ("ce", "ls", "focal", "mse")
 SCHEDULERS: tuple[str, ...] = ("multistep", "cosine", "constant")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")

@@ -15,10 +15,14 @@ from nclab.report.figures import (
     FIGURES,
     calibration_figure,
     convergence_figure,
+    delta_sweep_figure,
     forest_figure,
+    loss_convergence_figure,
     matched_figure,
     norms_figure,
     save_figure,
+    test_nc1_split_figure,
+    test_nc_figure,
     trajectory_figure,
     ufm_figure,
 )
@@ -68,6 +72,10 @@ def _figures(summary: ReportSummary, theory: TheoryPanel | None) -> dict[str, Fi
         "compare_norms": norms_figure(summary),
         "compare_ufm": ufm_figure(theory, summary) if theory is not None else None,
         "compare_layers": layers_figure(summary),
+        "compare_loss_convergence": loss_convergence_figure(summary),
+        "compare_test_nc": test_nc_figure(summary),
+        "compare_test_nc1_split": test_nc1_split_figure(summary),
+        "compare_delta_sweep": delta_sweep_figure(summary, theory),
     }
 
 

@@ -28,11 +28,15 @@ __all__ = [
     "FIGURES",
     "calibration_figure",
     "convergence_figure",
+    "delta_sweep_figure",
     "forest_figure",
+    "loss_convergence_figure",
     "group_colors",
     "matched_figure",
     "norms_figure",
     "save_figure",
+    "test_nc1_split_figure",
+    "test_nc_figure",
     "trajectory_figure",
     "ufm_figure",
 ]
@@ -50,8 +54,16 @@ FIGURES: dict[str, str] = {
     "compare_calibration": "Reliability diagrams before/after temperature scaling "
     "(evaluation half of the test set).",
     "compare_norms": "Mean classifier norm ||w_k|| and feature norm ||h_k - h_G|| against epoch.",
-    "compare_ufm": "UFM theory: closed-form logit gap, p*, κ_logit and norms over δ; GD "
-    "convergence of the UFM per δ.",
+    "compare_ufm": "UFM theory: closed-form logit gap, p* and norms over δ; conditioning at the "
+    "minimizer (full Hessian without symmetry/bias-shift directions, W and H blocks, and κ_logit, "
+    "lower by construction); GD convergence of the UFM per δ.",
+    "compare_loss_convergence": "Training-loss convergence, log(loss − min loss + ε) per epoch "
+    "(the paper's loss-convergence figure).",
+    "compare_test_nc": "NC1-NC4 of the test features against epoch.",
+    "compare_test_nc1_split": "Per-epoch test NC1 of correctly and incorrectly classified "
+    "samples, and per-epoch ECE after temperature scaling.",
+    "compare_delta_sweep": "δ sweep: final NC1/NC2/NC3, norms (UFM closed form dashed in "
+    "UFM-penalty mode), test error, ECE before/after temperature scaling and fitted T against δ.",
 }
 
 
@@ -389,8 +401,8 @@ def ufm_figure(panel: TheoryPanel, summary: ReportSummary) -> Figure:
     specs = (
         (axes[0, 0], "logit_gap", "logit gap g* (true − other)"),
         (axes[0, 1], "p_true", "p* (softmax prob. of the true class)"),
-        (axes[0, 2], "kappa_logit", "κ_logit (logit-Hessian condition number)"),
     )
+    _conditioning_panel(axes[0, 2], panel)
     for ax, name, title in specs:
         ax.plot(panel.delta_grid, panel.grid[name], color="gray", lw=1.2)
         for row in panel.at_runs:
@@ -452,6 +464,28 @@ def ufm_figure(panel: TheoryPanel, summary: ReportSummary) -> Figure:
         fontsize=9,
     )
     return fig
+
+
+def _conditioning_panel(ax: Axes, panel: TheoryPanel) -> None:
+    """Claim (f)'s measures against δ: condition numbers of the full Hessian (symmetry and
+    bias-shift directions excluded), of its W and H blocks (deciding) and κ_logit (dashed: lower
+    under LS by construction, never deciding)."""
+    rows = [r for r in panel.hessian if r.get("hessian_ratio") is not None]
+    series = (
+        ("hessian_ratio", "full Hessian", "-o"),
+        ("w_block_ratio", "W block", "-s"),
+        ("h_block_ratio", "H block", "-^"),
+    )
+    for key, label, style in series:
+        if rows:
+            ax.plot([r["smoothing"] for r in rows], [r[key] for r in rows], style, label=label)
+    ax.plot(panel.delta_grid, panel.grid["kappa_logit"], "--", color="gray", lw=1.0,
+            label="κ_logit (by construction)")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_title("condition numbers at the minimizer (claim (f))", fontsize=9)
+    ax.set_xlabel("δ")
+    ax.grid(alpha=0.3, which="both", lw=0.5)
+    ax.legend(fontsize=7)
 
 
 def forest_figure(summary: ReportSummary) -> Figure | None:
@@ -528,5 +562,187 @@ def forest_figure(summary: ReportSummary) -> Figure | None:
         "ticks = single seeds, diamond = exact UFM computation; green side = the claim's "
         "direction",
         fontsize=9,
+    )
+    return fig
+
+
+# ----------------------------------------------------------------- the paper's other figures
+
+
+def _curve_panels(
+    summary: ReportSummary,
+    panels: Sequence[tuple[str, Callable[[RunData], np.ndarray]]],
+    title: str,
+    ncols: int = 3,
+) -> Figure | None:
+    """One panel per ``(title, fn)`` that some run has values for (mean line, min–max band per
+    setting); None when no panel has any."""
+    runs = [r for g in summary.groups for r in g.runs]
+    shown = [p for p in panels if any(np.isfinite(p[1](r)).any() for r in runs)]
+    if not shown:
+        return None
+    colors = group_colors([g.key for g in summary.groups])
+    ncols = min(ncols, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.3 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (name, fn) in zip(axes, shown, strict=False):
+        values = [_plot_band(ax, g.runs, fn, colors[g.key], g.label) for g in summary.groups]
+        set_value_scale(ax, np.concatenate(values))
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title} ({BAND_NOTE})", fontsize=10)
+    return fig
+
+
+def loss_convergence_figure(summary: ReportSummary) -> Figure | None:
+    """The paper's loss-convergence figure: log(loss − min loss + ε) of the training loss per
+    epoch (ε relative to each run's initial excess loss, :func:`loss_convergence`)."""
+    from nclab.report.verdicts import LOSS_EPS_REL, loss_convergence
+
+    return _curve_panels(
+        summary,
+        [
+            (
+                f"log(train loss − min + ε), ε = {LOSS_EPS_REL:g}·(loss₀ − min)",
+                lambda r: loss_convergence(r.series("train_loss")),
+            )
+        ],
+        "Training-loss convergence to each run's own minimum",
+    )
+
+
+def test_nc_figure(summary: ReportSummary) -> Figure | None:
+    """NC1-NC4 of the *test* features against epoch (class means of the training set for
+    NC4's nearest-class-centre rule)."""
+    return _curve_panels(
+        summary,
+        [
+            ("test NC1", lambda r: r.series("test_nc1")),
+            ("test NC2 (nc2_wh)", lambda r: r.series("test_nc2_wh")),
+            ("test NC3", lambda r: r.series("test_nc3")),
+            ("test NC4", lambda r: r.series("test_nc4")),
+        ],
+        "NC of the test features",
+        ncols=4,
+    )
+
+
+def test_nc1_split_figure(summary: ReportSummary) -> Figure | None:
+    """Per-epoch test NC1 of the correctly and of the incorrectly classified test samples, and
+    the per-epoch ECE after temperature scaling (T fitted on the fit half of the test set, ECE
+    on the other half)."""
+    return _curve_panels(
+        summary,
+        [
+            ("test NC1, correctly classified", lambda r: r.series("test_nc1_correct")),
+            ("test NC1, incorrectly classified", lambda r: r.series("test_nc1_incorrect")),
+            ("ECE after temperature scaling (eval half)", lambda r: r.series("ece_ts")),
+        ],
+        "Test NC1 by correctness and calibration after scaling",
+    )
+
+
+#: The δ-sweep panel is drawn when the comparison has at least this many δ values (CE = 0).
+SWEEP_MIN_DELTAS = 3
+
+
+def _sweep_points(g: GroupSummary, fn: Callable[[RunData], float | None]) -> list[float]:
+    out = []
+    for run in g.runs:
+        v = fn(run)
+        if v is not None and np.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+def delta_sweep_figure(summary: ReportSummary, panel: TheoryPanel | None) -> Figure | None:
+    """Final quantities against δ (the paper's δ sweep): NC1, NC2, NC3, norms (with the UFM
+    closed form over δ in UFM-penalty mode), test error, ECE before/after temperature scaling
+    and the fitted T. Mean ± sample standard deviation over seeds. None with fewer than
+    :data:`SWEEP_MIN_DELTAS` δ values."""
+    groups = sorted(
+        (g for g in summary.groups if g.key.is_ce or g.key.is_ls), key=lambda g: g.key.smoothing
+    )
+    if len({g.key.smoothing for g in groups}) < SWEEP_MIN_DELTAS:
+        return None
+    deltas = np.array([g.key.smoothing for g in groups])
+
+    def final(key: str) -> Callable[[RunData], float | None]:
+        return lambda r: r.final(key)
+
+    def test_error(r: RunData) -> float | None:
+        e = r.test_error()
+        return None if not e.size else 100.0 * float(e[-1])
+
+    def cal(g: GroupSummary, name: str) -> list[float]:
+        return [float(getattr(c, name)) for c in g.per_run_calibration if c is not None]
+
+    specs: list[tuple[str, list[tuple[str, list[list[float]]]], bool]] = [
+        ("final NC1", [("", [_sweep_points(g, final("nc1")) for g in groups])], True),
+        ("final NC2 (nc2_wh)", [("", [_sweep_points(g, final("nc2_wh")) for g in groups])], True),
+        ("final NC3", [("", [_sweep_points(g, final("nc3")) for g in groups])], True),
+        (
+            "final norms",
+            [
+                ("mean ||w_k||", [_sweep_points(g, final("w_norm")) for g in groups]),
+                ("mean ||h_k − h_G||", [_sweep_points(g, final("h_norm")) for g in groups]),
+            ],
+            True,
+        ),
+        ("final test error (%)", [("", [_sweep_points(g, test_error) for g in groups])], False),
+        (
+            "ECE (eval half)",
+            [
+                ("before scaling", [cal(g, "ece_raw") for g in groups]),
+                ("after scaling (held-out T)", [cal(g, "ece_ts") for g in groups]),
+                (
+                    "after scaling (T by ECE on test, optimistic)",
+                    [cal(g, "ece_ece_on_test") for g in groups],
+                ),
+            ],
+            False,
+        ),
+        (
+            "fitted temperature T",
+            [
+                ("NLL on the fit half", [cal(g, "temperature") for g in groups]),
+                ("ECE on the test set", [cal(g, "temperature_ece_on_test") for g in groups]),
+            ],
+            False,
+        ),
+    ]
+    fig = Figure(figsize=(16.0, 7.0), layout="constrained")
+    axes = fig.subplots(2, 4).ravel()
+    for ax, (title, series, log) in zip(axes, specs, strict=False):
+        for i, (label, values) in enumerate(series):
+            mean = np.array([np.mean(v) if v else np.nan for v in values])
+            std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+            ax.errorbar(
+                deltas, mean, yerr=std, marker=MARKERS[i], capsize=3, lw=1.2,
+                label=label or None,
+            )  # fmt: skip
+        if title == "final norms" and panel is not None and panel.ufm_mode:
+            ax.plot(panel.delta_grid, panel.grid["w_norm"], "--", color="C0", lw=1.0,
+                    label="UFM closed form ||w_k||")  # fmt: skip
+            ax.plot(panel.delta_grid, panel.grid["h_norm"], "--", color="C1", lw=1.0,
+                    label="UFM closed form ||h||")  # fmt: skip
+        values = np.concatenate([np.ravel(line.get_ydata()) for line in ax.get_lines()] or [[]])
+        if log:
+            set_value_scale(ax, values)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("δ (0 = CE)")
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+        if any(label for label, _ in series) or title == "final norms":
+            ax.legend(fontsize=7)
+    axes[-1].set_visible(False)
+    fig.suptitle(
+        "δ sweep: final values against δ (mean ± sample std over seeds)"
+        + ("; dashed: UFM closed form" if panel is not None and panel.ufm_mode else ""),
+        fontsize=10,
     )
     return fig

@@ -9,21 +9,37 @@ Closed form (:func:`nclab.ufm.closed_form`) for the runs' K and δ values, with
 and ``n`` = training-set size / K (``per_class`` when set, else the logged train size / K).
 The GD convergence curves come from :func:`nclab.ufm.convergence` on a small UFM
 (:data:`nclab.ufm.CONVERGENCE_DEFAULTS`: n, d and λ chosen so GD converges in seconds) with the
-runs' K and δ values.
+runs' K and δ values, at the shared step ``lr`` and, per δ, at the step of :data:`LR_GRID`
+that reaches the objective tolerance in the fewest iterations (its own best step).
+
+Claim (f) is decided on definitions that can come out against LS (:func:`hessian_rows`): at the
+runs' K, n and the λ above, the full-Hessian condition number of the regularised UFM objective at
+the closed-form minimizer with the rotation-symmetry and bias-shift directions excluded
+(:func:`nclab.ufm.condition`, ``ratio_excl_bias_shift``, feature dimension d = K − 1), and the
+condition numbers of its W and H diagonal blocks; ``nclab ufm condition -K K -n n -d K-1
+--lambda-w λ_W --lambda-h λ_H --lambda-b λ_b`` prints the same numbers. κ_logit = K·p* is lower
+under LS for every δ > 0 by construction and is reported, never deciding.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from nclab.report.runs import RunData
 
-__all__ = ["DEFAULT_LAMBDA", "ConvergenceCurve", "TheoryPanel", "theory_panel"]
+__all__ = [
+    "DEFAULT_LAMBDA",
+    "LR_GRID",
+    "ConvergenceCurve",
+    "TheoryPanel",
+    "hessian_rows",
+    "theory_panel",
+]
 
 DEFAULT_LAMBDA = 5e-4
 DELTA_GRID = 81  # points of the continuous δ axis in the closed-form panels
@@ -40,6 +56,9 @@ class ConvergenceCurve:
     nc1: np.ndarray
     iters_to_objective_tol: int | None = None
     iters_to_nc1_tol: int | None = None
+    best_lr: float | None = None  # the step of LR_GRID reaching the tolerance soonest
+    best_iters: int | None = None  # iterations to the objective tolerance at best_lr
+    iters_by_lr: dict[float, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +78,7 @@ class TheoryPanel:
     curves: list[ConvergenceCurve] = field(default_factory=list)
     convergence_settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    hessian: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (without the curves)."""
@@ -76,9 +96,13 @@ class TheoryPanel:
                     "smoothing": c.smoothing,
                     "iters_to_objective_tol": c.iters_to_objective_tol,
                     "iters_to_nc1_tol": c.iters_to_nc1_tol,
+                    "best_lr": c.best_lr,
+                    "best_iters": c.best_iters,
+                    "iters_by_lr": {str(k): v for k, v in c.iters_by_lr.items()},
                 }
                 for c in self.curves
             ],
+            "hessian": self.hessian,
             "notes": self.notes,
         }
 
@@ -111,8 +135,57 @@ def _n_per_class(runs: Sequence[RunData], k: int) -> tuple[int, str | None]:
     return 500, "training-set size unknown: n = 500 per class assumed for the closed form"
 
 
+def hessian_rows(
+    num_classes: int,
+    n_per_class: int,
+    lambda_w: float,
+    lambda_h: float,
+    lambda_b: float | None,
+    deltas: Sequence[float],
+) -> list[dict[str, Any]]:
+    """Per δ, the conditioning of the regularised UFM at its closed-form minimizer
+    (:func:`nclab.ufm.condition`, d = K − 1): ``hessian_ratio`` (full Hessian, symmetry and
+    bias-shift directions excluded), ``w_block_ratio``, ``h_block_ratio``, ``kappa_logit``, the
+    regime and the method. A trivial minimizer (W = H = 0) gives None ratios."""
+    from nclab.ufm import DEFAULT_LAMBDA_B, closed_form, condition
+
+    lb = DEFAULT_LAMBDA_B if lambda_b is None else float(lambda_b)
+    rows = []
+    for d in deltas:
+        common = dict(
+            num_classes=num_classes,
+            n_per_class=n_per_class,
+            lambda_w=lambda_w,
+            lambda_h=lambda_h,
+            lambda_b=lb,
+            smoothing=float(d),
+        )
+        cf = closed_form(**common)
+        row: dict[str, Any] = {"smoothing": float(d), "regime": cf.regime, "lambda_b": lb}
+        if cf.regime == "trivial":
+            row.update(hessian_ratio=None, w_block_ratio=None, h_block_ratio=None, kappa_logit=None)
+        else:
+            c = condition(dim=num_classes - 1, **common)
+            row.update(
+                hessian_ratio=c.ratio_excl_bias_shift,
+                hessian_lambda_max=c.lambda_max,
+                hessian_lambda_min=c.lambda_min_excl_bias_shift,
+                w_block_ratio=c.w_block.ratio,
+                h_block_ratio=c.h_block.ratio,
+                kappa_logit=c.kappa_logit,
+                method=c.method,
+                dim=c.dim,
+            )
+        rows.append(row)
+    return rows
+
+
 def theory_panel(
-    runs: Sequence[RunData], *, convergence: bool = True, max_iters: int | None = None
+    runs: Sequence[RunData],
+    *,
+    convergence: bool = True,
+    max_iters: int | None = None,
+    hessian: bool = True,
 ) -> TheoryPanel:
     """Closed-form values and (optionally) GD convergence curves for the runs' K and δ."""
     from nclab.ufm import closed_form
@@ -148,6 +221,8 @@ def theory_panel(
                 "minimizer is trivial (W = H = 0)"
             )
     panel = TheoryPanel(k, n, lw, lh, lb, ufm_mode, deltas, grid_deltas, grid, at_runs, notes=notes)
+    if hessian and deltas:
+        panel.hessian = hessian_rows(k, n, lw, lh, lb, deltas)
     if convergence and deltas:
         _add_convergence(panel, k, deltas, max_iters)
     return panel
@@ -157,6 +232,9 @@ def theory_panel(
 #: the collapse regime and converges in seconds for K up to about this; K = 100 would be trivial
 #: (β >= (1-δ)/K) and ~100x costlier per iteration.
 MAX_CONVERGENCE_CLASSES = 20
+#: Step sizes of the "each loss at its own best step" GD comparison (a step that diverges is
+#: skipped).
+LR_GRID = (0.5, 1.0, 2.0, 4.0)
 
 
 def _add_convergence(
@@ -185,6 +263,29 @@ def _add_convergence(
     }
     result = convergence(**settings)
     panel.curves = [_curve(item, d) for item, d in zip(_results(result), deltas, strict=False)]
+    shared = float(settings["lr"])
+    by_lr: dict[float, list[int | None]] = {
+        shared: [c.iters_to_objective_tol for c in panel.curves]
+    }
+    for lr in LR_GRID:
+        if lr == shared:
+            continue
+        try:
+            other = _results(convergence(**{**settings, "lr": lr}))
+        except ValueError:  # GD diverges at this step: it is no candidate
+            continue
+        by_lr[lr] = [item.iters_to_objective_tol for item in other]
+    panel.convergence_settings["lr_grid"] = sorted(by_lr)
+    for i, curve in enumerate(panel.curves):
+        iters = {lr: values[i] for lr, values in sorted(by_lr.items()) if i < len(values)}
+        reached = {lr: v for lr, v in iters.items() if v is not None}
+        best = min(reached, key=lambda lr: (reached[lr], lr)) if reached else None
+        panel.curves[i] = replace(
+            curve,
+            iters_by_lr=iters,
+            best_lr=best,
+            best_iters=None if best is None else reached[best],
+        )
 
 
 def _results(result: Any) -> list[Any]:

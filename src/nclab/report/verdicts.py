@@ -7,11 +7,15 @@ with a 95% Student-t interval, holds / does not hold / inconclusive / undetermin
 with fewer than 3 seeds). Each claim has one or more *deciding* measures (all must hold) and
 may report further measures as observations. Differences are always LS − CE.
 
-(a) *LS converges faster.* Decides: the curve-level measure ``mean over the epochs both runs
-    logged of log10(nc1_LS / nc1_CE)`` (negative: LS ahead), which a single noisy threshold
-    crossing cannot flip. Reported: the epochs of first zero training error, of zero training
-    error until the end, of nc1 < 0.1 and of nc1 < 0.01 (a run that never gets there counts as
-    its last epoch + 1, a censored value: the true difference is at least that large).
+(a) *LS converges faster.* Speed, not level: decides on how fast each run approaches *its own*
+    limit, so a run that only ends lower (the same curve shifted down) cannot win. Per run, the
+    first epoch at which ``log nc1`` has covered :data:`SPEED_FRACTION` (90%) of its way from
+    the first evaluated epoch to its final value, and the same for the paper's loss-convergence
+    curve ``log(train loss − min + ε)`` to its minimum (:func:`loss_convergence`); paired LS −
+    CE in epochs, both deciding. Reported: the epochs of first zero training error, of zero
+    training error until the end, of nc1 < 0.1 and of nc1 < 0.01 (a run that never gets there
+    counts as its last epoch + 1, a censored value), and the level measure ``mean over epochs
+    of log10(nc1_LS / nc1_CE)`` (an observation: level is (b)'s business).
 (b) *LS ends with stronger collapse.* Decides: ``max(log10 nc1 ratio, log10 nc2_wh ratio)`` of
     the final epoch, negative exactly when LS has both lower final NC1 and lower final NC2.
     Reported: each of the two ratios; final nc3 and nc4 differences (observations).
@@ -23,9 +27,19 @@ may report further measures as observations. Differences are always LS − CE.
     after temperature scaling (T fitted on one half of the test set, ECE on the other).
 (e) *LS generalizes at least as well.* Decides: final test accuracy in percentage points,
     holding when LS − CE > −:data:`ACCURACY_MARGIN` (non-inferiority).
-(f) *UFM theory (for the runs' K and n).* Decides, computed exactly by :mod:`nclab.ufm` (no
-    seeds): ``log10(κ_logit LS / κ_logit CE)`` at the closed-form minimizer, and the difference
-    in gradient-descent iterations to the objective tolerance at a shared step size.
+(f) *UFM theory (for the runs' K and n).* Computed exactly by :mod:`nclab.ufm` (no seeds),
+    from definitions that can come out against LS: the condition number of the full Hessian of
+    the regularised UFM objective at the closed-form minimizer with the rotation-symmetry and
+    bias-shift directions excluded, those of its W and H blocks
+    (:func:`nclab.report.theory.hessian_rows`), and GD iterations to the objective tolerance at
+    a shared step and at each loss's own best step. **holds** when all agree for LS, **does
+    not hold** when all agree for CE, **mixed** when some favour each (the sentence names
+    which). Reported, never deciding: ``κ_logit = K·p*``, lower under LS for every δ > 0 by
+    construction.
+
+A verdict on (a)-(c) needs the terminal phase: 100% training accuracy over at least the last
+10% of the epochs in every paired run (:func:`terminal_phase`); otherwise the δ is
+**undetermined (no terminal phase)** and the note says which run falls short.
 
 Per-δ verdicts combine over δ (:func:`combine`): **holds** when every δ holds, **does not
 hold** when every decided δ does not hold, **mixed** when some δ holds and another does not
@@ -64,6 +78,7 @@ from nclab.report.paired import (
     computed,
     differences,
     paired,
+    sig,
 )
 from nclab.report.runs import RunData
 
@@ -104,15 +119,15 @@ ACCURACY_MARGIN = 0.5
 DENSE_LEVELS = 60  # NC1 levels per seed pair for claim (c)
 
 CLAIMS = {
-    "a": "LS converges faster than CE (decided by NC1 along training; the epochs of zero "
-    "training error and of NC1 thresholds are reported alongside)",
+    "a": "LS converges faster than CE (decided by the epochs each run needs to cover 90% of its "
+    "own way to its final NC1 and to its minimum training loss; speed, not level)",
     "b": "LS ends with stronger collapse than CE (lower final NC1 and NC2)",
     "c": "LS has lower NC2 than CE at matched NC1",
     "d": "LS is better calibrated than CE (lower ECE before temperature scaling)",
     "e": f"LS generalizes at least as well as CE (test accuracy not lower by more than "
     f"{ACCURACY_MARGIN:g} points)",
-    "f": "UFM theory for the runs' K: LS has a better-conditioned minimizer (lower κ_logit) and "
-    "gradient descent reaches it in fewer iterations",
+    "f": "UFM theory for the runs' K: LS has a better-conditioned minimizer (full Hessian, W and "
+    "H blocks) and gradient descent reaches it in fewer iterations",
 }
 
 
@@ -134,6 +149,7 @@ class DeltaVerdict:
     status: str
     measures: tuple[PairedResult, ...] = ()
     note: str = ""
+    qualifier: str = ""  # e.g. "no terminal phase": why an undetermined δ is undetermined
 
     @property
     def headline(self) -> PairedResult | None:
@@ -155,7 +171,10 @@ class DeltaVerdict:
 
     @property
     def verdict(self) -> str:
-        """The status, marked ``(n seed(s), indicative)`` when fewer than 3 seeds decide it."""
+        """The status, marked ``(n seed(s), indicative)`` when fewer than 3 seeds decide it, or
+        with its qualifier (``undetermined (no terminal phase)``)."""
+        if self.qualifier:
+            return f"{self.status} ({self.qualifier})"
         return _marked(self.status, self.seeds if self.indicative else None)
 
     @property
@@ -176,6 +195,7 @@ class DeltaVerdict:
             "status": self.status,
             "verdict": self.verdict,
             "indicative": self.indicative,
+            "qualifier": self.qualifier,
             "seeds_total": None if h is None or h.computed else h.n,
             "seeds_supporting": None if h is None or h.computed else h.supporting,
             "effect": None if h is None else h.effect,
@@ -212,7 +232,11 @@ class ClaimVerdict:
 
     @property
     def verdict(self) -> str:
-        """The status, marked indicative when fewer than 3 seeds decide some δ."""
+        """The status, marked indicative when fewer than 3 seeds decide some δ, or with the
+        qualifier every δ shares (``undetermined (no terminal phase)``)."""
+        quals = {d.qualifier for d in self.per_delta}
+        if self.status == UNDETERMINED and len(quals) == 1 and "" not in quals:
+            return f"{self.status} ({quals.pop()})"
         return _marked(self.status, self.seeds if self.indicative else None)
 
     def line(self) -> str:
@@ -277,11 +301,76 @@ def _claim(claim: str, ce: Sequence[RunData], per_delta: list[DeltaVerdict]) -> 
 
 
 def _delta(
-    ce: Sequence[RunData], group: LSGroup, measures: list[PairedResult], note: str = ""
+    ce: Sequence[RunData],
+    group: LSGroup,
+    measures: list[PairedResult],
+    note: str = "",
+    *,
+    terminal: bool = False,
 ) -> DeltaVerdict:
-    status = combine_measures([m.status for m in measures if m.measure.decides])
+    """One δ's verdict from its measures. With ``terminal`` (claims (a)-(c)) every paired run
+    must be in the terminal phase (:func:`terminal_phase`); otherwise the δ is **undetermined
+    (no terminal phase)** and the note says which run falls short and why."""
+    status = agree([m.status for m in measures if m.measure.decides])
     notes = [n for n in (_pairing_note(ce, group.runs), note) if n]
-    return DeltaVerdict(group.label, group.smoothing, status, tuple(measures), "; ".join(notes))
+    qualifier = ""
+    if terminal:
+        a, b = _by_seed(ce), _by_seed(group.runs)
+        reasons = []
+        for seed in sorted(set(a) & set(b)):
+            for name, run in (("CE", a[seed]), (group.label, b[seed])):
+                why = terminal_phase(run)
+                if why:
+                    reasons.append(f"{name} seed {seed}: {why}")
+        if reasons:
+            status, qualifier = UNDETERMINED, NO_TERMINAL_PHASE
+            notes.insert(0, "no terminal phase (" + "; ".join(reasons) + ")")
+    return DeltaVerdict(
+        group.label, group.smoothing, status, tuple(measures), "; ".join(notes), qualifier
+    )
+
+
+#: The terminal phase a verdict on (a)-(c) needs: 100% training accuracy over at least this
+#: fraction of the epochs, at the end of the run.
+TERMINAL_FRACTION = 0.1
+NO_TERMINAL_PHASE = "no terminal phase"
+
+
+def terminal_phase(run: RunData) -> str | None:
+    """None when ``run`` is in the terminal phase of training (zero training error in every
+    evaluated epoch of at least its last :data:`TERMINAL_FRACTION` of epochs, at least one),
+    else the reason it is not."""
+    if not run.rows:
+        return "no logged epoch"
+    error = run.train_error()
+    epochs = run.epochs
+    if not np.isfinite(error).any():
+        return "training accuracy not logged"
+    last = float(np.nanmax(epochs))
+    need = max(1, math.ceil(TERMINAL_FRACTION * last))
+    start = milestone_epoch(run, "zero_train_error_stable")
+    if start is None:
+        final = float(error[np.isfinite(error)][-1])
+        return (
+            f"training accuracy {100 * (1 - final):.4g}% at the last epoch ({last:g}), never "
+            "100% until the end"
+        )
+    span = last - start + 1
+    if span < need:
+        return (
+            f"100% training accuracy only over the last {span:g} of {last:g} epochs (from "
+            f"epoch {start:g}; needs at least {need})"
+        )
+    return None
+
+
+def agree(statuses: Sequence[str]) -> str:
+    """One δ's verdict from its deciding measures (all must agree): all *holds* -> holds; all
+    *does not hold* -> does not hold; some holding and some not -> **mixed**; otherwise as
+    :func:`nclab.report.paired.combine_measures`."""
+    if statuses and HOLDS in statuses and FAILS in statuses:
+        return MIXED
+    return combine_measures(statuses)
 
 
 def _pairing_note(ce: Sequence[RunData], ls: Sequence[RunData]) -> str:
@@ -340,14 +429,98 @@ def _finite_or_none(value: float | None) -> float | None:
 
 # ------------------------------------------------------------------------------ (a)
 
-CURVE_NC1 = Measure(
-    "nc1_curve", "mean over epochs of log10(nc1 LS / nc1 CE)", "log10 ratio", "lower"
+#: Fraction of its own way (first evaluated epoch -> final value, in log space) a run must
+#: cover for claim (a)'s speed measures.
+SPEED_FRACTION = 0.9
+#: ε of the loss-convergence curve log(loss − min loss + ε), relative to the run's own initial
+#: excess loss ``loss_0 − min loss`` (so the curve spans 3 decades whatever the loss's level).
+LOSS_EPS_REL = 1e-3
+
+SPEED_NC1 = Measure(
+    "nc1_speed",
+    f"epochs until log nc1 covers {SPEED_FRACTION:.0%} of its way from the first evaluated "
+    "epoch to its final value",
+    "epochs",
+    "lower",
 )
+SPEED_LOSS = Measure(
+    "loss_speed",
+    f"epochs until log(train loss − min + ε) covers {SPEED_FRACTION:.0%} of its way to its minimum",
+    "epochs",
+    "lower",
+)
+CURVE_NC1 = Measure(
+    "nc1_curve",
+    "mean over epochs of log10(nc1 LS / nc1 CE) (a level, not a speed: claim (b)'s side)",
+    "log10 ratio",
+    "lower",
+    decides=False,
+    observation=True,
+)
+
+
+def epochs_to_fraction(
+    epochs: np.ndarray, values: np.ndarray, fraction: float = SPEED_FRACTION
+) -> float | None:
+    """First epoch at which ``values`` (a curve in log space, falling towards its limit) has
+    covered ``fraction`` of its way from the first finite value to the last one; None when the
+    curve does not fall (no way to cover) or has fewer than 2 finite points. Measured against
+    the run's own start and end, it is unchanged when the curve is shifted (a run that only
+    ends lower, at the same rate, is equally fast)."""
+    epochs = np.asarray(epochs, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values) & np.isfinite(epochs)
+    e, v = epochs[ok], values[ok]
+    if v.size < 2:
+        return None
+    way = v[0] - v[-1]
+    if not way > 0:
+        return None
+    hits = np.flatnonzero(v[0] - v >= fraction * way - 1e-12 * abs(way))
+    return float(e[hits[0]])
+
+
+def nc1_speed(run: RunData) -> float | None:
+    """Claim (a)'s NC1 speed: :func:`epochs_to_fraction` of ``log nc1``."""
+    nc1 = run.series("nc1")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(nc1 > 0, np.log(nc1), np.nan)
+    return epochs_to_fraction(run.epochs, logs)
+
+
+def loss_convergence(loss: np.ndarray) -> np.ndarray:
+    """The paper's loss-convergence curve ``log(loss − min loss + ε)``, with ε =
+    :data:`LOSS_EPS_REL` × (first finite loss − min loss) (NaN where the loss is not finite)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    finite = loss[np.isfinite(loss)]
+    if finite.size == 0:
+        return np.full(loss.shape, np.nan)
+    low = float(finite.min())
+    eps = LOSS_EPS_REL * max(float(finite[0]) - low, 0.0)
+    if eps <= 0:
+        eps = 1e-12 * max(abs(low), 1.0)
+    with np.errstate(invalid="ignore"):
+        return np.log(loss - low + eps)
+
+
+def loss_speed(run: RunData) -> float | None:
+    """Claim (a)'s loss speed: :func:`epochs_to_fraction` of :func:`loss_convergence` of the
+    training loss, to its minimum."""
+    curve = loss_convergence(run.series("train_loss"))
+    ok = np.isfinite(curve)
+    if ok.sum() < 2:
+        return None
+    # the way ends at the minimum (log ε), wherever that epoch is
+    target = np.where(ok, curve, np.nan)
+    end = int(np.nanargmin(target))
+    shifted = np.append(target[: end + 1], target[end])
+    epochs = np.append(run.epochs[: end + 1], run.epochs[end])
+    return epochs_to_fraction(epochs, shifted)
 
 
 def nc1_curve_gap(ce: RunData, ls: RunData) -> float | None:
     """Mean over the epochs both runs logged (with finite, positive NC1) of
-    ``log10(nc1_LS / nc1_CE)``."""
+    ``log10(nc1_LS / nc1_CE)`` (reported with (a); a level measure, it never decides)."""
     a = dict(zip(ce.epochs.tolist(), ce.series("nc1").tolist(), strict=True))
     b = dict(zip(ls.epochs.tolist(), ls.series("nc1").tolist(), strict=True))
     gaps = [
@@ -384,11 +557,15 @@ def claim_sooner(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
     """Claim (a) (module docstring)."""
     out = []
     for group in ls:
-        measures = [paired(CURVE_NC1, _pair_values(ce, group.runs, nc1_curve_gap))]
+        measures = [
+            paired(SPEED_NC1, _run_differences(ce, group.runs, nc1_speed)),
+            paired(SPEED_LOSS, _run_differences(ce, group.runs, loss_speed)),
+        ]
         for name, (_, _, description) in MILESTONES.items():
             m = Measure(f"epochs_{name}", description, "epochs", "lower", decides=False)
             measures.append(paired(m, _pair_values(ce, group.runs, _milestone_difference(name))))
-        out.append(_delta(ce, group, measures))
+        measures.append(paired(CURVE_NC1, _pair_values(ce, group.runs, nc1_curve_gap)))
+        out.append(_delta(ce, group, measures, terminal=True))
     return _claim("a", ce, out)
 
 
@@ -427,7 +604,7 @@ def claim_final(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
             m = Measure(f"final_{key}", f"final {key}", "", decides=False, observation=True)
             final = lambda r, k=key: _finite_or_none(r.final(k))  # noqa: E731
             measures.append(paired(m, _run_differences(ce, group.runs, final)))
-        out.append(_delta(ce, group, measures))
+        out.append(_delta(ce, group, measures, terminal=True))
     return _claim("b", ce, out)
 
 
@@ -461,7 +638,7 @@ def claim_matched(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimVerdict:
         diffs = _pair_values(ce, group.runs, matched_gap)
         shared = any(d is not None for d in diffs.values()) or not diffs
         note = "" if shared else "no NC1 range shared with CE"
-        out.append(_delta(ce, group, [paired(MATCHED, diffs, note)]))
+        out.append(_delta(ce, group, [paired(MATCHED, diffs, note)], terminal=True))
     return _claim("c", ce, out)
 
 
@@ -537,60 +714,136 @@ def claim_generalization(ce: Sequence[RunData], ls: Sequence[LSGroup]) -> ClaimV
 # ------------------------------------------------------------------------------ (f)
 
 KAPPA = Measure(
-    "kappa_logit", "log10(κ_logit LS / κ_logit CE) at the UFM minimizer", "log10 ratio", "lower"
+    "kappa_logit",
+    "log10(κ_logit LS / κ_logit CE) at the UFM minimizer (lower by construction for every "
+    "δ > 0; never deciding)",
+    "log10 ratio",
+    "lower",
+    decides=False,
+    observation=True,
+)
+HESSIAN = Measure(
+    "hessian_ratio",
+    "log10 condition-number ratio LS / CE of the full UFM Hessian at the minimizer (symmetry "
+    "and bias-shift directions excluded)",
+    "log10 ratio",
+    "lower",
+)
+W_BLOCK = Measure(
+    "w_block_ratio", "log10 condition-number ratio LS / CE of the W block", "log10 ratio"
+)
+H_BLOCK = Measure(
+    "h_block_ratio", "log10 condition-number ratio LS / CE of the H block", "log10 ratio"
 )
 GD_ITERS = Measure(
-    "gd_iterations", "GD iterations to the objective tolerance", "iterations", "lower"
+    "gd_iterations",
+    "GD iterations to the objective tolerance at a shared step",
+    "iterations",
+    "lower",
 )
+GD_BEST = Measure(
+    "gd_iterations_best_step",
+    "GD iterations to the objective tolerance, each loss at its own best step",
+    "iterations",
+    "lower",
+)
+
+
+def _log_ratio_of(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not (a > 0 and b > 0):
+        return None
+    return math.log10(b / a)
+
+
+def _theory_sentence(measures: Sequence[PairedResult]) -> str:
+    """Which deciding measure supports LS and which CE (the reason a (f) verdict is mixed)."""
+    ls = [m.measure.key for m in measures if m.measure.decides and m.status == HOLDS]
+    ce = [m.measure.key for m in measures if m.measure.decides and m.status == FAILS]
+    if ls and ce:
+        return (
+            f"the deciding measures disagree: {', '.join(ls)} favour LS, {', '.join(ce)} favour CE"
+        )
+    return ""
 
 
 def claim_theory(
     ce: Sequence[RunData], ls: Sequence[LSGroup], panel: TheoryPanel | None
 ) -> ClaimVerdict:
-    """Claim (f): exact UFM computations of :mod:`nclab.ufm` for the runs' K and n."""
+    """Claim (f): exact UFM computations of :mod:`nclab.ufm` for the runs' K and n. Decides:
+    the full-Hessian, W-block and H-block condition numbers at the closed-form minimizer
+    (:func:`nclab.report.theory.hessian_rows`) and GD iterations to the objective tolerance at
+    a shared step and at each loss's own best step; **holds** when all agree for LS, **does
+    not hold** when all agree for CE, **mixed** (naming which measure supports which side)
+    otherwise. κ_logit is reported, never deciding: it is lower under LS by construction."""
     out = []
     if panel is None:
-        out = [_delta(ce, g, [computed(KAPPA, None, "UFM theory panel not computed")]) for g in ls]
+        out = [
+            _delta(ce, g, [computed(HESSIAN, None, "UFM theory panel not computed")]) for g in ls
+        ]
         return _claim("f", ce, out)
+    hess = {round(r["smoothing"], 12): r for r in panel.hessian}
     rows = {round(r["smoothing"], 12): r for r in panel.at_runs}
     curves = {round(c.smoothing, 12): c for c in panel.curves}
-    ce_row, ce_curve = rows.get(0.0), curves.get(0.0)
+    ce_h, ce_row, ce_curve = hess.get(0.0), rows.get(0.0), curves.get(0.0)
+    where_h = f"K={panel.num_classes}, n={panel.n_per_class}, λ_W={panel.lambda_w:g}, " + (
+        f"λ_H={panel.lambda_h:g}, d=K−1"
+    )
     for group in ls:
-        row = rows.get(round(group.smoothing, 12))
-        kappa = None
-        note = ""
-        if ce_row is None or row is None:
-            note = "closed form not computed"
-        elif "trivial" in (ce_row["regime"], row["regime"]):
-            note = "trivial UFM minimizer (W = H = 0): κ_logit undefined"
-        elif ce_row["kappa_logit"] > 0 and row["kappa_logit"] > 0:
-            kappa = math.log10(row["kappa_logit"] / ce_row["kappa_logit"])
-        measures = [computed(KAPPA, kappa, note)]
-        curve = curves.get(round(group.smoothing, 12))
+        key = round(group.smoothing, 12)
+        h = hess.get(key)
+        measures = []
+        for measure, name in ((HESSIAN, "hessian_ratio"), (W_BLOCK, "w_block_ratio")) + (
+            (H_BLOCK, "h_block_ratio"),
+        ):
+            if ce_h is None or h is None:
+                measures.append(computed(measure, None, "Hessian conditioning not computed"))
+                continue
+            a, b = ce_h.get(name), h.get(name)
+            note = f"CE {sig(a)}, LS {sig(b)} ({where_h})"
+            if a is None or b is None:
+                note = "trivial UFM minimizer (W = H = 0): undefined"
+            measures.append(computed(measure, _log_ratio_of(a, b), note))
+        curve = curves.get(key)
         if ce_curve is None or curve is None:
             gd_note = next((n for n in panel.notes if "GD curves" in n), "GD not computed")
             measures.append(computed(GD_ITERS, None, gd_note))
+            measures.append(computed(GD_BEST, None, gd_note))
         else:
-            a, b = ce_curve.iters_to_objective_tol, curve.iters_to_objective_tol
             cs = panel.convergence_settings
             where = (
-                f"K={cs.get('num_classes')}, n={cs.get('n_per_class')}, step "
-                f"{cs.get('lr')}, tolerance {cs.get('tol_objective')}"
+                f"K={cs.get('num_classes')}, n={cs.get('n_per_class')}, "
+                f"tolerance {cs.get('tol_objective')}"
             )
-            if a is None or b is None:
-                measures.append(
-                    computed(
-                        GD_ITERS,
-                        None,
-                        f"GD did not reach the tolerance ({where}): CE "
-                        f"{a if a is not None else 'never'}, LS "
-                        f"{b if b is not None else 'never'}",
-                    )
-                )
-            else:
-                measures.append(computed(GD_ITERS, float(b - a), f"CE {a}, LS {b} ({where})"))
-        out.append(_delta(ce, group, measures))
+            a, b = ce_curve.iters_to_objective_tol, curve.iters_to_objective_tol
+            note = f"CE {_never(a)}, LS {_never(b)} (step {cs.get('lr')}, {where})"
+            diff = None if a is None or b is None else float(b - a)
+            measures.append(computed(GD_ITERS, diff, note))
+            a, b = ce_curve.best_iters, curve.best_iters
+            note = (
+                f"CE {_never(a)} at step {ce_curve.best_lr}, LS {_never(b)} at step "
+                f"{curve.best_lr} (grid {cs.get('lr_grid')}, {where})"
+            )
+            diff = None if a is None or b is None else float(b - a)
+            measures.append(computed(GD_BEST, diff, note))
+        row = rows.get(key)
+        kappa = None
+        if (
+            ce_row is not None
+            and row is not None
+            and "trivial"
+            not in (
+                ce_row["regime"],
+                row["regime"],
+            )
+        ):
+            kappa = _log_ratio_of(ce_row["kappa_logit"], row["kappa_logit"])
+        measures.append(computed(KAPPA, kappa, "lower by construction"))
+        out.append(_delta(ce, group, measures, _theory_sentence(measures)))
     return _claim("f", ce, out)
+
+
+def _never(value: int | None) -> str:
+    return "never" if value is None else str(value)
 
 
 def all_claims(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nclab.names import (
+    CLASSIFIERS,
     DATASETS,
     DEVICES,
     IMBALANCE_PROFILES,
@@ -221,6 +222,16 @@ class TrainConfig:
         None, "model depth", unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed"
     )
     bias: bool = option(True, "give the classifier a bias")
+    classifier: str = option(
+        "linear",
+        "classifier head: linear (trained) or etf (a fixed simplex ETF, not trained, zero bias; "
+        "an option of Guo et al.'s code)",
+        metavar="HEAD",
+        choices=CLASSIFIERS,
+    )
+    feature_bn: bool = option(
+        False, "a BatchNorm1d on the penultimate features (Guo et al.'s UFM-regularised setting)"
+    )
     # loss
     loss: str = option(
         "ce", "training loss (ls: label smoothing)", metavar="NAME", choices=LOSSES, per_run=True

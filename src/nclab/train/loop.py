@@ -574,6 +574,8 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         width=config.width,
         depth=config.depth,
         bias=config.bias,
+        classifier=config.classifier,
+        feature_bn=config.feature_bn,
     ).to(device)
     _check_batch_norm_batches(model, config, data.num_train, ctx.world_size)
     resolve_taps(model, config.nc_layers)  # an unknown --nc-layers name fails before training
@@ -890,6 +892,8 @@ def load_model(run_dir: str | os.PathLike[str], which: str = "final") -> nn.Modu
             width=cfg.get("width"),
             depth=cfg.get("depth"),
             bias=cfg.get("bias", True),
+            classifier=cfg.get("classifier", "linear"),
+            feature_bn=cfg.get("feature_bn", False),
         )
         model.load_state_dict(state["model"])
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
