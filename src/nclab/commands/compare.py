@@ -60,6 +60,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output directory (runs/, report/, compare.json)",
     )
+    add_worker_options(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain every run, discarding what --out holds for it",
+    )
+    parser.add_argument("--no-report", action="store_true", help="train only")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_launcher_options(parser)
+    group = parser.add_argument_group(
+        "training options",
+        "override the preset; same meaning as in `nclab train`; an option neither given nor "
+        "set by the preset has the default `nclab train --help` shows; with --dataset the "
+        "preset's --per-class and --test-per-class do not apply",
+    )
+    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """--jobs and --threads (shared by `nclab compare` and `nclab study`)."""
     parser.add_argument(
         "--jobs",
         type=int,
@@ -75,13 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="torch threads per job (default: CPU count // jobs)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="retrain every run, discarding what --out holds for it",
-    )
-    parser.add_argument("--no-report", action="store_true", help="train only")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def add_launcher_options(parser: argparse.ArgumentParser) -> None:
+    """The launcher/cluster group: --launcher, --print-commands, --slurm-* (shared by `nclab
+    compare` and `nclab study`)."""
     cluster = parser.add_argument_group(
         "launching past one machine", "see docs/integrations.md (default: local worker processes)"
     )
@@ -117,13 +135,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
         "(all jobs at once as processes on this machine, for a dry run), debug (in this process)",
     )
-    group = parser.add_argument_group(
-        "training options",
-        "override the preset; same meaning as in `nclab train`; an option neither given nor "
-        "set by the preset has the default `nclab train --help` shows; with --dataset the "
-        "preset's --per-class and --test-per-class do not apply",
+
+
+def slurm_options(args: argparse.Namespace) -> Any:
+    """The cluster options of :func:`add_launcher_options` as SlurmOptions."""
+    from nclab.launch import SlurmOptions
+
+    return SlurmOptions(
+        partition=args.slurm_partition,
+        time_minutes=args.slurm_time,
+        gpus=args.slurm_gpus,
+        cpus=args.slurm_cpus,
+        mem_gb=args.slurm_mem_gb,
+        folder=args.slurm_folder,
+        cluster=args.slurm_cluster,
     )
-    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,17 +161,9 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print where the report is."""
     from nclab.compare import CompareConfig, compare
-    from nclab.launch import SlurmOptions, comparison_commands
+    from nclab.launch import comparison_commands
 
-    slurm = SlurmOptions(
-        partition=args.slurm_partition,
-        time_minutes=args.slurm_time,
-        gpus=args.slurm_gpus,
-        cpus=args.slurm_cpus,
-        mem_gb=args.slurm_mem_gb,
-        folder=args.slurm_folder,
-        cluster=args.slurm_cluster,
-    )
+    slurm = slurm_options(args)
     cfg = CompareConfig(
         preset=args.preset,
         smoothings=args.smoothing,

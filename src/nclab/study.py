@@ -1,0 +1,695 @@
+"""A study: a grid of CE-vs-LS comparisons and the atlas of where the claims of Guo,
+Andriopoulos, Zhao, Dong, Ling, Ross (2024), "Cross Entropy versus Label Smoothing: A Neural
+Collapse Perspective" (arXiv 2402.03979), hold (:func:`study`).
+
+A :class:`Grid` crosses datasets × models × training conditions; each *cell* of the product is
+one comparison exactly as ``nclab compare`` runs it: CE and every δ of the grid, trained for
+every seed from the same initialisation and batch order, judged with the report's verdict rules
+(:mod:`nclab.report.verdicts`) in the cell's own report. The atlas (:mod:`nclab.report.atlas`)
+lays every cell × δ against the claims.
+
+Output layout (``out``)::
+
+    cells/<dataset>_<model>_<condition>/runs/...     the cell's run directories (as compare's)
+    cells/<dataset>_<model>_<condition>/report/      its compare report (report.html, summary.*)
+    cells/<dataset>_<model>_<condition>/cell.json    the cell's settings and runs once reported
+    report/                                          the atlas: atlas.png/.pdf, summary.md,
+                                                     report.html, summary.json
+    study.json                                       the grid, cells, runs and timings
+
+Every run of every cell goes to one executor at once (``jobs`` workers stay busy across cells);
+a cell's report is written as soon as its last run finishes. Rerunning the same command reuses
+complete runs and reported cells and resumes interrupted runs from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nclab.compare import (
+    PRESETS,
+    CompareConfig,
+    PlannedRun,
+    RunOutcome,
+    _outcome_from_dir,
+    run_name,
+    run_state,
+    validate_smoothings,
+)
+from nclab.train.config import MAX_SEED, PER_RUN_FIELDS, TrainConfig, load_config_file, options
+from nclab.train.rundir import atomic_write, lock_directory, read_json
+
+__all__ = [
+    "GRIDS",
+    "Cell",
+    "Grid",
+    "Level",
+    "StudyConfig",
+    "StudyResult",
+    "grid_from_dict",
+    "load_grid",
+    "plan_cells",
+    "study",
+]
+
+#: Labels of a grid's levels become parts of folder names.
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,39}$")
+#: Keywords of :func:`nclab.report.build_report` a grid may set.
+REPORT_KEYS = ("theory", "ufm_convergence", "ufm_max_iters")
+_TOP_KEYS = (
+    "name",
+    "description",
+    "datasets",
+    "models",
+    "conditions",
+    "smoothings",
+    "seeds",
+    "train",
+    "report",
+    "jobs",
+)
+MAX_CELLS = 1000
+
+
+@dataclass(frozen=True)
+class Level:
+    """One value of a grid's axis: a ``label`` (part of the cell's folder name) and the training
+    options it sets."""
+
+    label: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Datasets × models × conditions, each cell trained with ``train`` (options every cell
+    shares) overridden by its dataset's, then its model's, then its condition's options; CE and
+    every δ of ``smoothings`` for every seed. ``report`` holds :func:`nclab.report.build_report`
+    keywords for the cells' reports; ``jobs`` the default worker count (None: min(2, CPUs))."""
+
+    name: str
+    description: str
+    datasets: tuple[Level, ...]
+    models: tuple[Level, ...]
+    conditions: tuple[Level, ...]
+    smoothings: tuple[float, ...]
+    seeds: tuple[int, ...]
+    train: Mapping[str, Any] = field(default_factory=dict)
+    report: Mapping[str, Any] = field(default_factory=dict)
+    jobs: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The grid as the YAML/JSON mapping :func:`grid_from_dict` reads."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "datasets": {lv.label: dict(lv.options) for lv in self.datasets},
+            "models": {lv.label: dict(lv.options) for lv in self.models},
+            "conditions": {lv.label: dict(lv.options) for lv in self.conditions},
+            "smoothings": list(self.smoothings),
+            "seeds": list(self.seeds),
+            "train": dict(self.train),
+            "report": dict(self.report),
+            "jobs": self.jobs,
+        }
+
+
+_CONDITIONS = {
+    "clean": {},
+    "noise0.2": {"label_noise": 0.2},
+    "imbalance10": {"imbalance": 10.0},
+}
+
+GRIDS: dict[str, Grid] = {
+    "smoke": Grid(
+        "smoke",
+        "seconds, for tests: a synthetic 4-class Gaussian mixture, MLP 2x32, clean and 10% "
+        "label noise, δ 0.1, seeds 0 1, 25 epochs",
+        datasets=(Level("synthetic", {"dataset": "synthetic:k=4,d=16,n=40,test=100"}),),
+        models=(Level("mlp", {"model": "mlp", "width": 32, "depth": 2}),),
+        conditions=(Level("clean", {}), Level("noise0.1", {"label_noise": 0.1})),
+        smoothings=(0.1,),
+        seeds=(0, 1),
+        train={k: v for k, v in PRESETS["smoke"].train.items() if k not in ("dataset", "model")},
+        report={"ufm_max_iters": 400},
+    ),
+    "default": Grid(
+        "default",
+        "about 20 minutes on 2 CPU cores, offline: Fashion-MNIST (60 training images per class, "
+        "per-epoch test metrics on 50 per class, the final epoch on all 10,000) and "
+        "scikit-learn's 8x8 digits (60 per class, 359 test images) x MLP 2x128 and a small "
+        "CNN (4 blocks, 8-64 channels) x clean / 20% symmetric label noise / imbalance 10 "
+        "(exponential), δ 0.1, seeds 0 1 2, 40 epochs of SGD (lr 0.05, momentum 0.9, weight "
+        "decay 5e-4, batch 32, cosine)",
+        datasets=(
+            Level("fashion-mnist", {"dataset": "fashion-mnist", "test_per_class": 50}),
+            Level("digits", {"dataset": "digits"}),
+        ),
+        models=(
+            Level("mlp", {"model": "mlp", "width": 128, "depth": 2}),
+            Level("cnn", {"model": "cnn", "width": 8, "depth": 4}),
+        ),
+        conditions=tuple(Level(k, v) for k, v in _CONDITIONS.items()),
+        smoothings=(0.1,),
+        seeds=(0, 1, 2),
+        train=dict(
+            per_class=60,
+            epochs=40,
+            batch_size=32,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            scheduler="cosine",
+        ),
+        report={"ufm_max_iters": 2000},
+    ),
+    "paper": Grid(
+        "paper",
+        "for a GPU cluster (--launcher submitit): the datasets and ResNets of Guo et al. "
+        "(2024) (CIFAR-10 with ResNet-18; CIFAR-100, STL-10 and Tiny ImageNet with ResNet-50) "
+        "x clean / 20% symmetric label noise / imbalance 10, δ 0.05, seeds 0 1 2, the paper's "
+        "recipe (SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 128, lr x0.1 after epoch "
+        "150, 500 epochs); datasets from --data-dir. The model axis holds one entry per "
+        "dataset family, so ResNet-18 also runs on the others: drop what you do not need in a "
+        "YAML copy (nclab study --grid paper --show-grid)",
+        datasets=tuple(
+            Level(p.train["dataset"], {"dataset": p.train["dataset"]})
+            for p in (
+                PRESETS["paper"],
+                PRESETS["paper-cifar100"],
+                PRESETS["paper-stl10"],
+                PRESETS["paper-tiny-imagenet"],
+            )
+        ),
+        models=(
+            Level("resnet18", {"model": "resnet18"}),
+            Level("resnet50", {"model": "resnet50"}),
+        ),
+        conditions=tuple(Level(k, v) for k, v in _CONDITIONS.items()),
+        smoothings=(0.05,),
+        seeds=(0, 1, 2),
+        train={k: v for k, v in PRESETS["paper"].train.items() if k not in ("dataset", "model")},
+        jobs=1,
+    ),
+}
+
+# ------------------------------------------------------------------------------ grid files
+
+
+def _where(source: str, key: str) -> str:
+    return f"grid {source}: {key}"
+
+
+def _options(value: Any, source: str, key: str) -> dict[str, Any]:
+    """A mapping of training options (None: no options), checked against the schema."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{_where(source, key)} must be a mapping of training options (option: value), "
+            f"got {type(value).__name__}"
+        )
+    known = options()
+    for name in value:
+        if not isinstance(name, str) or name not in known:
+            raise ValueError(
+                f"{_where(source, f'{key}.{name}')}: unknown training option; use the names of "
+                "`nclab train --help` with _ for - (e.g. label_noise)"
+            )
+        if name in PER_RUN_FIELDS:
+            raise ValueError(
+                f"{_where(source, f'{key}.{name}')}: set per run by the study (loss and "
+                "smoothing from smoothings, seed from seeds, threads from --jobs); remove it"
+            )
+    return dict(value)
+
+
+def _axis(value: Any, source: str, key: str, shorthand: str | None) -> tuple[Level, ...]:
+    """An axis: a mapping label -> options, or (datasets, models) a list of names."""
+    if isinstance(value, list) and shorthand is not None:
+        items = {}
+        for name in value:
+            if not isinstance(name, str):
+                raise ValueError(
+                    f"{_where(source, key)}: list entries must be {shorthand} names, got "
+                    f"{name!r}; or write a mapping label: {{options}}"
+                )
+            items[name] = {shorthand: name}
+        value = items
+    if not isinstance(value, Mapping) or not value:
+        form = "a list of names or a mapping" if shorthand else "a mapping"
+        raise ValueError(f"{_where(source, key)} must be {form} label: {{options}}, not empty")
+    levels = []
+    for label, opts in value.items():
+        if not isinstance(label, str) or not _LABEL.match(label):
+            raise ValueError(
+                f"{_where(source, f'{key}.{label}')}: a label must be 1-40 letters, digits, "
+                "'.', '+' or '-', starting with a letter or digit (it names the cell's folder)"
+            )
+        levels.append(Level(label, _options(opts, source, f"{key}.{label}")))
+    return tuple(levels)
+
+
+def _numbers(value: Any, source: str, key: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{_where(source, key)} must be a non-empty list")
+    return value
+
+
+def grid_from_dict(data: Any, source: str = "<dict>") -> Grid:
+    """A :class:`Grid` from its mapping (a YAML grid file's content). ValueError naming the key
+    for anything else: unknown keys, empty axes, unknown training options, bad δ or seeds."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"grid {source} must hold a mapping (datasets, models, conditions, ...)")
+    unknown = [str(k) for k in data if k not in _TOP_KEYS]
+    if unknown:
+        raise ValueError(
+            f"{_where(source, unknown[0])}: unknown key; a grid has {', '.join(_TOP_KEYS)}"
+        )
+    for key in ("datasets", "models"):
+        if key not in data:
+            raise ValueError(f"{_where(source, key)}: missing (at least one entry)")
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{_where(source, 'name')} must be a non-empty string")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ValueError(f"{_where(source, 'description')} must be a string")
+    smoothings = _numbers(data.get("smoothings", [0.05]), source, "smoothings")
+    try:
+        deltas = [d for d in validate_smoothings(smoothings) if d > 0]
+    except ValueError as err:
+        raise ValueError(f"{_where(source, 'smoothings')}: {err}") from None
+    if not deltas:
+        raise ValueError(f"{_where(source, 'smoothings')}: needs a δ > 0 to compare with CE")
+    seeds = _numbers(data.get("seeds", [0, 1, 2]), source, "seeds")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise ValueError(
+                f"{_where(source, 'seeds')}: seeds are integers in 0..{MAX_SEED}, got {s!r}"
+            )
+    report = data.get("report") or {}
+    if not isinstance(report, Mapping) or any(k not in REPORT_KEYS for k in report):
+        bad = (
+            next((k for k in report if k not in REPORT_KEYS), "")
+            if isinstance(report, Mapping)
+            else ""
+        )
+        raise ValueError(
+            f"{_where(source, f'report.{bad}' if bad else 'report')}: a mapping of "
+            f"{', '.join(REPORT_KEYS)}"
+        )
+    jobs = data.get("jobs")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"{_where(source, 'jobs')} must be a positive integer, got {jobs!r}")
+    conditions = data.get("conditions", {"clean": None})
+    grid = Grid(
+        name=name,
+        description=description,
+        datasets=_axis(data["datasets"], source, "datasets", "dataset"),
+        models=_axis(data["models"], source, "models", "model"),
+        conditions=_axis(conditions, source, "conditions", None),
+        smoothings=tuple(deltas),
+        seeds=tuple(dict.fromkeys(int(s) for s in seeds)),
+        train=_options(data.get("train"), source, "train"),
+        report=dict(report),
+        jobs=jobs,
+    )
+    cells = len(grid.datasets) * len(grid.models) * len(grid.conditions)
+    if cells > MAX_CELLS:
+        raise ValueError(f"grid {source} has {cells} cells, more than {MAX_CELLS}; split it")
+    return grid
+
+
+def load_grid(spec: str | Path | Grid) -> Grid:
+    """A named grid (:data:`GRIDS`) or a YAML/JSON grid file (read with the bounded loader of
+    option files, :func:`nclab.train.config.load_config_file`)."""
+    if isinstance(spec, Grid):
+        return spec
+    text = str(spec)
+    if text in GRIDS:
+        return GRIDS[text]
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--grid {text!r} is neither a named grid ({', '.join(GRIDS)}) nor a grid file"
+        )
+    data = load_config_file(path)
+    return grid_from_dict(data, str(path))
+
+
+# ------------------------------------------------------------------------------ planning
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One comparison of the grid: its labels, folder, shared training options and runs."""
+
+    name: str
+    dataset: str
+    model: str
+    condition: str
+    path: Path
+    options: Mapping[str, Any]
+    runs: tuple[PlannedRun, ...]
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    def describe(self) -> dict[str, Any]:
+        """The cell's labels and options (study.json, cell.json, the atlas)."""
+        return {
+            "name": self.name,
+            "dataset": self.dataset,
+            "model": self.model,
+            "condition": self.condition,
+            "options": dict(self.options),
+        }
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+
+
+def plan_cells(
+    grid: Grid, out: str | Path, *, threads: int | None = None, seeds: Sequence[int] | None = None
+) -> list[Cell]:
+    """Every cell of ``grid`` with its validated runs (CE first, then δ ascending; seeds
+    inside), under ``out/cells``. ValueError naming the cell for options that do not make a
+    valid training configuration."""
+    _check_threads(threads)
+    out = Path(out)
+    seed_list = list(grid.seeds if seeds is None else seeds)
+    if not seed_list:
+        raise ValueError("--seeds needs at least one seed")
+    for s in seed_list:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise ValueError(f"seeds must be integers in 0..{MAX_SEED}, got {s!r}")
+    seed_list = list(dict.fromkeys(seed_list))
+    smoothings = [0.0, *grid.smoothings]
+    cells = []
+    for d in grid.datasets:
+        for m in grid.models:
+            for c in grid.conditions:
+                name = f"{d.label}_{m.label}_{c.label}"
+                merged = {**grid.train, **d.options, **m.options, **c.options}
+                merged = {k: v for k, v in merged.items() if v is not None}
+                path = out / "cells" / name
+                runs = []
+                for delta in smoothings:
+                    for seed in seed_list:
+                        try:
+                            config = TrainConfig(
+                                **merged,
+                                loss="ce" if delta == 0 else "ls",
+                                smoothing=delta,
+                                seed=seed,
+                                threads=threads,
+                            )
+                        except (TypeError, ValueError) as err:
+                            raise ValueError(f"grid {grid.name}, cell {name}: {err}") from None
+                        rn = run_name(delta, seed)
+                        runs.append(PlannedRun(rn, path / "runs" / rn, config))
+                cells.append(Cell(name, d.label, m.label, c.label, path, merged, tuple(runs)))
+    return cells
+
+
+# ------------------------------------------------------------------------------ running
+
+
+@dataclass
+class StudyConfig:
+    """Options of :func:`study`: the grid (a :data:`GRIDS` name, a YAML file or a
+    :class:`Grid`), the output folder, and how runs train (as :class:`nclab.compare.
+    CompareConfig`: ``jobs`` workers of ``threads`` threads, or one submitit job per run)."""
+
+    grid: str | Path | Grid = "default"
+    out: str | Path = "runs/study"
+    seeds: Sequence[int] | None = None
+    jobs: int | None = None
+    threads: int | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    launcher: str = "local"
+    slurm: Any = None
+
+
+@dataclass
+class CellOutcome:
+    """One cell: ``status`` is ``reported`` (report written now) or ``reused``; its runs."""
+
+    cell: Cell
+    status: str
+    runs: list[RunOutcome]
+    summary: dict[str, Any]
+
+
+@dataclass
+class StudyResult:
+    """What :func:`study` did: every cell, the atlas files, the wall time."""
+
+    out_dir: Path
+    grid: Grid
+    cells: list[CellOutcome]
+    atlas: Any  # nclab.report.atlas.AtlasResult
+    seconds: float
+    manifest: Path
+
+    @property
+    def trained(self) -> int:
+        """Runs trained or resumed by this call."""
+        return sum(r.status != "reused" for c in self.cells for r in c.runs)
+
+
+def _resolve_jobs(grid: Grid, cfg: StudyConfig) -> tuple[int, int]:
+    jobs = cfg.jobs if cfg.jobs is not None else grid.jobs
+    if jobs is None:
+        jobs = max(1, min(2, os.cpu_count() or 1))
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
+    _check_threads(cfg.threads)
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+    return jobs, threads
+
+
+def _cell_record(cell: Cell) -> dict[str, Any]:
+    return {
+        **cell.describe(),
+        "runs": {r.name: r.config.to_dict() for r in cell.runs},
+    }
+
+
+def _cell_reusable(cell: Cell, states: Mapping[str, str]) -> bool:
+    """The cell's runs are complete and its report was written from exactly these runs."""
+    if any(states[r.name] != "done" for r in cell.runs):
+        return False
+    record, summary = cell.path / "cell.json", cell.report_dir / "summary.json"
+    if not (record.is_file() and summary.is_file()):
+        return False
+    try:
+        saved = read_json(record)
+    except ValueError:
+        return False
+    expected = json.loads(json.dumps(_cell_record(cell), default=str))
+    saved_runs = saved.get("runs") if isinstance(saved, dict) else None
+    if not isinstance(saved_runs, dict) or set(saved_runs) != set(expected["runs"]):
+        return False
+    from nclab.train.config import config_differences
+
+    return all(not config_differences(saved_runs[r.name], r.config) for r in cell.runs) and all(
+        int(saved_runs[r.name].get("epochs", -1)) == r.config.epochs for r in cell.runs
+    )
+
+
+def _log(cfg: StudyConfig, message: str) -> None:
+    if not cfg.quiet:
+        print(message, flush=True)
+
+
+def study(cfg: StudyConfig) -> StudyResult:
+    """Run every cell of the grid (reusing complete runs and reported cells), write each cell's
+    report and the atlas. ValueError for a bad grid or options, or when ``out`` holds runs of
+    another configuration (``overwrite`` retrains them)."""
+    t0 = time.perf_counter()
+    grid = load_grid(cfg.grid)
+    jobs, threads = _resolve_jobs(grid, cfg)
+    if cfg.launcher not in ("local", "submitit"):
+        raise ValueError(f"unknown launcher {cfg.launcher!r}; use local or submitit")
+    cells = plan_cells(grid, cfg.out, threads=threads, seeds=cfg.seeds)
+    out = Path(cfg.out)
+    with lock_directory(out):
+        return _study(cfg, grid, cells, jobs, threads, t0)
+
+
+def _study(
+    cfg: StudyConfig, grid: Grid, cells: list[Cell], jobs: int, threads: int, t0: float
+) -> StudyResult:
+    out = Path(cfg.out)
+    runs = [r for c in cells for r in c.runs]
+    states: dict[str, tuple[str, list[str]]] = {}
+    for cell in cells:
+        for r in cell.runs:
+            states[str(r.path)] = run_state(r)
+    mismatched = [f"{p} ({'; '.join(d)})" for p, (s, d) in states.items() if s == "mismatch"]
+    if mismatched and not cfg.overwrite:
+        raise ValueError(
+            f"{out} already holds runs with a different config: {mismatched[0]}"
+            + (f" and {len(mismatched) - 1} more" if len(mismatched) > 1 else "")
+            + "; pass --overwrite to retrain them or choose another --out"
+        )
+    outcomes: dict[str, RunOutcome] = {}
+    todo: list[tuple[PlannedRun, str]] = []
+    reusable: set[str] = set()
+    for cell in cells:
+        cell_states = {
+            r.name: ("new" if cfg.overwrite else states[str(r.path)][0]) for r in cell.runs
+        }
+        if not cfg.overwrite and _cell_reusable(cell, cell_states):
+            reusable.add(cell.name)
+        for r in cell.runs:
+            if cell_states[r.name] == "done":
+                outcomes[str(r.path)] = _outcome_from_dir(r, "reused", 0.0)
+            else:
+                todo.append((r, "resumed" if cell_states[r.name] == "resume" else "trained"))
+    where = (
+        "one submitit job per run"
+        if cfg.launcher == "submitit"
+        else f"{min(jobs, max(1, len(todo)))} job(s) x {threads} thread(s)"
+    )
+    _log(
+        cfg,
+        f"nclab study: grid {grid.name}, {len(cells)} cells, {len(runs)} runs: {len(todo)} to "
+        f"train, {len(runs) - len(todo)} reused ({len(reusable)} cells reported), {where} -> "
+        f"{out}",
+    )
+    cell_outcomes: dict[str, CellOutcome] = {}
+    remaining = {c.name: sum(str(r.path) not in outcomes for r in c.runs) for c in cells}
+    cell_of = {str(r.path): c for c in cells for r in c.runs}
+
+    def finish_cell(cell: Cell) -> None:
+        cell_runs = [outcomes[str(r.path)] for r in cell.runs]
+        if cell.name in reusable:
+            summary = read_json(cell.report_dir / "summary.json")
+            cell_outcomes[cell.name] = CellOutcome(cell, "reused", cell_runs, summary)
+            _log(cfg, f"  cell {cell.name}: reused")
+            return
+        summary = _report_cell(cell, grid)
+        cell_outcomes[cell.name] = CellOutcome(cell, "reported", cell_runs, summary)
+        done = len(cell_outcomes)
+        _log(cfg, f"  [{done}/{len(cells)} cells] {cell.name}: report {cell.report_dir}")
+
+    def on_done(run: PlannedRun, status: str, info: dict) -> None:
+        outcomes[str(run.path)] = _outcome_from_dir(run, status, float(info["seconds"]))
+        cell = cell_of[str(run.path)]
+        remaining[cell.name] -= 1
+        _log(
+            cfg,
+            f"  {cell.name}/{run.name}: {status} in {float(info['seconds']):.1f} s "
+            f"({sum(remaining.values())} run(s) left)",
+        )
+        if remaining[cell.name] == 0:
+            finish_cell(cell)
+
+    for cell in cells:  # cells with nothing to train: reuse or report them first
+        if remaining[cell.name] == 0:
+            finish_cell(cell)
+    if todo:
+        _execute(cfg, todo, jobs, threads, on_done)
+    ordered = [cell_outcomes[c.name] for c in cells]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nclab.report.atlas import build_atlas
+
+    _log(cfg, "  building the atlas ...")
+    atlas = build_atlas(
+        [(c.cell.describe(), c.summary, str(c.cell.report_dir)) for c in ordered],
+        out / "report",
+        title=f"nclab study: grid {grid.name}",
+        description=grid.description,
+    )
+    seconds = time.perf_counter() - t0
+    manifest = _write_manifest(cfg, grid, ordered, jobs, threads, seconds, atlas)
+    return StudyResult(out, grid, ordered, atlas, seconds, manifest)
+
+
+def _execute(
+    cfg: StudyConfig, todo: list[tuple[PlannedRun, str]], jobs: int, threads: int, on_done: Any
+) -> None:
+    """Train ``todo`` with compare's executor (all cells' runs in one pool)."""
+    from nclab.compare import _train_all
+
+    compare_cfg = CompareConfig(
+        out=cfg.out,
+        jobs=jobs,
+        threads=threads,
+        overwrite=cfg.overwrite,
+        quiet=True,
+        launcher=cfg.launcher,
+        slurm=cfg.slurm,
+    )
+    _train_all(compare_cfg, todo, jobs, threads, on_done)
+
+
+def _report_cell(cell: Cell, grid: Grid) -> dict[str, Any]:
+    """Write the cell's compare report and ``cell.json``; returns the report's summary.json
+    content (what the atlas reads)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nclab.report import build_report
+
+    result = build_report([r.path for r in cell.runs], cell.report_dir, **grid.report)
+    text = json.dumps(_cell_record(cell), indent=1, default=str)
+    atomic_write(cell.path / "cell.json", lambda f: f.write(text.encode()))
+    return read_json(result.json)
+
+
+def _write_manifest(
+    cfg: StudyConfig,
+    grid: Grid,
+    cells: list[CellOutcome],
+    jobs: int,
+    threads: int,
+    seconds: float,
+    atlas: Any,
+) -> Path:
+    doc = {
+        "grid": grid.as_dict(),
+        "jobs": jobs,
+        "threads_per_job": threads,
+        "launcher": cfg.launcher,
+        "seconds": seconds,
+        "cells": [
+            {
+                **c.cell.describe(),
+                "status": c.status,
+                "report": str(c.cell.report_dir / "report.html"),
+                "runs": [{**asdict(o), "path": str(o.path)} for o in c.runs],
+            }
+            for c in cells
+        ],
+        "atlas": str(atlas.html),
+    }
+    path = Path(cfg.out) / "study.json"
+    text = json.dumps(doc, indent=1, default=_json_default)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
