@@ -120,24 +120,26 @@ def test_read_idx_header_and_errors(tmp_path):
 
 def test_missing_files_error_lists_searched_places(tmp_path, monkeypatch):
     monkeypatch.setenv("NCLAB_DATA", str(tmp_path / "envdir"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # an explicit data_dir is the only place looked at: not $NCLAB_DATA, not the cache
     with pytest.raises(FileNotFoundError) as exc:
         load_dataset("mnist", tmp_path / "mydata")
     msg = str(exc.value)
-    for place in (
-        tmp_path / "mydata",
-        tmp_path / "mydata" / "MNIST" / "raw",
-        tmp_path / "envdir",
-        tmp_path / "home" / ".cache" / "nclab" / "mnist",
-    ):
+    for place in (tmp_path / "mydata", tmp_path / "mydata" / "MNIST" / "raw"):
         assert str(place) in msg
+    assert str(tmp_path / "envdir") not in msg and ".cache" not in msg
     assert "train-images-idx3-ubyte" in msg and "--data-dir" in msg
-    # fashion-mnist: also the Debian location and how to install it
+    # without one: $NCLAB_DATA, the cache and (fashion-mnist) the Debian location
     monkeypatch.setitem(data_mod._IDX_SYSTEM_DIRS, "fashion-mnist", (tmp_path / "usr-share",))
     with pytest.raises(FileNotFoundError) as exc:
-        load_dataset("fashion-mnist", tmp_path / "mydata")
+        load_dataset("fashion-mnist")
     msg = str(exc.value)
     assert str(tmp_path / "usr-share") in msg and "apt-get install dataset-fashion-mnist" in msg
-    assert str(tmp_path / "mydata" / "FashionMNIST" / "raw") in msg
+    for place in (tmp_path / "envdir", tmp_path / "home" / ".cache" / "nclab" / "fashion-mnist"):
+        assert str(place) in msg
+    with pytest.raises(FileNotFoundError) as exc:
+        load_dataset("fashion-mnist", tmp_path / "mydata")
+    assert str(tmp_path / "usr-share") not in str(exc.value)
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from nclab.losses import get_loss
 from nclab.models import build_model
 from nclab.report import build_report
 from nclab.report.runs import load_run
+from nclab.runs.files import DirectoryLockedError
 from nclab.track import NCTracker
 from nclab.train import (
     TrainConfig,
@@ -38,7 +39,6 @@ from nclab.train import (
     read_rows,
     train,
 )
-from nclab.train.rundir import DirectoryLockedError
 
 EPOCHS = 8
 

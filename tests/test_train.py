@@ -23,6 +23,7 @@ from nclab import cli
 from nclab.calibration import expected_calibration_error
 from nclab.data import load_dataset
 from nclab.losses import get_loss
+from nclab.runs.files import read_metrics, rewrite_rows
 from nclab.train import (
     RunFiles,
     TrainConfig,
@@ -38,7 +39,6 @@ from nclab.train import (
 from nclab.train import loop as train_loop
 from nclab.train.distributed import DistContext
 from nclab.train.evaluate import Evaluator, NonFiniteFeaturesError
-from nclab.train.rundir import read_metrics, rewrite_rows
 from nclab.ufm import closed_form
 
 REQUIRED_KEYS = (

@@ -5,7 +5,9 @@ Every failure ends as one line on stderr and an exit code (see docs/failures.md)
 - 0 success; 2 a problem with the input (bad option, missing/corrupt/unsafe file, directory in
   use, ...: ``ValueError``, ``OSError``, ``MemoryError``); 3 training diverged (an exception
   with ``exit_code = 3``); 1 anything else (a bug: the line says how to get the traceback);
-  130 interrupted (Ctrl-C); 141 stdout closed early (``nclab ... | head``), quietly.
+  130 interrupted (Ctrl-C), 143 SIGTERM (SLURM preemption), 129 SIGHUP: the same path, one line
+  saying what was kept and how to continue; 141 stdout closed early (``nclab ... | head``),
+  quietly.
 - ``nclab --debug ...`` or ``NCLAB_DEBUG=1`` re-raises instead, so the traceback is shown.
 """
 
@@ -19,12 +21,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from nclab import __version__
+from nclab import __version__, signals
 from nclab.commands import HelpFormatter
+from nclab.signals import termination_as_interrupt
 
 # command name -> (module under nclab.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "Main job: CE vs label smoothing side by side, then a report."),
+    "study": (
+        "study",
+        "A grid of comparisons (data x model x condition x δ) and the claims atlas.",
+    ),
     "train": ("train", "Train one classifier with per-epoch neural-collapse tracking."),
     "ufm": ("ufm", "Unconstrained feature model: closed form, solver, conditioning, convergence."),
     "report": ("report", "Rebuild the HTML/Markdown report from existing run directories."),
@@ -123,14 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         prog = f"nclab {args.command}"
-        code = int(args._run(args) or 0)
+        with termination_as_interrupt():
+            code = int(args._run(args) or 0)
         sys.stdout.flush()
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        kept = getattr(err, "nclab_kept", None)
+        print(f"{prog}: {signals.reason(err)}{'; ' + kept if kept else ''}", file=sys.stderr)
+        return signals.exit_code(err)
     except BrokenPipeError:
         _quiet_stdout()
         return EXIT_BROKEN_PIPE

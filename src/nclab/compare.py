@@ -24,11 +24,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nclab.executors import Resources, SlurmOptions, Task, create, launchers
+from nclab.executors.commands import CommandsExecutor
+from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
 from nclab.train.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
@@ -36,7 +39,6 @@ from nclab.train.config import (
     TrainConfig,
     config_differences,
 )
-from nclab.train.rundir import RunFiles, atomic_write, lock_directory, read_json, read_rows
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult
@@ -226,8 +228,8 @@ class CompareConfig:
     overwrite: bool = False
     report: bool = True
     quiet: bool = False
-    launcher: str = "local"  # or "submitit" (nclab.launch)
-    slurm: Any = None  # nclab.launch.SlurmOptions for the submitit launcher (None: defaults)
+    launcher: str = "local"  # or "submitit": nclab.executors.launchers()
+    slurm: SlurmOptions | None = None  # the submitit launcher's jobs (None: defaults)
 
 
 @dataclass(frozen=True)
@@ -312,29 +314,27 @@ def default_jobs(preset: Preset) -> int:
     return preset.jobs if preset.jobs is not None else max(1, min(2, os.cpu_count() or 1))
 
 
-def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], int, int]:
+def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], Resources]:
     preset = _preset(cfg.preset)
     smoothings = validate_smoothings(
         preset.smoothings if cfg.smoothings is None else cfg.smoothings
     )
     seeds = _validate_seeds(preset.seeds if cfg.seeds is None else cfg.seeds)
+    if cfg.launcher not in launchers():
+        raise ValueError(f"unknown launcher {cfg.launcher!r}; use {' or '.join(launchers())}")
     jobs = default_jobs(preset) if cfg.jobs is None else cfg.jobs
-    if cfg.launcher not in ("local", "submitit"):
-        raise ValueError(f"unknown launcher {cfg.launcher!r}; use local or submitit")
-    if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
-        raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
-    if cfg.threads is not None and (
-        isinstance(cfg.threads, bool) or int(cfg.threads) != cfg.threads or cfg.threads < 1
-    ):
-        raise ValueError(f"--threads must be a positive integer, got {cfg.threads!r}")
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(jobs))
-    return preset, smoothings, seeds, int(jobs), int(threads)
+    Resources(jobs=jobs, threads=cfg.threads)  # checks both before the default threads
+    slurm = cfg.slurm or SlurmOptions()
+    if slurm.folder is None:
+        slurm = replace(slurm, folder=Path(cfg.out) / "slurm")
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+    return preset, smoothings, seeds, Resources(jobs, threads, cfg.quiet, slurm)
 
 
 def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     """The runs of a comparison (CE first, then δ ascending; seeds inside), with their
     validated training configs. Raises ValueError for bad options."""
-    preset, smoothings, seeds, _, threads = _resolve(cfg)
+    preset, smoothings, seeds, resources = _resolve(cfg)
     managed = MANAGED_FIELDS & set(cfg.train)
     if managed:
         raise ValueError(
@@ -353,84 +353,29 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     for delta in smoothings:
         for seed in seeds:
             loss = "ce" if delta == 0 else "ls"
-            config = TrainConfig(**options, loss=loss, smoothing=delta, seed=seed, threads=threads)
+            config = TrainConfig(
+                **options, loss=loss, smoothing=delta, seed=seed, threads=resources.threads
+            )
             name = run_name(delta, seed)
             runs.append(PlannedRun(name, out / "runs" / name, config))
     return runs
 
 
-def run_state(run: PlannedRun) -> tuple[str, list[str]]:
-    """``new``, ``done`` (same config, complete), ``resume`` (same config, incomplete or fewer
-    epochs) or ``mismatch`` (a different config), with the differing options."""
-    config_path = run.path / "config.json"
-    if not config_path.is_file():
-        present = RunFiles(run.path).present()
-        if present:
-            names = ", ".join(p.name for p in present)
-            return "mismatch", [f"run files ({names}) but no config.json"]
-        return "new", []
-    saved = read_json(config_path)
-    diffs = config_differences(saved, run.config)
-    if diffs:
-        return "mismatch", diffs
-    same_epochs = int(saved.get("epochs", -1)) == run.config.epochs
-    done = (run.path / "DONE").is_file()
-    return ("done" if done and same_epochs else "resume"), []
-
-
-def _train_worker(config: dict[str, Any], out_dir: str, overwrite: bool, quiet: bool) -> dict:
-    """Train one run (in a worker process or in-process); returns a JSON-able summary."""
-    import torch
-
-    from nclab.train import TrainConfig as _Config
-    from nclab.train import train
-
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
-    t0 = time.perf_counter()
-    result = train(
-        _Config(**config), out_dir, resume=not overwrite, overwrite=overwrite, quiet=quiet
+def run_state(run: PlannedRun) -> tuple[RunState, list[str]]:
+    """:class:`~nclab.runs.RunState` of a planned run's folder (NEW, DONE: same config and
+    complete, RESUME: same config, incomplete or fewer epochs, MISMATCH: a different config),
+    with the differing options: :func:`nclab.runs.lifecycle.inspect`."""
+    state, diffs, _ = lifecycle.inspect(
+        RunFiles(run.path), lambda saved: config_differences(saved, run.config), run.config.epochs
     )
-    final = result.final
-    return {
-        "seconds": time.perf_counter() - t0,
-        "final_train_acc": final.get("train_acc"),
-        "first_perfect_epoch": result.first_perfect_epoch,
-    }
+    return state, diffs
 
 
-class WorkerDiedError(RuntimeError):
-    """A worker process of :func:`compare` ended without reporting (killed by a signal or the
-    OS, e.g. out of memory)."""
-
-    exit_code = 1
-
-
-def _name_failure(err: BaseException, run: PlannedRun) -> BaseException:
-    """Mark a run's failure with the run's name (the CLI prints it before the message)."""
-    if isinstance(err, Exception):
-        err.nclab_context = f"run {run.name}"  # type: ignore[attr-defined]
-    return err
-
-
-def _worker_init(threads: int) -> None:
-    """Spawned worker: ignore Ctrl-C (the parent stops the workers and reports it once), fix
-    the thread count before torch starts its pools."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _outcome_from_dir(run: PlannedRun, status: str, seconds: float) -> RunOutcome:
-    rows = read_rows(run.path / "metrics.jsonl")
+def _outcome(name: str, path: Path, status: str, seconds: float) -> RunOutcome:
+    """A run's outcome, read from its metrics log."""
+    rows = read_rows(RunFiles(path).metrics)
     final = rows[-1].get("train_acc") if rows else None
-    perfect = next((int(r["epoch"]) for r in rows if r.get("train_acc") == 1.0), None)
-    return RunOutcome(run.name, run.path, status, seconds, final, perfect)
+    return RunOutcome(name, path, status, seconds, final, lifecycle.first_perfect_epoch(rows))
 
 
 def _log(cfg: CompareConfig, message: str) -> None:
@@ -447,73 +392,38 @@ def _describe(outcome: RunOutcome) -> str:
     )
 
 
-def _train_all(
-    cfg: CompareConfig,
-    todo: list[tuple[PlannedRun, str]],
-    jobs: int,
-    threads: int,
-    on_done: Callable[[PlannedRun, str, dict], None],
-) -> None:
-    """Train ``todo`` ((run, status) pairs) with ``jobs`` workers (in-process for one job),
-    or as cluster jobs with ``cfg.launcher == "submitit"``."""
-    if cfg.launcher == "submitit":
-        from nclab.launch import SlurmOptions, run_with_submitit
+def pending(
+    cfg: CompareConfig, runs: Sequence[PlannedRun]
+) -> tuple[list[tuple[Task, RunState]], list[str]]:
+    """What the run lifecycle says of each planned run: the tasks to train with their state
+    (NEW or RESUME; with ``overwrite`` every run, as NEW) and the names of the complete runs
+    to reuse. Raises
+    ValueError when ``out`` holds a run of a different config (unless ``overwrite``)."""
+    states = {run.name: run_state(run) for run in runs}
+    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s is RunState.MISMATCH]
+    if mismatched and not cfg.overwrite:
+        raise ValueError(
+            f"{cfg.out} already holds runs with a different config: {', '.join(mismatched)}; "
+            "pass --overwrite to retrain them or choose another --out"
+        )
+    todo, reused = [], []
+    for run in runs:
+        state = RunState.NEW if cfg.overwrite else states[run.name][0]
+        if state is RunState.DONE:
+            reused.append(run.name)
+        else:
+            todo.append((Task(run.name, run.config, run.path, cfg.overwrite), state))
+    return todo, reused
 
-        slurm = cfg.slurm or SlurmOptions()
-        folder = Path(slurm.folder) if slurm.folder else Path(cfg.out) / "slurm"
-        run_with_submitit(todo, slurm, folder, cfg.overwrite, _train_worker, on_done)
-        return
-    if jobs == 1 or len(todo) == 1:
-        for run, status in todo:
-            try:
-                info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, cfg.quiet)
-            except Exception as err:
-                raise _name_failure(err, run) from None
-            on_done(run, status, info)
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
 
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        min(jobs, len(todo)), mp_context=context, initializer=_worker_init, initargs=(threads,)
-    )
-    try:
-        futures = {
-            pool.submit(_train_worker, run.config.to_dict(), str(run.path), cfg.overwrite, True): (
-                run,
-                status,
-            )
-            for run, status in todo
-        }
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                run, status = futures[fut]
-                err = fut.exception()
-                if isinstance(err, BrokenProcessPool):
-                    raise _name_failure(
-                        WorkerDiedError(
-                            "a worker process died without reporting (killed by a signal or by "
-                            "the OS, e.g. out of memory); the runs stay resumable: rerun the "
-                            "same command, with fewer --jobs if memory is short"
-                        ),
-                        run,
-                    )
-                if err is not None:
-                    raise _name_failure(err, run) from None
-                on_done(run, status, fut.result())
-    except BaseException:
-        # Stop the other trainings now instead of waiting for them to finish (hours with the
-        # paper preset); they are SIGKILL-safe and resume from their last checkpoint next time.
-        # ProcessPoolExecutor has no public way to end running workers before Python 3.14.
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+def comparison_commands(cfg: CompareConfig, program: str = "nclab") -> tuple[list[str], list[str]]:
+    """One ``nclab train`` command per run of the comparison ``cfg`` still to train (the
+    ``commands`` executor: absolute paths; threads ``cfg.threads``, unset: torch's default
+    where the command runs), and the names of the runs already complete in ``cfg.out``."""
+    todo, reused = pending(cfg, plan_runs(cfg))
+    executor = CommandsExecutor(Resources(threads=cfg.threads), program)
+    executor.submit([task for task, _ in todo])
+    return executor.commands, reused
 
 
 def compare(cfg: CompareConfig) -> CompareResult:
@@ -523,50 +433,38 @@ def compare(cfg: CompareConfig) -> CompareResult:
     ``overwrite=True`` or another ``out``)."""
     t0 = time.perf_counter()
     runs = plan_runs(cfg)  # every option is checked before anything is created
+    lifecycle.refuse_system_folder(Path(cfg.out))
     with lock_directory(Path(cfg.out)):  # one comparison per --out at a time
         return _compare(cfg, runs, t0)
 
 
 def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareResult:
     """:func:`compare` once ``out`` is locked."""
-    preset, smoothings, seeds, jobs, threads = _resolve(cfg)
+    preset, smoothings, seeds, resources = _resolve(cfg)
     out = Path(cfg.out)
-    states = {run.name: run_state(run) for run in runs}
-    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s == "mismatch"]
-    if mismatched and not cfg.overwrite:
-        raise ValueError(
-            f"{out} already holds runs with a different config: {', '.join(mismatched)}; pass "
-            "--overwrite to retrain them or choose another --out"
-        )
+    todo, reused = pending(cfg, runs)
     outcomes: dict[str, RunOutcome] = {}
-    todo: list[tuple[PlannedRun, str]] = []
     for run in runs:
-        state = "new" if cfg.overwrite else states[run.name][0]
-        if state == "done":
-            outcomes[run.name] = _outcome_from_dir(run, "reused", 0.0)
+        if run.name in reused:
+            outcomes[run.name] = _outcome(run.name, run.path, "reused", 0.0)
             _log(cfg, f"  {_describe(outcomes[run.name])}")
-        else:
-            todo.append((run, "resumed" if state == "resume" else "trained"))
-    _log(
-        cfg,
-        f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"
-        f", seeds {', '.join(map(str, seeds))}: {len(todo)} run(s) to train, "
-        f"{len(runs) - len(todo)} reused, "
-        + (
-            "one submitit job each"
-            if cfg.launcher == "submitit"
-            else f"{min(jobs, max(1, len(todo)))} job(s) x {threads} thread(s)"
+    status = {t.name: "resumed" if s is RunState.RESUME else "trained" for t, s in todo}
+    tasks = [task for task, _ in todo]
+    jobs = min(resources.jobs, max(1, len(tasks)))
+    with create(cfg.launcher, replace(resources, jobs=jobs)) as executor:
+        executor.submit(tasks)
+        _log(
+            cfg,
+            f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"
+            f", seeds {', '.join(map(str, seeds))}: {len(tasks)} run(s) to train, "
+            f"{len(reused)} reused, {executor.describe()} -> {out}",
         )
-        + f" -> {out}",
-    )
-
-    def on_done(run: PlannedRun, status: str, info: dict) -> None:
-        outcome = _outcome_from_dir(run, status, float(info["seconds"]))
-        outcomes[run.name] = outcome
-        _log(cfg, f"  [{len(outcomes)}/{len(runs)}] {_describe(outcome)}")
-
-    if todo:
-        _train_all(cfg, todo, jobs, threads, on_done)
+        for done in executor.as_completed():
+            if done.error is not None:
+                raise done.error
+            name = done.task.name
+            outcomes[name] = _outcome(name, done.task.path, status[name], done.seconds or 0.0)
+            _log(cfg, f"  [{len(outcomes)}/{len(runs)}] {_describe(outcomes[name])}")
     ordered = [outcomes[r.name] for r in runs]
     report = None
     if cfg.report:
@@ -579,7 +477,7 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
         report = build_report([r.path for r in runs], out / "report", **preset.report)
     seconds = time.perf_counter() - t0
     manifest = _write_manifest(
-        cfg, preset, smoothings, seeds, jobs, threads, runs, ordered, report, seconds
+        cfg, preset, smoothings, seeds, resources, runs, ordered, report, seconds
     )
     return CompareResult(out, ordered, report, seconds, manifest)
 
@@ -589,8 +487,7 @@ def _write_manifest(
     preset: Preset,
     smoothings: list[float],
     seeds: list[int],
-    jobs: int,
-    threads: int,
+    resources: Resources,
     runs: list[PlannedRun],
     outcomes: list[RunOutcome],
     report: ReportResult | None,
@@ -602,8 +499,8 @@ def _write_manifest(
         "preset": preset.name,
         "smoothings": smoothings,
         "seeds": seeds,
-        "jobs": jobs,
-        "threads_per_job": threads,
+        "jobs": resources.jobs,
+        "threads_per_job": resources.threads,
         "launcher": cfg.launcher,
         "overrides": cfg.train,
         "seconds": seconds,

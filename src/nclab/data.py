@@ -18,7 +18,9 @@ Datasets (:data:`DATASETS`, plus ``npz:PATH``): ``fashion-mnist`` (default), ``m
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import gzip
+import math
 import os
 import pickle
 import zipfile
@@ -26,12 +28,14 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from nclab import conditions, names
+from nclab.names import parse_synthetic, synthetic_name
 
 __all__ = [
     "DATASETS",
@@ -100,6 +104,7 @@ class DataBundle:
     #: the training labels before ``label_noise`` flipped some (None: no label noise);
     #: ``y_train`` holds the labels trained on
     y_train_clean: Tensor | None = None
+    files: tuple[str, ...] = ()  #: the files (or the folder) the data were read from
 
     @property
     def num_train(self) -> int:
@@ -150,6 +155,7 @@ class _Raw:
     num_classes: int
     class_names: tuple[str, ...]
     scale: float = 255.0
+    files: tuple[str, ...] = ()  # the files (or folder) read
 
 
 def _take(x: _ArrayLike, idx: np.ndarray | None) -> np.ndarray:
@@ -194,9 +200,15 @@ def load_dataset(
     elif canonical == "synthetic":
         given = dict(k=num_classes, d=synthetic_dim, n=synthetic_train_per_class)
         spec = {**given, "test": synthetic_test_per_class, **parse_synthetic(name)}
+        _check_synthetic_size(spec)
         raw = _make_synthetic(spec["k"], spec["d"], spec["n"], spec["test"], seed)
     else:
         raw = _LOADERS[canonical](data_path)
+        if not raw.files and canonical in _FOLDERS:  # the run records where its data came from
+            folder = _find_folder(canonical, data_path, *_FOLDERS[canonical])
+            raw = dataclasses.replace(raw, files=(str(folder),))
+    if canonical == "npz":
+        raw = dataclasses.replace(raw, files=(str(Path(str(name).split(":", 1)[1]).expanduser()),))
 
     for x, y, split in ((raw.x_train, raw.y_train, "train"), (raw.x_test, raw.y_test, "test")):
         if len(x) != len(y):
@@ -237,6 +249,7 @@ def load_dataset(
         std=tuple(float(s) for s in std),
         class_names=raw.class_names,
         y_train_clean=y_clean,
+        files=raw.files,
     )
 
 
@@ -423,10 +436,11 @@ def _canonical_name(name: str) -> str:
 
 
 def _search_roots(data_dir: Path | None, name: str) -> list[Path]:
-    """data_dir, $NCLAB_DATA, ~/.cache/nclab/<name> (existence not checked)."""
-    roots: list[Path] = []
+    """An explicit data_dir is the only place looked at; without one, $NCLAB_DATA, then
+    ~/.cache/nclab/<name> (existence not checked)."""
     if data_dir is not None:
-        roots.append(data_dir)
+        return [data_dir]
+    roots: list[Path] = []
     env = os.environ.get("NCLAB_DATA")
     if env:
         roots.append(Path(env).expanduser())
@@ -434,8 +448,16 @@ def _search_roots(data_dir: Path | None, name: str) -> list[Path]:
     return roots
 
 
-def _not_found(name: str, searched: Sequence[Path], layout: str, how: str) -> FileNotFoundError:
+def _not_found(
+    name: str, searched: Sequence[Path], layout: str, how: str, data_dir: Path | None = None
+) -> FileNotFoundError:
     places = ", ".join(str(p) for p in searched)
+    if data_dir is not None:
+        return FileNotFoundError(
+            f"--data-dir {data_dir} does not hold the {name} files (looked in {places}; an "
+            f"explicit --data-dir is the only place looked at); expected layout: {layout}; how "
+            f"to get them: {how}"
+        )
     return FileNotFoundError(
         f"{name} files not found (looked in {places}); expected layout: {layout}; how to get "
         f"them: {how}; then pass --data-dir DIR (or set $NCLAB_DATA)"
@@ -463,7 +485,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            data = _read_idx_bounded(f, path)
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise ValueError(
             f"{path} is not a complete gzip file ({err}); it is truncated or corrupt, "
@@ -485,6 +507,28 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         )
     arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_idx_bounded(f: Any, path: Path) -> bytes:
+    """The bytes of an IDX file, reading (decompressing) no more than its header announces
+    plus one byte, after checking that size against the memory available: a gzip bomb or a
+    header claiming terabytes is refused before the allocation."""
+    from nclab.limits import check_bytes
+
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        return head  # read_idx names the bad magic number
+    dims_raw = f.read(4 * head[3])
+    if len(dims_raw) < 4 * head[3]:
+        return head + dims_raw
+    dims = [int(d) for d in np.frombuffer(dims_raw, dtype=">u4")]
+    expected = math.prod(dims) * _IDX_DTYPES[head[2]].itemsize
+    check_bytes(
+        f"{path} (shape {tuple(dims)} in its header)",
+        2.0 * expected,
+        "the file is truncated or corrupt (or not this dataset): re-download it",
+    )
+    return head + dims_raw + f.read(expected + 1)
 
 
 _IDX_FILES = (
@@ -519,7 +563,8 @@ def _find_idx_dir(name: str, data_dir: Path | None) -> tuple[dict[str, Path], li
     for root in _search_roots(data_dir, name):
         candidates.append(root)
         candidates.extend(root / sub for sub in _IDX_SUBDIRS[name])
-    candidates.extend(_IDX_SYSTEM_DIRS[name])
+    if data_dir is None:
+        candidates.extend(_IDX_SYSTEM_DIRS[name])
     for d in candidates:
         found: dict[str, Path] = {}
         for base in _IDX_FILES:
@@ -540,6 +585,7 @@ def _load_idx_dataset(name: str, data_dir: Path | None) -> _Raw:
             searched,
             "the four IDX files " + ", ".join(f"{b}[.gz]" for b in _IDX_FILES) + " in one folder",
             _IDX_HOWTO[name],
+            data_dir,
         )
     x_train = read_idx(files[_IDX_FILES[0]])
     y_train = read_idx(files[_IDX_FILES[1]]).astype(np.int64)
@@ -553,7 +599,8 @@ def _load_idx_dataset(name: str, data_dir: Path | None) -> _Raw:
             )
         _check_labels(y, 10, f"{name} {split} labels")
     names = FASHION_MNIST_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
-    return _Raw(x_train[:, None], y_train, x_test[:, None], y_test, 10, names)
+    read = tuple(str(files[b]) for b in _IDX_FILES)
+    return _Raw(x_train[:, None], y_train, x_test[:, None], y_test, 10, names, files=read)
 
 
 def _check_labels(y: np.ndarray, k: int, what: str) -> None:
@@ -578,6 +625,7 @@ def _find_folder(name: str, data_dir: Path | None, folder: str, marker: str) -> 
         searched,
         _LAYOUTS[name],
         _HOWTO[name],
+        data_dir,
     )
 
 
@@ -978,45 +1026,19 @@ def _load_npz(path: Path) -> _Raw:
 
 # ------------------------------------------------------------------------------ synthetic
 
-#: Keys of the ``synthetic:k=K,d=D,n=N,test=M`` spec: meaning, default and smallest value.
-SYNTHETIC_KEYS: dict[str, tuple[str, int, int]] = {
-    "k": ("classes", 10, 2),
-    "d": ("input dimension", 32, 1),
-    "n": ("training samples per class", 100, 1),
-    "test": ("test samples per class", 100, 1),
-}
 
+def _check_synthetic_size(spec: dict[str, int]) -> None:
+    """Classes and samples of a synthetic spec, bounded before anything is drawn."""
+    from nclab.limits import MAX_CLASSES, check_bytes, check_count
 
-def parse_synthetic(name: str) -> dict[str, int]:
-    """The keys given in ``synthetic`` or ``synthetic:k=5,d=48,n=100,test=20`` (validated).
-
-    ``ValueError`` naming the bad part and the accepted form; missing keys take the defaults of
-    :data:`SYNTHETIC_KEYS` (see :func:`synthetic_name`).
-    """
-    head, _, body = str(name).strip().partition(":")
-    form = "synthetic:k=K,d=D,n=N,test=M (any subset of the keys, e.g. synthetic:k=5,d=48,n=100)"
-    if head.lower() != "synthetic":
-        raise ValueError(f"{name!r} is not a synthetic dataset spec; use {form}")
-    given: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in body.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip().lower()
-        if not eq or key not in SYNTHETIC_KEYS or key in given:
-            raise ValueError(f"bad part {part!r} in dataset {name!r}; use {form}")
-        meaning, _, lowest = SYNTHETIC_KEYS[key]
-        text = value.strip()
-        if not text.isdigit() or int(text) < lowest:
-            raise ValueError(
-                f"{key} ({meaning}) must be an integer >= {lowest} in {name!r}, got {text!r}"
-            )
-        given[key] = int(text)
-    return given
-
-
-def synthetic_name(**keys: int) -> str:
-    """The full spec ``synthetic:k=..,d=..,n=..,test=..`` with defaults for the keys not given."""
-    values = {key: keys.get(key, default) for key, (_, default, _) in SYNTHETIC_KEYS.items()}
-    return "synthetic:" + ",".join(f"{key}={value}" for key, value in values.items())
+    check_count("synthetic k (classes)", int(spec["k"]), MAX_CLASSES, "NC statistics are K x K")
+    samples = int(spec["k"]) * (int(spec["n"]) + int(spec["test"]))
+    # float64 draws, then float32 tensors (raw, normalised): about 16 bytes per value
+    check_bytes(
+        f"synthetic data of {samples} samples x {spec['d']} dimensions",
+        16.0 * samples * int(spec["d"]),
+        "choose smaller k, n, test or d",
+    )
 
 
 def _make_synthetic(
@@ -1069,15 +1091,24 @@ def _load_digits(data_dir: Path | None) -> _Raw:
     ``data_dir``, else the file inside the installed scikit-learn."""
     from nclab import digits
 
-    path = None
     if data_dir is not None:
         path = data_dir / "digits.csv.gz"
         if not path.is_file():
-            raise _not_found("digits", [data_dir], "digits.csv.gz", digits.INSTALL_HINT)
+            how = f"copy sklearn/datasets/data/digits.csv.gz there, or {digits.INSTALL_HINT}"
+            raise _not_found("digits", [data_dir], "digits.csv.gz", how, data_dir)
+    else:
+        path = digits.find_digits_file()
     x_train, y_train, x_test, y_test = digits.load_digits_arrays(path)
     names = tuple(str(k) for k in range(10))
-    return _Raw(x_train, y_train, x_test, y_test, 10, names, scale=digits.SCALE)
+    return _Raw(x_train, y_train, x_test, y_test, 10, names, scale=digits.SCALE, files=(str(path),))
 
+
+_FOLDERS = {  # dataset -> (its folder, a file that marks it)
+    "cifar10": ("cifar-10-batches-py", "data_batch_1"),
+    "cifar100": ("cifar-100-python", "train"),
+    "stl10": ("stl10_binary", "train_X.bin"),
+    "tiny-imagenet": ("tiny-imagenet-200", "wnids.txt"),
+}
 
 _LAYOUTS = {
     "cifar10": "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (python pickles)",

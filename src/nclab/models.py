@@ -294,6 +294,7 @@ def build_model(
         raise ValueError(f"input_shape must be non-empty positive sizes, got {tuple(input_shape)}")
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
+    _check_size(str(name).lower(), int(num_classes), shape, width, depth)
     model = builder(int(num_classes), shape, width, depth, bool(bias))
     if feature_bn:
         model.body = nn.Sequential(model.body, nn.BatchNorm1d(model.feature_dim))
@@ -326,6 +327,43 @@ def simplex_etf_weight(num_classes: int, feature_dim: int) -> Tensor:
     u, _ = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))
     centre = torch.eye(k, dtype=torch.float64) - 1.0 / k
     return (math.sqrt(k / (k - 1)) * centre @ u.T).float()
+
+
+#: Parameters of a resnet per width², (11.2M, 21.3M, 23.5M at width 64).
+_RESNET_PARAMS_PER_WIDTH2 = {"resnet18": 2734, "resnet34": 5200, "resnet50": 5740}
+
+
+def _check_size(
+    name: str, k: int, shape: tuple[int, ...], width: int | None, depth: int | None
+) -> None:
+    """Bound width, depth and classes, and the parameters' memory, before building anything."""
+    from nclab.limits import MAX_CLASSES, MAX_DEPTH, MAX_WIDTH, check_bytes, check_count
+
+    check_count("num_classes", k, MAX_CLASSES, "NC statistics hold K x K matrices")
+    if width is not None and int(width) == width:
+        check_count("--width", int(width), MAX_WIDTH)
+    if depth is not None and int(depth) == depth:
+        check_count("--depth", int(depth), MAX_DEPTH)
+    if width is not None and int(width) != width or depth is not None and int(depth) != depth:
+        return  # the builders name the bad value
+    in_dim = math.prod(shape)
+    if name == "mlp":
+        w, d = width or 512, depth or 3
+        params = in_dim * w + (d - 1) * w * w + w * k
+    elif name == "cnn":
+        w, d = width or 32, depth or 4
+        chans = [shape[0], *(w * 2 ** min(i, 3) for i in range(d))]
+        params = sum(9 * a * b for a, b in zip(chans, chans[1:], strict=False)) + chans[-1] * k
+    else:
+        w = width or 64
+        params = _RESNET_PARAMS_PER_WIDTH2.get(name, 6000) * w * w + 8 * w * k
+    # float32 weights, gradients, momentum buffer and one spare copy (checkpoint state)
+    check_bytes(
+        f"model {name} (width {width or 'default'}, depth {depth or 'default'}, {params:.3g} "
+        "parameters)",
+        16.0 * params,
+        "choose a smaller --width or --depth",
+    )
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

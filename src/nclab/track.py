@@ -13,7 +13,7 @@ A researcher who trains with their own loop gets the same run directory as ``ncl
 
 and ``nclab report runs/my_ce runs/my_ls`` builds the report from it. The evaluation is the one
 ``nclab train`` runs (:class:`nclab.train.evaluate.Evaluator`), the files are written by the
-same atomic writers (:mod:`nclab.train.rundir`), so a row has the same keys and, for the same
+same atomic writers (:mod:`nclab.runs.files`), so a row has the same keys and, for the same
 weights and data, the same values as a row of ``nclab train``. See ``docs/integrations.md``.
 
 How the user's model is evaluated: the input of ``layer`` (the final ``nn.Linear``) is the
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import platform
 import socket
@@ -45,18 +46,10 @@ from nclab import __version__
 from nclab.hooks import capture
 from nclab.layers import resolve_taps
 from nclab.losses import get_loss
+from nclab.runs import lifecycle
+from nclab.runs.files import RunFiles, append_per_class, append_row, lock_directory, read_json
 from nclab.train.distributed import DistContext
 from nclab.train.evaluate import Evaluator
-from nclab.train.rundir import (
-    RunFiles,
-    append_per_class,
-    append_row,
-    atomic_write,
-    lock_directory,
-    read_json,
-    rewrite_rows,
-    write_json,
-)
 
 __all__ = ["NCTracker"]
 
@@ -213,7 +206,10 @@ class NCTracker:
             )
         if not any(m is layer for m in model.modules()):
             raise ValueError("layer is not a module of model; pass e.g. layer=model.fc")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+            raise TypeError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        num_classes = int(num_classes)  # numpy integers too
+        if num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if layer.out_features != num_classes:
             raise ValueError(
@@ -221,6 +217,8 @@ class NCTracker:
             )
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other; pick one")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
         self.loss_fn = get_loss(loss, num_classes, smoothing)  # raises on a bad loss or δ
         if isinstance(layers, str):
             layers = [layers]
@@ -257,6 +255,7 @@ class NCTracker:
         if self.layers:
             self.settings["nc_layers"] = ",".join(self.layers)
         self.files = RunFiles(Path(run_dir))
+        lifecycle.refuse_system_folder(self.files.root, "run_dir")
         self._check_run_dir(overwrite, resume)
         self.overwrite, self.resume = overwrite, resume
         self.tensorboard = tensorboard
@@ -267,17 +266,22 @@ class NCTracker:
         self._last: Any = None
         self._last_time = time.perf_counter()
         self._started = False
+        self._closed = False
         self._lock = contextlib.ExitStack()
         self.rows: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ run directory
 
     def _check_run_dir(self, overwrite: bool, resume: bool) -> None:
+        """Checked when the tracker is made and again once the folder is locked (another
+        tracker may have written a run there in between)."""
         root = self.files.root
         if root.exists() and not root.is_dir():
             raise FileExistsError(f"{root} exists and is not a directory; choose another run_dir")
         if overwrite:
+            lifecycle.check_overwritable(self.files, "overwrite=True")
             return
+        self.files.refuse_links()
         if not self.files.config.is_file():
             present = self.files.present()
             if present:
@@ -328,7 +332,12 @@ class NCTracker:
         if self._ctx.is_main:
             # one writer per run directory, as nclab train (released by close()/finish())
             self._lock.enter_context(lock_directory(self.files.root))
-            self._prepare_files(first_epoch, n_train, n_test, device)
+            try:
+                self._check_run_dir(self.overwrite, self.resume)  # again, now that it is ours
+                self._prepare_files(first_epoch, n_train, n_test, device, (x_train, y_train))
+            except BaseException:
+                self._lock.close()
+                raise
             if self.tensorboard:
                 from nclab.train.tensorboard import ScalarWriter
 
@@ -336,16 +345,18 @@ class NCTracker:
         self._ctx.barrier()
         self._started = True
 
-    def _prepare_files(self, first_epoch: int, n_train: int, n_test: int, device: Any) -> None:
+    def _prepare_files(
+        self, first_epoch: int, n_train: int, n_test: int, device: Any, data: tuple
+    ) -> None:
         files = self.files
-        files.root.mkdir(parents=True, exist_ok=True)
         previous = read_json(files.config) if self.resume and files.config.is_file() else {}
         if self.resume and previous:
-            for path in (files.done, files.summary, files.predictions):
-                path.unlink(missing_ok=True)
-            self.rows = rewrite_rows(files, first_epoch - 1)
+            self.rows = lifecycle.prepare_resume(files, first_epoch - 1)
         else:
-            files.clear()
+            lifecycle.prepare_fresh(files)
+        kept = previous.get("identity") if isinstance(previous.get("identity"), dict) else None
+        fingerprint = lifecycle.data_fingerprint({"x_train": data[0], "y_train": data[1]})
+        self.identity = lifecycle.new_identity(fingerprint, kept)
         doc = {
             **self.settings,
             "source": "nclab.track.NCTracker",
@@ -365,8 +376,9 @@ class NCTracker:
             },
             "hostname": socket.gethostname(),
             "start_time": previous.get("start_time", _now()),
+            "identity": self.identity,
         }
-        write_json(files.config, doc)
+        lifecycle.write_config(files, doc)
 
     # ------------------------------------------------------------------ per epoch
 
@@ -394,12 +406,18 @@ class NCTracker:
         ``train_loss``: ``nclab train`` logs the eval-mode loss over the training set) keeps the
         evaluated value, and yours is logged as ``user_<key>``. Returns the row (on every rank).
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 1:
             raise ValueError(f"epoch must be an integer >= 1, got {epoch!r}")
+        epoch = int(epoch)  # numpy integers too
         if self.rows and epoch <= int(self.rows[-1]["epoch"]):
             raise ValueError(
                 f"epoch {epoch} was already logged (last: {self.rows[-1]['epoch']}); "
                 "log increasing epochs"
+            )
+        if self._closed:
+            raise RuntimeError(
+                "this NCTracker was closed (finish() or close()); make a new one with "
+                "resume=True to continue the run"
             )
         if not self._started:
             self._start(epoch)
@@ -429,16 +447,14 @@ class NCTracker:
     def finish(self) -> None:
         """Write ``predictions.npz`` (test logits and labels of the last :meth:`log_epoch`'s
         evaluation, as ``nclab train`` writes those of its final model) and ``DONE``."""
+        if self._closed:
+            return  # finished (or closed) already: the folder may be another tracker's now
         if self._evaluator is None:
             raise RuntimeError("nothing was logged: call log_epoch at least once before finish")
         if self._ctx.is_main:
             logits = self._last.test_logits.float().numpy()
             labels = self._last.test_labels.long().numpy()
-            atomic_write(
-                self.files.predictions,
-                lambda f: np.savez(f, test_logits=logits, test_labels=labels),
-            )
-            atomic_write(self.files.done, lambda f: f.write(f"completed {_now()}\n".encode()))
+            lifecycle.write_outcome(self.files, logits=logits, labels=labels)
         self.close()
         self._ctx.barrier()
 
@@ -449,3 +465,4 @@ class NCTracker:
             self._writer.close()
             self._writer = None
         self._lock.close()
+        self._closed = self._started or self._closed

@@ -8,6 +8,7 @@ from typing import Any
 
 from nclab.commands.train import add_config_options
 from nclab.compare import PRESETS
+from nclab.executors import CLUSTERS, SlurmOptions, launchers
 
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
 TRAIN_PREFIX = "train_"
@@ -85,7 +86,7 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="J",
-        help="runs trained in parallel by spawned worker processes "
+        help="runs trained at once: spawned worker processes, or jobs of --slurm-cluster local "
         "(default: the preset's; quick/smoke: min(2, CPU count))",
     )
     parser.add_argument(
@@ -105,7 +106,7 @@ def add_launcher_options(parser: argparse.ArgumentParser) -> None:
     )
     cluster.add_argument(
         "--launcher",
-        choices=("local", "submitit"),
+        choices=launchers(),
         default="local",
         help="local: --jobs worker processes here; submitit: one SLURM job per run through "
         "submitit (pip install 'nclab[submitit]'), waited for, then the report",
@@ -130,17 +131,16 @@ def add_launcher_options(parser: argparse.ArgumentParser) -> None:
     )
     cluster.add_argument(
         "--slurm-cluster",
-        choices=("auto", "slurm", "local", "debug"),
+        choices=CLUSTERS,
         default="auto",
         help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
-        "(all jobs at once as processes on this machine, for a dry run), debug (in this process)",
+        "(the jobs as processes on this machine, --jobs at once, for a dry run), debug (in this "
+        "process)",
     )
 
 
-def slurm_options(args: argparse.Namespace) -> Any:
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     """The cluster options of :func:`add_launcher_options` as SlurmOptions."""
-    from nclab.launch import SlurmOptions
-
     return SlurmOptions(
         partition=args.slurm_partition,
         time_minutes=args.slurm_time,
@@ -160,8 +160,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print where the report is."""
-    from nclab.compare import CompareConfig, compare
-    from nclab.launch import comparison_commands
+    from nclab.compare import CompareConfig, compare, comparison_commands
 
     slurm = slurm_options(args)
     cfg = CompareConfig(
@@ -189,13 +188,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         result = compare(cfg)
-    except KeyboardInterrupt:
-        print(
-            "nclab compare: interrupted; every run keeps its last checkpoint: rerun the same "
-            "command to resume",
-            file=sys.stderr,
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
+        err.nclab_kept = (  # type: ignore[attr-defined]
+            "every run keeps its last checkpoint: rerun the same command to resume"
         )
-        return 130
+        raise
     if not args.quiet:
         print(f"done in {result.seconds:.1f} s")
         if result.report is not None:

@@ -23,18 +23,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: DIR/report for a single DIR; required for several)",
+        help="output directory (default: DIR/report for a single DIR, DIR-report beside a run "
+        "folder, which the report never writes into; required for several)",
     )
     parser.add_argument("--no-theory", action="store_true", help="skip the UFM theory panel")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
 
 
 def default_out(dirs: list[str], out: str | None) -> Path:
-    """Where the report goes: ``--out``, else ``DIR/report`` for a single DIR."""
+    """Where the report goes: ``--out``, else ``DIR/report`` for a single DIR (``DIR-report``
+    beside it when DIR is itself a run folder: the report never writes into one)."""
     if out is not None:
         return Path(out)
     if len(dirs) == 1:
-        return Path(dirs[0]) / "report"
+        from nclab.runs.files import RunFiles
+
+        one = Path(dirs[0])
+        files = RunFiles(one)
+        if files.config.is_file() or files.metrics.is_file():
+            return one.parent / f"{one.resolve().name}-report"
+        return one / "report"
     raise ValueError("several DIRs given: say where the report goes with --out")
 
 

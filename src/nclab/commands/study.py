@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study and print where the atlas is."""
-    from nclab.study import StudyConfig, load_grid, plan_cells, study
+    from nclab.study import StudyConfig, load_grid, study, study_commands
 
     if args.show_grid:
         import yaml
@@ -80,24 +80,26 @@ def run(args: argparse.Namespace) -> int:
         slurm=slurm_options(args),
     )
     if args.print_commands:
-        from nclab.launch import train_command
-
-        cells = plan_cells(load_grid(args.grid), args.out, seeds=args.seeds)
-        for cell in cells:
-            for r in cell.runs:
-                print(train_command(r))
+        commands, reused = study_commands(cfg)
+        for command in commands:
+            print(command)
+        if reused and not args.quiet:
+            print(f"# already complete, reused: {len(reused)} run(s)", file=sys.stderr)
         if not args.quiet:
-            print(f"# then: nclab study --grid {args.grid} --out {args.out}", file=sys.stderr)
+            print(
+                "# then: the same nclab study command without --print-commands writes the "
+                "cells' reports and the atlas",
+                file=sys.stderr,
+            )
         return 0
     try:
         result = study(cfg)
-    except KeyboardInterrupt:
-        print(
-            "nclab study: interrupted; every run keeps its last checkpoint: rerun the same "
-            "command to resume",
-            file=sys.stderr,
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
+        err.nclab_kept = (  # type: ignore[attr-defined]
+            "every run keeps its last checkpoint and every reported cell its report: rerun "
+            "the same command to resume"
         )
-        return 130
+        raise
     if not args.quiet:
         print(f"done in {result.seconds:.1f} s ({result.trained} run(s) trained)")
         print(f"atlas: {result.atlas.figures[0] if result.atlas.figures else result.atlas.html}")

@@ -21,8 +21,9 @@ DESCRIPTION = (
     "train/test loss and accuracy, test ECE and the neural-collapse metrics (NC1-NC4, CDNV, "
     "norms) of train and test features. Writes config.json, metrics.jsonl/.csv, "
     "checkpoints/last.pt, final.pt, predictions.npz and DONE to --out. Exit codes: 0 done, "
-    "2 bad input, 3 training diverged (NaN/Inf loss), 130 interrupted. Multi-GPU/multi-process: "
-    "launch with torchrun (see docs/training.md)."
+    "2 bad input, 3 training diverged (NaN/Inf loss), 130 interrupted (Ctrl-C), 143 SIGTERM, "
+    "129 SIGHUP (the last checkpoint is kept; a job requeued by SLURM resumes on its own). "
+    "Multi-GPU/multi-process: launch with torchrun (see docs/training.md)."
 )
 
 _EXPLICIT = "_explicit_options"
@@ -191,22 +192,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Train; print a one-line summary. Returns 0, or 3 when training diverged."""
+    from nclab.runs.lifecycle import environ_requeued as requeued
     from nclab.train import TrainingDivergedError, train
 
     config = config_from_args(args)
     out = args.out or default_out_dir(config)
+    resume, overwrite = args.resume, args.overwrite
+    if requeued():  # SLURM restarted the job after preempting it: continue where it stopped
+        resume, overwrite = True, False
     try:
-        result = train(config, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+        result = train(config, out, resume=resume, overwrite=overwrite, quiet=args.quiet)
     except TrainingDivergedError as err:
         print(f"nclab train: {err}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(
-            f"nclab train: interrupted; the last checkpoint is kept, continue with "
-            f"`nclab train --out {out} --resume`",
-            file=sys.stderr,
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
+        err.nclab_kept = (  # type: ignore[attr-defined]
+            f"the last checkpoint is kept, continue with `nclab train --out {out} --resume`"
         )
-        return 130
+        raise
     if not args.quiet:
         perfect = result.first_perfect_epoch
         print(_summary_line(result.out_dir, result.final, perfect, result.reused))

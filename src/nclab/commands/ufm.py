@@ -207,8 +207,15 @@ def _save(plt: Any, fig: Any, axes: Any, path: str, fontsize: int = 7) -> None:
     for ax in axes:
         ax.legend(fontsize=fontsize)
         ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from pathlib import Path
+
+    from nclab.runs.files import atomic_write
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    try:  # atomically: a full disk or a signal leaves the previous file, never a torn one
+        atomic_write(Path(path), lambda f: fig.savefig(f, dpi=120, format=fmt))
+    finally:
+        plt.close(fig)
 
 
 def _floor(values: Any, floor: float = 1e-17) -> Any:

@@ -145,7 +145,13 @@ def one_shot_accumulator(
             y = as_tensor(labels, "labels")
             if y.numel() == 0:
                 raise ValueError("labels are empty; pass at least one sample per class")
-            num_classes = int(y.max()) + 1
+            top = y.max()
+            if y.is_floating_point() and not bool(torch.isfinite(top)):
+                raise ValueError(
+                    f"labels must be integer class indices, got a {top.item()} label; pass class "
+                    "indices (or num_classes=K)"
+                )
+            num_classes = int(top) + 1
     # Features narrower than float64 (float32, float16, bfloat16) cannot under- or overflow
     # the float64 statistics (|x| <= 3.4e38, squares >= 1e-90): no scale, and no separate pass
     # over the features for the check, since NaN/Inf features make their class sums non-finite.

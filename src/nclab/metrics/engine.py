@@ -31,7 +31,7 @@ correctly / incorrectly classified samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -232,6 +232,13 @@ class NCAccumulator:
 
         Also accepts the centred form ``counts, sums, scatter, class_scatter`` (+ tallies).
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        missing = [key for key in ("num_classes", "dim", "counts") if key not in state]
+        if missing:
+            raise ValueError(
+                f"state lacks {', '.join(missing)}: pass the dict returned by state_dict()"
+            )
         if int(state["num_classes"]) != self.num_classes or int(state["dim"]) != self.dim:
             raise ValueError(
                 f"state is for K={state['num_classes']}, d={state['dim']} but this accumulator "

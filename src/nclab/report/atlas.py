@@ -69,6 +69,7 @@ class AtlasEntry:
     ci_high: float | None
     measure: str | None
     seeds: int | None
+    qualifier: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def atlas_rows(cells: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], str]]
                         ci_high=_float(d.get("ci_high")),
                         measure=None if d.get("measure") is None else str(d.get("measure")),
                         seeds=d.get("seeds_total"),
+                        qualifier=str(d.get("qualifier") or ""),
                     )
                 )
             rows.append(
@@ -208,9 +210,7 @@ def atlas_figure(rows: Sequence[AtlasRow], title: str = "") -> Figure | None:
                 word += " (ind.)"
             ax.text(j + 0.5, i + 0.36, word, ha="center", va="center", fontsize=7.5,
                     fontweight="bold", style="italic" if e.indicative else "normal")  # fmt: skip
-            detail = effect_text(e)
-            if not detail and "(" in e.verdict and e.status == UNDETERMINED:
-                detail = e.verdict[e.verdict.index("(") + 1 :].rstrip(")")
+            detail = e.qualifier if e.status == UNDETERMINED else effect_text(e)
             if detail:
                 ax.text(j + 0.5, i + 0.7, textwrap.shorten(detail, 34), ha="center",
                         va="center", fontsize=6.3)  # fmt: skip
@@ -255,7 +255,7 @@ def _md(text: str) -> str:
 def _cell_text(e: AtlasEntry | None) -> str:
     if e is None:
         return "–"
-    detail = effect_text(e)
+    detail = "" if e.status == UNDETERMINED else effect_text(e)
     return e.verdict + (f"; {detail}" if detail else "")
 
 

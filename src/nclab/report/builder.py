@@ -31,6 +31,8 @@ from nclab.report.render import render_html, render_markdown
 from nclab.report.runs import load_runs
 from nclab.report.summary import ReportSummary, summarize
 from nclab.report.theory import TheoryPanel, theory_panel
+from nclab.runs.files import atomic_write
+from nclab.runs.lifecycle import claim_output_folder
 
 __all__ = ["ReportResult", "build_report"]
 
@@ -104,29 +106,38 @@ def build_report(
     summary = summarize(runs, panel)
     if theory_warning:
         summary.warnings.append(theory_warning)
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[Path]] = {}
     # Plotting libraries' warnings (empty log axes, glyphs, layout) go to the report's warnings
     # list, not to the user's terminal.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for stem, fig in _figures(summary, panel).items():
-            if fig is not None:
-                written[stem] = save_figure(fig, out, stem)
+        figures = {stem: fig for stem, fig in _figures(summary, panel).items() if fig is not None}
+        names = [*_REPORT_FILES, *(f"{stem}.{ext}" for stem in figures for ext in ("png", "pdf"))]
+        # never into a run folder, never over a file nclab did not write (checked before any
+        # write; every file below is written atomically: a failure leaves the previous one)
+        claim_output_folder(out, names, [r.path for r in runs])
+        for stem, fig in figures.items():
+            written[stem] = save_figure(fig, out, stem)
     notes = dict.fromkeys(f"figures: {w.message}" for w in caught)
     summary.warnings.extend(notes)
     md = out / "summary.md"
-    md.write_text(render_markdown(summary, panel), encoding="utf-8")
+    _write_text(md, render_markdown(summary, panel))
     js = out / "summary.json"
     data = summary.as_dict()
     data["theory"] = panel.as_dict() if panel is not None else None
-    js.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
+    _write_text(js, json.dumps(data, indent=1, default=_json_default))
     page = out / "report.html"
     pngs = {stem: paths[0] for stem, paths in written.items()}
-    page.write_text(
-        render_html(summary, panel, pngs, {**FIGURES, **LAYER_FIGURES}), encoding="utf-8"
-    )
+    _write_text(page, render_html(summary, panel, pngs, {**FIGURES, **LAYER_FIGURES}))
     return ReportResult(out, page, md, js, written, summary, panel, [r.path for r in runs])
+
+
+_REPORT_FILES = ("summary.md", "summary.json", "report.html")
+
+
+def _write_text(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _json_default(value: object) -> object:

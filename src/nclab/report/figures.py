@@ -104,11 +104,14 @@ def set_value_scale(ax: Axes, values: np.ndarray) -> str:
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``stem.png`` (120 dpi) and ``stem.pdf``; returns both paths."""
+    """Write ``stem.png`` (120 dpi) and ``stem.pdf``, each atomically (a full disk or a signal
+    leaves the previous file, never a torn one); returns both paths."""
+    from nclab.runs.files import atomic_write
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=120)
-    fig.savefig(paths[1])
+    atomic_write(paths[0], lambda f: fig.savefig(f, format="png", dpi=120))
+    atomic_write(paths[1], lambda f: fig.savefig(f, format="pdf"))
     return paths
 
 

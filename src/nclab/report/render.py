@@ -131,9 +131,22 @@ def matched_table(m: MatchedComparison) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+_MD_SPECIAL = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]"}
+)
+
+
+def md_escape(text: object) -> str:
+    """A user-supplied string as inert Markdown text: HTML tags, links, code spans and table
+    separators are escaped, line breaks become spaces (config values, loss and folder names
+    and the warnings quoting them reach summary.md only through here)."""
+    flat = " ".join(str(text).replace("\\", "\\\\").split())
+    return flat.translate(_MD_SPECIAL)
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_escape, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -164,7 +177,7 @@ def render_markdown(summary: ReportSummary, theory: TheoryPanel | None) -> str:
     out = [
         "# CE vs label smoothing: summary",
         "",
-        _study_line(summary) + ".",
+        md_escape(_study_line(summary)) + ".",
         "",
         _md_table(header, rows),
         "",
@@ -179,16 +192,16 @@ def render_markdown(summary: ReportSummary, theory: TheoryPanel | None) -> str:
         "Evidence (every measure, deciding ones first):",
         "",
     ]
-    out += [f"- {v.line()}" for v in summary.verdicts]
+    out += [f"- {md_escape(v.line())}" for v in summary.verdicts]
     out += ["", "Verdict rules: docs/report.md.", ""]
     if summary.matched:
         out += ["## NC2 at matched NC1 (first crossing, seed means)", ""]
         for m in summary.matched:
             h, r = matched_table(m)
             if r:
-                out += [f"### {m.label} vs CE", "", _md_table(h, r), ""]
+                out += [f"### {md_escape(m.label)} vs CE", "", _md_table(h, r), ""]
             else:
-                out += [f"### {m.label} vs CE", "", "No NC1 range shared with CE.", ""]
+                out += [f"### {md_escape(m.label)} vs CE", "", "No NC1 range shared with CE.", ""]
     if theory is not None:
         out += ["## UFM closed form", "", _theory_text(theory), ""]
         h = ["δ", "regime", "logit gap", "p*", "κ_logit", "‖w_k‖", "‖h‖"]
@@ -210,7 +223,7 @@ def render_markdown(summary: ReportSummary, theory: TheoryPanel | None) -> str:
             out += ["### Conditioning at the UFM minimizer (claim (f))", "", HESSIAN_NOTE, ""]
             out += [_md_table(hh, hr), ""]
     if summary.warnings:
-        out += ["## Warnings", ""] + [f"- {w}" for w in summary.warnings] + [""]
+        out += ["## Warnings", ""] + [f"- {md_escape(w)}" for w in summary.warnings] + [""]
     return "\n".join(out)
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from nclab.data import read_npz
-from nclab.train.rundir import lock_holder, read_json, read_metrics
+from nclab.runs.files import RunFiles, lock_holder, read_json, read_metrics
+from nclab.runs.lifecycle import identity_key
 
 __all__ = [
     "GroupKey",
@@ -161,7 +162,8 @@ def _as_fraction(acc: np.ndarray) -> np.ndarray:
 
 def is_run_dir(path: Path) -> bool:
     """A run directory has both ``config.json`` and ``metrics.jsonl``."""
-    return (path / "config.json").is_file() and (path / "metrics.jsonl").is_file()
+    files = RunFiles(path)
+    return files.config.is_file() and files.metrics.is_file()
 
 
 def discover_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
@@ -180,7 +182,7 @@ def discover_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         if is_run_dir(path):
             found.append(path)
             continue
-        for metrics in sorted(path.rglob("metrics.jsonl")):
+        for metrics in sorted(path.rglob(RunFiles(path).metrics.name)):
             run = metrics.parent
             if REPORT_DIRNAME in run.relative_to(path).parts:
                 continue
@@ -202,12 +204,13 @@ def load_run(path: str | Path) -> RunData:
         raise FileNotFoundError(
             f"{path} is not a run directory (needs config.json and metrics.jsonl)"
         )
-    config = read_json(path / "config.json")
+    files = RunFiles(path)
+    config = read_json(files.config)
     if isinstance(config.get("config"), dict):  # {"config": {...}, "versions": {...}, ...}
         config = config["config"]
-    rows, warnings = read_metrics(path / "metrics.jsonl")
+    rows, warnings = read_metrics(files.metrics)
     logits = labels = None
-    pred_path = path / "predictions.npz"
+    pred_path = files.predictions
     if pred_path.is_file():
         preds = read_npz(pred_path, ("test_logits", "test_labels"))
         if "test_logits" in preds and "test_labels" in preds:
@@ -218,7 +221,7 @@ def load_run(path: str | Path) -> RunData:
                     f"{pred_path}: test_logits {logits.shape} and test_labels {labels.shape} do "
                     "not form (N, K) logits with N labels; the file is corrupt"
                 )
-    complete = (path / "DONE").exists()
+    complete = files.done.exists()
     holder = lock_holder(path)
     if holder is not None:
         warnings.append(
@@ -239,7 +242,7 @@ def _numeric(array: np.ndarray, dtype: type, path: Path) -> np.ndarray:
 def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
     """Discover and load runs; runs without any metric row are dropped. Raises
     FileNotFoundError when no run with metrics remains."""
-    runs = [load_run(p) for p in discover_run_dirs(paths)]
+    runs = _unique_runs([load_run(p) for p in discover_run_dirs(paths)])
     runs = [r for r in runs if r.rows]
     if not runs:
         raise FileNotFoundError(
@@ -247,6 +250,23 @@ def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
         )
     _refuse_mixed_datasets(runs)
     return sorted(runs, key=lambda r: (r.group, r.seed, r.name))
+
+
+def _unique_runs(runs: Sequence[RunData]) -> list[RunData]:
+    """One run per identity (:func:`nclab.runs.lifecycle.identity_key`): a copied folder
+    (``runs/ce_seed0.bak``) is the same run, counted once (the first path in sort order) and
+    named in a warning, never a second seed."""
+    kept: dict[str, RunData] = {}
+    for run in sorted(runs, key=lambda r: str(r.path)):
+        key = identity_key(run.path, run.config)
+        first = kept.get(key)
+        if first is None:
+            kept[key] = run
+        else:
+            first.warnings.append(
+                f"{run.path} is a copy of {first.path} (the same run identity); it is counted once"
+            )
+    return list(kept.values())
 
 
 def _refuse_mixed_datasets(runs: Sequence[RunData]) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nclab.train.config import SCHEDULERS, TrainConfig, config_from_dict, load_config_file
 
 if TYPE_CHECKING:
+    from nclab.runs.files import RunFiles, read_metrics, read_rows
     from nclab.train.loop import (
         RunResult,
         TrainingDivergedError,
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
         train,
         ufm_penalty,
     )
-    from nclab.train.rundir import RunFiles, read_metrics, read_rows
 
 __all__ = [
     "SCHEDULERS",
@@ -60,9 +60,9 @@ _LAZY = {
     "read_checkpoint": "nclab.train.loop",
     "train": "nclab.train.loop",
     "ufm_penalty": "nclab.train.loop",
-    "RunFiles": "nclab.train.rundir",
-    "read_metrics": "nclab.train.rundir",
-    "read_rows": "nclab.train.rundir",
+    "RunFiles": "nclab.runs.files",
+    "read_metrics": "nclab.runs.files",
+    "read_rows": "nclab.runs.files",
 }
 
 

@@ -4,8 +4,8 @@ Each field is declared with :func:`option`, which stores an :class:`Option` (hel
 choices, and the field's role: identity, knob, per-run) in the field's metadata; the
 ``nclab train``/``nclab compare`` parsers and the rules of resume (:data:`COMPARABLE_EXCEPT`),
 compare (:data:`PER_RUN_FIELDS`) and the report (:data:`SETTING_FIELDS`) are derived from it.
-This module imports no heavy library at import time (torch, numpy), so ``--help`` is quick; the
-checks against the loss registry import it lazily, inside :meth:`TrainConfig.validate`.
+This module imports no heavy library (torch, numpy), neither to build ``--help`` nor to
+validate a config: names, a loss with its δ and dataset specs are checked by :mod:`nclab.names`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from nclab.names import (
     LOSSES,
     MODELS,
     SCHEDULERS,
+    check_loss,
+    parse_synthetic,
+    synthetic_name,
 )
 
 __all__ = [
@@ -359,6 +362,11 @@ class TrainConfig:
             if value is not None:
                 _positive_int(name, value)
         _check_conditions(self)
+        from nclab.limits import MAX_DEPTH, MAX_WIDTH, check_count
+
+        for name, limit in (("width", MAX_WIDTH), ("depth", MAX_DEPTH)):
+            if getattr(self, name) is not None:  # before anything is built or read
+                check_count(name, int(getattr(self, name)), limit)
         _finite("lr", self.lr, positive=True)
         _finite("momentum", self.momentum)
         if not 0.0 <= self.momentum < 1.0:
@@ -453,8 +461,6 @@ def _dataset_spec(dataset: str, aliases: dict[str, int | None]) -> str:
     name = str(dataset)
     if not name.strip().lower().startswith("synthetic"):
         return name
-    from nclab.data import parse_synthetic, synthetic_name
-
     spec = parse_synthetic(name)
     for alias, value in aliases.items():
         if value is None:
@@ -473,8 +479,6 @@ def _dataset_spec(dataset: str, aliases: dict[str, int | None]) -> str:
 
 
 def _check_names(cfg: TrainConfig) -> None:
-    from nclab.losses import get_loss
-
     name = str(cfg.dataset)
     if not (name.lower() in DATASETS or name.startswith(("npz:", "synthetic:"))):
         raise ValueError(
@@ -484,7 +488,7 @@ def _check_names(cfg: TrainConfig) -> None:
     if str(cfg.model).lower() not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; available models: {', '.join(MODELS)}")
     _finite("smoothing", cfg.smoothing)
-    get_loss(cfg.loss, 10, cfg.smoothing)  # raises on a bad loss/δ
+    check_loss(cfg.loss, cfg.smoothing)
     if cfg.device not in DEVICES:
         raise ValueError(f"unknown device {cfg.device!r}; use one of {', '.join(DEVICES)}")
 
@@ -602,25 +606,104 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def _bounded_int(text: str) -> int:
+    from nclab.limits import MAX_INT_DIGITS
+
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits exceeds the limit of {MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number an option accepts")
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses more than ``MAX_YAML_ALIASES`` aliases or nesting deeper
+    than ``MAX_YAML_DEPTH`` while parsing (an alias bomb is refused at once, never expanded)."""
+    import yaml
+
+    from nclab.limits import MAX_YAML_ALIASES, MAX_YAML_DEPTH
+
+    class _Bounded(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: ANN401
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise ValueError(
+                        f"it uses more than {MAX_YAML_ALIASES} YAML aliases (*name); write the "
+                        "options out"
+                    )
+            depth = len(getattr(self, "_nclab_stack", ()))
+            if depth > MAX_YAML_DEPTH:
+                raise ValueError(f"it nests deeper than {MAX_YAML_DEPTH} levels")
+            self.__dict__.setdefault("_nclab_stack", []).append(parent)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._nclab_stack.pop()
+
+    loader = _Bounded(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise ValueError(" ".join(str(err).split())) from None
+    finally:
+        loader.dispose()
+
+
+def _check_nesting(data: Any) -> None:
+    """Refuse nesting deeper than ``MAX_YAML_DEPTH`` and more than ``MAX_CONFIG_VALUES`` values
+    once aliases are expanded (counted with shared parts once, so a bomb is never walked)."""
+    from nclab.limits import MAX_CONFIG_VALUES, MAX_YAML_DEPTH
+
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise ValueError(f"it nests deeper than {MAX_YAML_DEPTH} levels")
+        if not isinstance(node, dict | list):
+            return 1
+        if id(node) not in sizes:
+            children = node.values() if isinstance(node, dict) else node
+            sizes[id(node)] = 1 + sum(size(c, depth + 1) for c in children)
+            if sizes[id(node)] > MAX_CONFIG_VALUES:
+                raise ValueError(
+                    f"it holds more than {MAX_CONFIG_VALUES} values once its aliases are "
+                    "expanded; a file of options needs far fewer"
+                )
+        return sizes[id(node)]
+
+    size(data, 0)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping of options. A run directory's ``config.json`` works too
     (its option keys are used; the recorded versions, host etc. are ignored)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
+    from nclab.limits import MAX_CONFIG_BYTES
+
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"config file {path} is {size} bytes, more than the limit {MAX_CONFIG_BYTES} for a "
+            "file of options; pass a config file of options"
+        )
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
         else:
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as err:
-                raise ValueError(" ".join(str(err).split())) from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, YAML syntax
+            data = _load_yaml(text)
+        _check_nesting(data)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, YAML syntax, limits
         raise ValueError(f"config file {path} cannot be parsed: {err}") from None
+    except RecursionError:
+        raise ValueError(f"config file {path} cannot be parsed: it is nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

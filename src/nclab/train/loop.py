@@ -35,11 +35,8 @@ from nclab.data import DataBundle, augment_batch, class_balanced_indices, load_d
 from nclab.layers import resolve_taps
 from nclab.losses import get_loss
 from nclab.models import build_model, count_parameters
-from nclab.train.config import TrainConfig, config_differences
-from nclab.train.distributed import DistContext, setup_distributed
-from nclab.train.evaluate import EvalResult, Evaluator, NonFiniteFeaturesError
-from nclab.train.progress import Progress
-from nclab.train.rundir import (
+from nclab.runs import lifecycle
+from nclab.runs.files import (
     RunFiles,
     append_per_class,
     append_row,
@@ -48,9 +45,13 @@ from nclab.train.rundir import (
     read_json,
     read_metrics,
     read_rows,
-    rewrite_rows,
     write_json,
 )
+from nclab.runs.lifecycle import RunState
+from nclab.train.config import TrainConfig, config_differences
+from nclab.train.distributed import DistContext, setup_distributed
+from nclab.train.evaluate import EvalResult, Evaluator, NonFiniteFeaturesError
+from nclab.train.progress import Progress
 
 __all__ = [
     "RunResult",
@@ -132,7 +133,7 @@ class RunResult:
     @property
     def first_perfect_epoch(self) -> int | None:
         """First evaluated epoch with 100% training accuracy (None if never reached)."""
-        return _first_perfect_epoch(self.rows)
+        return lifecycle.first_perfect_epoch(self.rows)
 
 
 # ------------------------------------------------------------------------------ schedule, data
@@ -292,10 +293,9 @@ class _Plan:
     """What to do with the run directory: start fresh, resume, or return a finished run.
     ``state`` is the checkpoint to resume from (already read and checked)."""
 
-    action: str  # "fresh" | "resume" | "done"
+    action: RunState  # NEW (start fresh), RESUME or DONE
     checkpoint_epoch: int = 0
     saved: dict[str, Any] | None = None
-    clear: bool = False
     state: dict[str, Any] | None = None
 
 
@@ -349,34 +349,29 @@ def _load_failure(err: Exception) -> str:
     return f"{type(err).__name__}: {reason[:160]}"
 
 
-def _refuse_unknown_files(files: RunFiles) -> None:
-    """A directory holding run files without a readable ``config.json`` is not empty."""
-    present = files.present()
-    if present:
-        names = ", ".join(str(p.relative_to(files.root)) for p in present)
-        raise FileExistsError(
-            f"{files.root} holds run files ({names}) but no config.json; it is not an empty "
-            "directory: pass --overwrite to discard them, or choose another --out"
-        )
-
-
 def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -> _Plan:
     """Decide how to start, reading and checking everything a resume needs (read-only, so
     every DDP rank reaches the same decision and a refusal changes no file)."""
     if files.root.exists() and not files.root.is_dir():
         raise FileExistsError(f"{files.root} exists and is not a directory; choose another --out")
     if overwrite:
-        return _Plan("fresh", clear=True)
-    if not files.config.is_file():
-        _refuse_unknown_files(files)
-        return _Plan("fresh", clear=True)
-    saved = read_json(files.config)
-    diffs = config_differences(saved, config)
+        lifecycle.check_overwritable(files)
+        return _Plan(RunState.NEW)
+    state_now, diffs, saved = lifecycle.inspect(
+        files, lambda saved: config_differences(saved, config), config.epochs
+    )
+    if state_now is RunState.NEW:
+        return _Plan(RunState.NEW)
+    if saved is None:  # run files without a config
+        raise FileExistsError(
+            f"{files.root} holds {diffs[0]}; it is not an empty directory: pass --overwrite to "
+            "discard them, or choose another --out"
+        )
     done = files.done.is_file()
     same_epochs = int(saved.get("epochs", -1)) == config.epochs
     if not resume:
-        if not diffs and done and same_epochs:
-            return _Plan("done", config.epochs, saved)
+        if state_now is RunState.DONE:
+            return _Plan(RunState.DONE, config.epochs, saved)
         what = f"a different config ({'; '.join(diffs)})" if diffs else "a run"
         if not diffs and not same_epochs:
             what = f"a run of {saved.get('epochs')} epochs"
@@ -394,14 +389,17 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
     read_metrics(files.metrics)  # a malformed line that is not the last: refuse before any change
     read_metrics(files.per_class)
     if done and ckpt == 0 and same_epochs:
-        return _Plan("done", config.epochs, saved)
+        return _Plan(RunState.DONE, config.epochs, saved)
     if ckpt > config.epochs:
         raise ValueError(
             f"cannot resume {files.root} with --epochs {config.epochs}: it has already trained "
             f"{ckpt} epochs; pass --epochs >= {ckpt}"
         )
+    if state is not None:
+        _check_checkpoint_belongs(files, state, saved, config)
+        lifecycle.check_metrics_cover(files, ckpt, config.eval_every)
     if done and ckpt == config.epochs:
-        return _Plan("done", config.epochs, saved)
+        return _Plan(RunState.DONE, config.epochs, saved)
     if ckpt == 0 and (done or files.final.exists()):
         raise ValueError(
             f"cannot resume {files.root}: it holds a finished run but its checkpoint "
@@ -409,22 +407,44 @@ def _plan(files: RunFiles, config: TrainConfig, resume: bool, overwrite: bool) -
             "over"
         )
     if ckpt == 0:  # stopped before its first checkpoint: nothing to resume from
-        return _Plan("fresh", saved=saved, clear=True)
-    return _Plan("resume", ckpt, saved, state=state)
+        return _Plan(RunState.NEW, saved=saved)
+    return _Plan(RunState.RESUME, ckpt, saved, state=state)
+
+
+def _check_checkpoint_belongs(
+    files: RunFiles, state: dict[str, Any], saved: dict[str, Any], config: TrainConfig
+) -> None:
+    """A checkpoint copied from another run (other run id, or another config) is refused,
+    naming what differs."""
+    ident = saved.get("identity") if isinstance(saved.get("identity"), dict) else {}
+    mine, theirs = ident.get("run_id"), state.get("run_id")
+    if mine and theirs != mine:
+        raise ValueError(
+            f"cannot resume {files.root}: {files.checkpoint} belongs to another run (run id "
+            f"{theirs or 'none'}, this run {mine}); restore this run's checkpoint or start over "
+            "with --overwrite"
+        )
+    ckpt_config = state.get("config")
+    if isinstance(ckpt_config, dict):
+        try:
+            differs = config_differences(ckpt_config, config)
+        except (TypeError, ValueError, AttributeError):
+            differs = ["its config is unreadable"]
+        if differs:
+            raise ValueError(
+                f"cannot resume {files.root}: {files.checkpoint} was written by a run with "
+                f"another config ({'; '.join(differs)}); restore this run's checkpoint or start "
+                "over with --overwrite"
+            )
 
 
 def _apply_plan(files: RunFiles, plan: _Plan) -> None:
-    """Rank 0: clear an old run or cut the metrics log back to the checkpoint, and remove the
-    temporary files of a killed writer (the directory is locked: no writer is running)."""
-    files.root.mkdir(parents=True, exist_ok=True)
-    for tmp in files.temporaries():
-        tmp.unlink(missing_ok=True)
-    if plan.clear:
-        files.clear()
-    if plan.action == "resume":
-        for path in (files.done, files.summary, files.final, files.predictions):
-            path.unlink(missing_ok=True)
-        rewrite_rows(files, plan.checkpoint_epoch)
+    """Rank 0: clear an old run (only files nclab wrote) or cut the logs back to the
+    checkpoint (the directory is locked: no writer is running)."""
+    if plan.action is RunState.RESUME:
+        lifecycle.prepare_resume(files, plan.checkpoint_epoch)
+    else:
+        lifecycle.prepare_fresh(files)
 
 
 def _finished_result(files: RunFiles, config: TrainConfig) -> RunResult:
@@ -461,6 +481,8 @@ class _Run:
     scalars: Any = None  # nclab.train.tensorboard.ScalarWriter with --tensorboard (rank 0)
     last_eval: EvalResult | None = None
     checkpoint_epoch: int = 0  # epoch of the last good checkpoint written or resumed from
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # the data's identity
+    run_id: str = ""  # identity["run_id"] of config.json (set when it is written)
     timings: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -494,6 +516,7 @@ def train(
 
         require_tensorboard()  # before any file changes
     files = RunFiles(Path(out_dir))
+    lifecycle.refuse_system_folder(files.root)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _resolve_device(config.device, local_rank)
     if config.bf16 and device.type != "cuda":
@@ -519,11 +542,11 @@ def _train(
     # Transaction: read and check everything (config, metrics log, checkpoint, dataset, model)
     # first; the run directory changes only once all of it passed.
     plan = _plan(files, config, resume, overwrite)
-    if plan.action == "done":
+    if plan.action is RunState.DONE:
         return _finished_result(files, config)
     run = _build(config, files, ctx, device)
     start = 0
-    if plan.action == "resume":
+    if plan.action is RunState.RESUME:
         start = _restore(run, plan)
     ctx.barrier()  # every rank has read the directory before rank 0 changes it
     if ctx.is_main:
@@ -535,7 +558,7 @@ def _train(
     if config.tensorboard and ctx.is_main:
         from nclab.train.tensorboard import ScalarWriter
 
-        run.scalars = ScalarWriter(files.root, fresh=plan.action == "fresh")
+        run.scalars = ScalarWriter(files.root, fresh=plan.action is RunState.NEW)
     try:
         if start:
             run.progress.message(f"resuming {files.root} after epoch {start}")
@@ -644,6 +667,14 @@ def _build(config: TrainConfig, files: RunFiles, ctx: DistContext, device: torch
         x_train=x_train,
         y_train=y_train,
         ufm=_ufm_prediction(config, data),
+        fingerprint=lifecycle.data_fingerprint(
+            {
+                "x_train": data.x_train,
+                "y_train": data.y_train,
+                "x_test": data.x_test,
+                "y_test": data.y_test,
+            }
+        ),
     )
 
 
@@ -836,6 +867,7 @@ def _save_checkpoint(run: _Run, epoch: int) -> None:
         "config": run.config.to_dict(),
         "num_classes": run.data.num_classes,
         "input_shape": list(run.data.input_shape),
+        "run_id": run.run_id,
     }
     atomic_write(run.files.checkpoint, lambda f: torch.save(state, f))
     run.checkpoint_epoch = epoch
@@ -854,6 +886,7 @@ def _restore(run: _Run, plan: _Plan) -> int:
         "input_shape": list(data.input_shape),
     }
     differs = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items() if saved.get(k, v) != v]
+    differs += lifecycle.identity_differences(saved.get("identity"), run.fingerprint)
     if differs:
         raise ValueError(
             f"cannot resume {run.files.root}: the dataset differs from the one it was trained on "
@@ -921,8 +954,11 @@ def _now() -> str:
 def _write_config(run: _Run, plan: _Plan, start: int) -> None:
     config, data = run.config, run.data
     previous = plan.saved or {}
-    resumed = list(previous.get("resumed", [])) if plan.action == "resume" else []
-    if plan.action == "resume":
+    kept = previous.get("identity") if plan.action is RunState.RESUME else None
+    identity = lifecycle.new_identity(run.fingerprint, kept if isinstance(kept, dict) else None)
+    run.run_id = identity["run_id"]
+    resumed = list(previous.get("resumed", [])) if plan.action is RunState.RESUME else []
+    if plan.action is RunState.RESUME:
         resumed.append({"after_epoch": start, "time": _now(), "epochs": config.epochs})
     doc: dict[str, Any] = {
         **config.to_dict(),
@@ -945,21 +981,17 @@ def _write_config(run: _Run, plan: _Plan, start: int) -> None:
         "num_parameters": count_parameters(run.model),
         "versions": _versions(),
         "hostname": socket.gethostname(),
-        "start_time": previous.get("start_time", _now()) if plan.action == "resume" else _now(),
+        "start_time": previous.get("start_time", _now())
+        if plan.action is RunState.RESUME
+        else _now(),
         "resumed": resumed,
+        "identity": {**identity, "data_files": list(getattr(data, "files", ()) or ())},
     }
     if run.ufm is not None:
         doc["ufm"] = run.ufm
         doc["ufm_w_norm"] = run.ufm["w_norm"]
         doc["ufm_h_norm"] = run.ufm["h_norm"]
     write_json(run.files.config, doc)
-
-
-def _first_perfect_epoch(rows: list[dict[str, Any]]) -> int | None:
-    for row in rows:
-        if row.get("train_acc") is not None and row["train_acc"] >= 1.0:
-            return int(row["epoch"])
-    return None
 
 
 def _finish(run: _Run, start: int) -> RunResult:
@@ -977,24 +1009,25 @@ def _finish(run: _Run, start: int) -> RunResult:
             "input_shape": list(run.data.input_shape),
             "epoch": config.epochs,
         }
-        atomic_write(files.final, lambda f: torch.save(final_state, f))
         logits = run.last_eval.test_logits.float().numpy()
         labels = run.last_eval.test_labels.long().numpy()
-        atomic_write(
-            files.predictions, lambda f: np.savez(f, test_logits=logits, test_labels=labels)
-        )
         summary = {
             "completed": True,
             "epochs": config.epochs,
-            "first_epoch_train_acc_100": _first_perfect_epoch(rows),
+            "first_epoch_train_acc_100": lifecycle.first_perfect_epoch(rows),
             "final": rows[-1] if rows else {},
             "seconds_total": sum(float(r.get("seconds") or 0.0) for r in rows),
             "finished": _now(),
         }
         if run.ufm is not None:
             summary["ufm"] = run.ufm
-        write_json(files.summary, summary)
-        atomic_write(files.done, lambda f: f.write(f"completed {_now()}\n".encode()))
+        lifecycle.write_outcome(
+            files,
+            logits=logits,
+            labels=labels,
+            summary=summary,
+            final=lambda f: torch.save(final_state, f),
+        )
         run.progress.message(f"done: {files.root}")
     run.ctx.barrier()
     return RunResult(files.root, config, rows, True, start, False, summary, run.timings)

@@ -45,7 +45,7 @@ class ScalarWriter:
 
         if fresh:
             for old in Path(log_dir).glob(EVENTS_PREFIX + "*"):
-                if old.is_file():
+                if old.is_file() and not old.is_symlink():  # never through a link
                     old.unlink()
 
         self._writer = SummaryWriter(log_dir=str(log_dir))

@@ -134,6 +134,12 @@ class UFMProblem:
     def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Views ``(W (K,d), H (d,N), b (K,))`` into a flat vector (numpy or torch)."""
         K, d, N = self.num_classes, int(self.dim), self.num_samples
+        shape = tuple(getattr(x, "shape", ()))
+        if shape != (self.num_params,):
+            raise ValueError(
+                f"x must be the packed point of shape ({self.num_params},) = K·d + d·N + K for "
+                f"K={K}, d={d}, N={N} (see UFMProblem.pack), got shape {shape}"
+            )
         W = x[: K * d].reshape(K, d)
         H = x[K * d : K * d + d * N].reshape(d, N)
         b = x[K * d + d * N :]

@@ -9,6 +9,7 @@ Histories record the objective ``f``, its gap to the closed-form minimum ``f*`` 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -203,6 +204,24 @@ class _History:
         return out
 
 
+def _check_int(name: str, value: object, lowest: int) -> None:
+    """``TypeError``/``ValueError`` naming ``name`` unless ``value`` is an integer >= ``lowest``
+    (numpy integers included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            value = int(value)  # type: ignore[arg-type]
+        else:
+            raise TypeError(f"{name} must be an integer >= {lowest} (got {value!r})")
+    if int(value) < lowest:  # type: ignore[call-overload]
+        raise ValueError(f"{name} must be an integer >= {lowest} (got {value!r})")
+
+
+def _check_real(name: str, value: object) -> None:
+    """``TypeError`` naming ``name`` unless ``value`` is a real number (numpy scalars too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (got {type(value).__name__} {value!r})")
+
+
 def _start(
     problem: UFMProblem,
     max_iters: int,
@@ -216,8 +235,10 @@ def _start(
     history with its row for iteration 0."""
     cf = closed_form(problem)
     problem.require_etf_dim()
-    if int(max_iters) != max_iters or max_iters < 0:
-        raise ValueError(f"max_iters must be a non-negative integer (got {max_iters!r})")
+    _check_int("max_iters", max_iters, 0)
+    _check_int("seed", seed, 0)
+    _check_int("record_every", record_every, 1)
+    _check_real("init_scale", init_scale)
     x = problem.random_init(seed, init_scale) if x0 is None else np.array(x0, dtype=np.float64)
     if x.shape != (problem.num_params,):
         raise ValueError(f"x0 must have shape ({problem.num_params},), got {x.shape}")
@@ -296,6 +317,7 @@ def solve_gd(
     iterations and at the end.  ``ValueError`` if the iterates diverge (reduce ``lr``).
     """
     problem = as_problem(problem, problem_fields)
+    _check_real("lr", lr)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0 (got {lr!r})")
     t0 = time.perf_counter()
@@ -478,6 +500,13 @@ def convergence(
     base = as_problem(problem, problem_fields)
     if not smoothings:
         raise ValueError("smoothings is empty; pass e.g. (0.0, 0.1)")
+    if isinstance(smoothings, str | bytes):
+        raise TypeError(
+            f"smoothings must be a sequence of numbers, e.g. (0.0, 0.1); got {smoothings!r}"
+        )
+    for delta in smoothings:
+        _check_real("smoothings", delta)
+    _check_real("lr", lr)
     if int(max_iters) != max_iters or max_iters < 1:
         raise ValueError(f"max_iters must be a positive integer (got {max_iters!r})")
     x_init = base.random_init(seed, init_scale)
