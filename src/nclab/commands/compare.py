@@ -79,7 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
 
 
-def add_worker_options(parser: argparse.ArgumentParser) -> None:
+def add_worker_options(
+    parser: argparse.ArgumentParser,
+    jobs_default: str = "the preset's; quick/smoke: min(2, CPU count)",
+) -> None:
     """--jobs and --threads (shared by `nclab compare` and `nclab study`)."""
     parser.add_argument(
         "--jobs",
@@ -87,7 +90,7 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="J",
         help="runs trained at once: spawned worker processes, or jobs of --slurm-cluster local "
-        "(default: the preset's; quick/smoke: min(2, CPU count))",
+        f"(default: {jobs_default})",
     )
     parser.add_argument(
         "--threads",
@@ -98,7 +101,9 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_launcher_options(parser: argparse.ArgumentParser) -> None:
+def add_launcher_options(
+    parser: argparse.ArgumentParser, then: str = "`nclab report OUT` collects the results"
+) -> None:
     """The launcher/cluster group: --launcher, --print-commands, --slurm-* (shared by `nclab
     compare` and `nclab study`)."""
     cluster = parser.add_argument_group(
@@ -115,7 +120,7 @@ def add_launcher_options(parser: argparse.ArgumentParser) -> None:
         "--print-commands",
         action="store_true",
         help="print one `nclab train` command per run still to train, for any scheduler, and "
-        "exit; then `nclab report OUT` collects the results",
+        f"exit; then {then}",
     )
     cluster.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
     cluster.add_argument(

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds of every cell (default: the grid's; 3 or more make verdicts more than "
         "indicative)",
     )
-    add_worker_options(parser)
+    add_worker_options(parser, "the grid's; default and smoke: min(2, CPU count), paper: 1")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -55,7 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the grid as YAML (a starting point for your own grid file) and exit",
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    add_launcher_options(parser)
+    add_launcher_options(
+        parser,
+        "the same nclab study command writes the cells' reports and the atlas from the "
+        "finished runs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
