@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from nclab.conditions import imbalanced_counts, imbalanced_indices, noisy_labels
+from nclab.config import config_differences
 from nclab.data import class_balanced_indices, load_dataset
 from nclab.metrics import NCAccumulator, nc_metrics
 from nclab.train import TrainConfig, config_from_dict, load_model, train
-from nclab.train.config import config_differences
 
 SYNTH = "synthetic:k=5,d=24,n=80,test=20"
 

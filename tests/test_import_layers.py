@@ -129,7 +129,7 @@ def test_no_import_cycle_among_nclabs_modules():
 def test_validating_options_imports_neither_torch_nor_numpy():
     code = (
         "import sys\n"
-        "from nclab.train import TrainConfig\n"
+        "from nclab.config import TrainConfig\n"
         "TrainConfig(dataset='synthetic:k=3,d=4', loss='ls', smoothing=0.1).validate()\n"
         "TrainConfig(dataset='fashion-mnist', model='resnet18', loss='focal')\n"
         "for bad in ({'loss': 'hinge'}, {'loss': 'ce', 'smoothing': 0.1},"

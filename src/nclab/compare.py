@@ -29,16 +29,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nclab.executors import Resources, SlurmOptions, Task, create, launchers
-from nclab.executors.commands import CommandsExecutor
-from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
-from nclab.train.config import (
+from nclab.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
     PER_RUN_FIELDS,
     TrainConfig,
     config_differences,
 )
+from nclab.executors import Resources, SlurmOptions, Task, create, launchers
+from nclab.executors.commands import CommandsExecutor
+from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult

@@ -3,7 +3,7 @@
 
 The registries themselves (:data:`nclab.data.DATASETS`, :data:`nclab.models.MODELS`,
 :data:`nclab.losses.LOSSES`) import torch; ``tests/test_help.py`` checks that they hold exactly
-these names, in this order.  The training options' choices (:mod:`nclab.train.config`) and
+these names, in this order.  The training options' choices (:mod:`nclab.config`) and
 therefore the ``nclab train`` / ``nclab compare`` parsers come from here, and so do the checks
 of a loss name with its δ (:func:`check_loss`) and of a ``synthetic:...`` dataset spec
 (:func:`parse_synthetic`), which the option schema runs without building a loss or a dataset.

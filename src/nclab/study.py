@@ -44,10 +44,7 @@ from nclab.compare import (
     run_name,
     validate_smoothings,
 )
-from nclab.executors import Resources, SlurmOptions, create, launchers
-from nclab.executors.commands import CommandsExecutor
-from nclab.runs import RunState, atomic_write, lifecycle, lock_directory, read_json
-from nclab.train.config import (
+from nclab.config import (
     MAX_SEED,
     PER_RUN_FIELDS,
     TrainConfig,
@@ -55,6 +52,9 @@ from nclab.train.config import (
     load_config_file,
     options,
 )
+from nclab.executors import Resources, SlurmOptions, create, launchers
+from nclab.executors.commands import CommandsExecutor
+from nclab.runs import RunState, atomic_write, lifecycle, lock_directory, read_json
 
 __all__ = [
     "GRIDS",
@@ -378,7 +378,7 @@ def grid_from_dict(data: Any, source: str = "<dict>") -> Grid:
 
 def load_grid(spec: str | Path | Grid) -> Grid:
     """A named grid (:data:`GRIDS`) or a YAML/JSON grid file (read with the bounded loader of
-    option files, :func:`nclab.train.config.load_config_file`)."""
+    option files, :func:`nclab.config.load_config_file`)."""
     if isinstance(spec, Grid):
         return spec
     text = str(spec)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.train.config import SYNTHETIC_ALIASES, TrainConfig, options
+from nclab.config import SYNTHETIC_ALIASES, TrainConfig, options
 
 HELP = "Train one classifier with per-epoch neural-collapse tracking."
 DESCRIPTION = (
@@ -94,7 +94,7 @@ def add_config_options(
     group: argparse._ArgumentGroup, *, prefix: str = "", defaults: bool = True
 ) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
-    (:func:`nclab.train.config.options`): help, placeholder, choices (listed in the help;
+    (:func:`nclab.config.options`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
     ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options.
@@ -170,7 +170,7 @@ def default_out_dir(config: TrainConfig) -> str:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the --config file (if any) with explicitly given options on top."""
-    from nclab.train.config import config_from_dict, load_config_file
+    from nclab.config import config_from_dict, load_config_file
 
     names = [*options(), *SYNTHETIC_ALIASES]
     if args.config is None:

@@ -1,4 +1,5 @@
-"""Executors: the one way nclab trains many runs (:mod:`nclab.executors.base`).
+"""Executors: the one way nclab trains many runs; the interface is :mod:`nclab.executors.base`
+(re-exported here).
 
 Backends, one module each, registered where they are defined: ``local`` (worker processes on
 this machine), ``submitit`` (SLURM jobs, or submitit's local executor), ``commands`` (printed
@@ -9,33 +10,8 @@ here, so a new backend is one new file.
 import importlib
 import pkgutil
 
-from nclab.executors.base import (
-    CLUSTERS,
-    EXECUTORS,
-    Completion,
-    Executor,
-    Resources,
-    SlurmOptions,
-    Task,
-    create,
-    launchers,
-    register,
-    run_task,
-)
+from nclab.executors.base import *  # noqa: F403 - the interface
+from nclab.executors.base import __all__  # noqa: F401
 
-for _module in pkgutil.iter_modules(__path__):
+for _module in pkgutil.iter_modules(__path__):  # noqa: F405 - the package's own path
     importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = [
-    "CLUSTERS",
-    "EXECUTORS",
-    "Completion",
-    "Executor",
-    "Resources",
-    "SlurmOptions",
-    "Task",
-    "create",
-    "launchers",
-    "register",
-    "run_task",
-]

@@ -27,10 +27,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Self, TypeVar
 
-from nclab.train.config import TrainConfig
+from nclab.config import TrainConfig
 
 __all__ = [
     "CLUSTERS",
@@ -168,19 +167,11 @@ class Executor(abc.ABC):
         """Where the submitted tasks train, for a progress line."""
         return self.name
 
-    def __enter__(self: _E) -> _E:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if error is None:
-            self.close()
-        else:
-            self.stop()
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.close() if kind is None else self.stop()
 
 
 EXECUTORS: dict[str, type[Executor]] = {}

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nclab.config import TrainConfig
 from nclab.executors.base import Completion, Executor, Resources, Task, register
-from nclab.train.config import TrainConfig
 
 __all__ = ["CommandsExecutor", "train_command"]
 

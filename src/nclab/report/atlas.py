@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from nclab.report.paired import FAILS, HOLDS, INCONCLUSIVE, MIXED, PARTLY, UNDETERMINED
 from nclab.report.verdicts import CLAIMS, PAPER
-from nclab.train.rundir import atomic_write
+from nclab.runs import atomic_write
 
 __all__ = ["AtlasEntry", "AtlasResult", "AtlasRow", "atlas_figure", "atlas_rows", "build_atlas"]
 

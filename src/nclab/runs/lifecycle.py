@@ -237,8 +237,8 @@ def check_metrics_cover(files: RunFiles, checkpoint_epoch: int, eval_every: int)
             f"that the run logged before its checkpoint (epoch {checkpoint_epoch}); the log was "
             "emptied or belongs to another run: restore it, or start over with --overwrite"
         )
-    later = sorted(e for e in logged if e > checkpoint_epoch)
-    del later  # rows after the checkpoint are cut by prepare_resume (a kill after the row)
+    # rows after the checkpoint (a kill between a row and its checkpoint) are cut by
+    # prepare_resume
 
 
 # ------------------------------------------------------------------------------ changes
@@ -316,8 +316,6 @@ def claim_output_folder(out: Path, names: Sequence[str], run_paths: Sequence[Pat
     folder's :class:`RunFiles` (for its manifest). ``ValueError`` naming the problem."""
     out = Path(out)
     folder = RunFiles(out)
-    if out.is_symlink():
-        raise ValueError(f"--out {out} is a symbolic link; choose a real folder for the report")
     resolved = out.resolve()
     for run in run_paths:
         run_r = Path(run).resolve()
