@@ -95,6 +95,17 @@ def _float(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _deciding(per_delta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The measure whose effect the atlas prints for one claim and δ: the first deciding
+    measure with the δ's own status (the one that decided it), else the headline (the first
+    deciding measure, what the report's table shows)."""
+    status = per_delta.get("status")
+    for m in per_delta.get("measures") or []:
+        if isinstance(m, Mapping) and m.get("decides") and m.get("status") == status:
+            return m
+    return per_delta
+
+
 def atlas_rows(cells: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], str]]) -> list[AtlasRow]:
     """Rows from ``(cell description, cell summary.json, cell report folder)`` triples: one per
     cell and δ, the claims in the report's order."""
@@ -129,17 +140,18 @@ def atlas_rows(cells: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], str]]
                         )  # fmt: skip
                     )
                     continue
+                shown = _deciding(d)
                 entries.append(
                     AtlasEntry(
                         claim=str(v.get("claim")),
                         status=str(d.get("status")),
                         verdict=str(d.get("verdict")),
                         indicative=bool(d.get("indicative")),
-                        effect=_float(d.get("effect")),
-                        ci_low=_float(d.get("ci_low")),
-                        ci_high=_float(d.get("ci_high")),
-                        measure=None if d.get("measure") is None else str(d.get("measure")),
-                        seeds=d.get("seeds_total"),
+                        effect=_float(shown.get("effect")),
+                        ci_low=_float(shown.get("ci_low")),
+                        ci_high=_float(shown.get("ci_high")),
+                        measure=None if shown.get("measure") is None else str(shown["measure"]),
+                        seeds=shown.get("seeds_total"),
                         qualifier=str(d.get("qualifier") or ""),
                     )
                 )
@@ -188,6 +200,13 @@ def _color(e: AtlasEntry | None) -> str:
     return COLORS.get(e.status, COLORS[UNDETERMINED])
 
 
+def _unit(label: str | None) -> str:
+    """The unit of a measure label ``description (unit)``."""
+    if not label or not label.endswith(")") or " (" not in label:
+        return ""
+    return label[label.rindex(" (") + 2 : -1]
+
+
 def atlas_figure(rows: Sequence[AtlasRow], title: str = "") -> Figure | None:
     """Rows = cells × δ, columns = claims; each square coloured by the verdict and printing
     the verdict, the effect LS − CE and its 95% interval. None without rows."""
@@ -217,8 +236,14 @@ def atlas_figure(rows: Sequence[AtlasRow], title: str = "") -> Figure | None:
     ax.set_xlim(0, m)
     ax.set_ylim(n, 0)
     ax.set_xticks([j + 0.5 for j in range(m)])
+    units = {c: m.split("; ")[0] for c, m in _measures(rows).items()}
     ax.set_xticklabels(
-        [textwrap.fill(CLAIM_TITLES.get(c, f"({c})"), 17) for c in claims], fontsize=7.5
+        [
+            textwrap.fill(CLAIM_TITLES.get(c, f"({c})"), 17)
+            + (f"\n[{_unit(units.get(c))}]" if _unit(units.get(c)) else "")
+            for c in claims
+        ],
+        fontsize=7.5,
     )
     ax.xaxis.tick_top()
     ax.set_yticks([i + 0.5 for i in range(n)])
@@ -233,8 +258,9 @@ def atlas_figure(rows: Sequence[AtlasRow], title: str = "") -> Figure | None:
     fig.legend(handles=handles, loc="outside lower center", ncols=6, fontsize=7, frameon=False)
     fig.suptitle(
         (title + "\n" if title else "")
-        + "verdict per cell and claim; effect = mean paired LS − CE of the deciding measure "
-        "[95% t interval over seeds]",
+        + "verdict per cell and claim (each cell's own report); effect = mean paired LS − CE "
+        "[95% t interval over seeds] of the deciding measure that decided it (summary.json "
+        "names it)",
         fontsize=8.5,
     )
     return fig
@@ -260,12 +286,13 @@ def _cell_text(e: AtlasEntry | None) -> str:
 
 
 def _measures(rows: Sequence[AtlasRow]) -> dict[str, str]:
-    out: dict[str, str] = {}
+    """Claim -> the measures whose effects the atlas prints ("; "-joined, first seen first)."""
+    out: dict[str, list[str]] = {}
     for r in rows:
         for e in r.entries:
-            if e.measure and e.claim not in out:
-                out[e.claim] = e.measure
-    return out
+            if e.measure and e.measure not in out.setdefault(e.claim, []):
+                out[e.claim].append(e.measure)
+    return {c: "; ".join(labels) for c, labels in out.items() if labels}
 
 
 def render_markdown(rows: Sequence[AtlasRow], title: str, description: str) -> str:
@@ -293,7 +320,12 @@ def render_markdown(rows: Sequence[AtlasRow], title: str, description: str) -> s
             + " | ".join(cells)
             + " |"
         )
-    lines += ["", "Deciding measures (effect units):", ""]
+    lines += [
+        "",
+        "Measures printed (each square: the deciding measure that decided it; summary.json "
+        "names it per square):",
+        "",
+    ]
     for claim, label in _measures(rows).items():
         lines.append(f"- ({_md(claim)}) {_md(label)}: {_md(CLAIMS.get(claim, ''))}")
     lines += ["", "Cell reports:", ""]
@@ -346,7 +378,8 @@ def render_html(rows: Sequence[AtlasRow], title: str, description: str, png: Pat
         f"<p>Claims of {esc(PAPER)}, judged in each cell's own report (paired seeds, 95% t "
         "intervals).</p>"
         f"{img}<table><tr>{head}</tr>{''.join(body)}</table>"
-        f"<p>Deciding measures (effect units):</p><ul>{measures}</ul></body></html>"
+        "<p>Measures printed (each square: the deciding measure that decided it; summary.json "
+        f"names it per square):</p><ul>{measures}</ul></body></html>"
     )
 
 
