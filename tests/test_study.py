@@ -74,6 +74,20 @@ def test_options_override_in_axis_order(tmp_path):
     assert noisy.runs[0].config.label_noise == 0.2
 
 
+def test_data_dir_and_device_apply_to_every_run_and_nothing_else(tmp_path, capsys):
+    cells = plan_cells(GRIDS["smoke"], tmp_path, overrides={"data_dir": "/d", "device": "cpu"})
+    assert {(r.config.data_dir, r.config.device) for c in cells for r in c.runs} == {("/d", "cpu")}
+    with pytest.raises(ValueError, match="lr changes what a run computes"):
+        plan_cells(GRIDS["smoke"], tmp_path, overrides={"lr": 0.1})
+    out = tmp_path / "o"
+    argv = ["study", "--grid", "smoke", "--out", str(out), "--data-dir", str(tmp_path)]
+    assert main([*argv, "--print-commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 8 and all(f"--data-dir {tmp_path}" in c for c in commands)
+    assert all("--resume" in c and str(out / "cells") in c for c in commands)
+    assert not out.exists()  # printing commands creates nothing
+
+
 def test_a_grid_round_trips_through_show_grid(tmp_path, capsys):
     assert main(["study", "--grid", "default", "--show-grid"]) == 0
     text = capsys.readouterr().out
@@ -358,9 +372,13 @@ def test_study_resumes_after_sigkill_without_retraining_finished_cells(tmp_path)
     first = out / "cells" / "syn_mlp_clean" / "cell.json"
     deadline = time.monotonic() + 300
     second_runs = out / "cells" / "syn_mlp_noise" / "runs"
-    # kill once the first cell is reported and the second cell's first run has started
+    # kill once the first cell is reported and a run of the second cell is training (it has
+    # logged an epoch and is not done)
     while time.monotonic() < deadline and proc.poll() is None:
-        if first.is_file() and any(second_runs.glob("*/metrics.jsonl")):
+        training = [
+            p for p in second_runs.glob("*/metrics.jsonl") if not (p.parent / "DONE").exists()
+        ]
+        if first.is_file() and training:
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -369,6 +387,8 @@ def test_study_resumes_after_sigkill_without_retraining_finished_cells(tmp_path)
     assert first.is_file()
     before = _stamps(out, "syn_mlp_clean")
     done_before = {p.parent.name for p in second_runs.glob("*/DONE")}
+    started = {p.parent.name for p in second_runs.glob("*/config.json")} - done_before
+    assert started  # killed while a run of the second cell was training
 
     result = study(StudyConfig(grid=grid, out=out, jobs=1, threads=1, quiet=True))
     # the finished cell: not one file rewritten, its runs and report reused
@@ -378,8 +398,10 @@ def test_study_resumes_after_sigkill_without_retraining_finished_cells(tmp_path)
     assert {r.status for r in cells["syn_mlp_clean"].runs} == {"reused"}
     noisy = {r.path.name: r.status for r in cells["syn_mlp_noise"].runs}
     for name, status in noisy.items():
-        assert status == ("reused" if name in done_before else status)
-        assert status in (("reused",) if name in done_before else ("resumed", "trained"))
+        if name in done_before:
+            assert status == "reused"
+        else:
+            assert status == ("resumed" if name in started else "trained")
     assert result.trained == len(noisy) - len(done_before)
     # an interrupted run continued from its checkpoint: every epoch logged exactly once
     for run in second_runs.iterdir():

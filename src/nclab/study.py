@@ -87,6 +87,9 @@ _TOP_KEYS = (
     "exclude",
 )
 MAX_CELLS = 1000
+#: Options a study may set for every run over its grid (they change where or how fast a run
+#: trains, not what it computes).
+MACHINE_FIELDS = ("data_dir", "device")
 
 
 @dataclass(frozen=True)
@@ -431,12 +434,25 @@ def _check_threads(threads: int | None) -> None:
 
 
 def plan_cells(
-    grid: Grid, out: str | Path, *, threads: int | None = None, seeds: Sequence[int] | None = None
+    grid: Grid,
+    out: str | Path,
+    *,
+    threads: int | None = None,
+    seeds: Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[Cell]:
     """Every cell of ``grid`` with its validated runs (CE first, then δ ascending; seeds
     inside), under ``out/cells``. ValueError naming the cell for options that do not make a
-    valid training configuration."""
+    valid training configuration. ``overrides`` (``data_dir``, ``device``: options that do not
+    change a run's results) apply to every run."""
     _check_threads(threads)
+    overrides = dict(overrides or {})
+    results = [k for k in overrides if k not in MACHINE_FIELDS]
+    if results:
+        raise ValueError(
+            f"{results[0]} changes what a run computes: set it in the grid (train, or a level), "
+            f"not for the whole study; the study takes {', '.join(MACHINE_FIELDS)}"
+        )
     out = Path(out)
     seed_list = list(grid.seeds if seeds is None else seeds)
     if not seed_list:
@@ -453,7 +469,7 @@ def plan_cells(
                 if grid.excluded(d.label, m.label, c.label):
                     continue
                 name = f"{d.label}_{m.label}_{c.label}"
-                merged = {**grid.train, **d.options, **m.options, **c.options}
+                merged = {**grid.train, **d.options, **m.options, **c.options, **overrides}
                 merged = {k: v for k, v in merged.items() if v is not None}
                 path = out / "cells" / name
                 runs = []
@@ -497,6 +513,9 @@ class StudyConfig:
     quiet: bool = False
     launcher: str = "local"
     slurm: SlurmOptions | None = None
+    #: options for every run, over the grid's: where the data are and which device trains
+    #: (``data_dir``, ``device``; options that change results belong in the grid)
+    train: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -587,7 +606,7 @@ def study_commands(cfg: StudyConfig, program: str = "nclab") -> tuple[list[str],
     executor), and the names of the runs already complete."""
     grid = load_grid(cfg.grid)
     res = resources(grid, cfg)
-    cells = plan_cells(grid, cfg.out, threads=cfg.threads, seeds=cfg.seeds)
+    cells = plan_cells(grid, cfg.out, threads=cfg.threads, seeds=cfg.seeds, overrides=cfg.train)
     todo, reused = pending(_compare_view(cfg), [r for c in cells for r in c.runs])
     executor = CommandsExecutor(Resources(threads=cfg.threads, slurm=res.slurm), program)
     executor.submit([task for task, _ in todo])
@@ -603,7 +622,7 @@ def study(cfg: StudyConfig) -> StudyResult:
     grid = load_grid(cfg.grid)
     _check_launcher(cfg.launcher)
     res = resources(grid, cfg)
-    cells = plan_cells(grid, cfg.out, threads=res.threads, seeds=cfg.seeds)
+    cells = plan_cells(grid, cfg.out, threads=res.threads, seeds=cfg.seeds, overrides=cfg.train)
     out = Path(cfg.out)
     lifecycle.refuse_system_folder(out)
     with lock_directory(out):  # one study per --out at a time

@@ -5,8 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nclab.commands.compare import add_launcher_options, add_worker_options, slurm_options
+from nclab.commands.compare import (
+    TRAIN_PREFIX,
+    add_launcher_options,
+    add_worker_options,
+    slurm_options,
+    train_overrides,
+)
+from nclab.commands.train import add_config_options
 from nclab.study import GRIDS
+
+#: Training options `nclab study` takes on the command line: where the data are and which device
+#: trains (the grid holds everything that changes results).
+MACHINE_OPTIONS = ("data_dir", "device")
 
 HELP = "A grid of CE-vs-LS comparisons (datasets x models x conditions x δ) and its atlas."
 DESCRIPTION = (
@@ -55,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the grid as YAML (a starting point for your own grid file) and exit",
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    machine = parser.add_argument_group(
+        "this machine", "for every run of every cell; they do not change a run's results"
+    )
+    add_config_options(machine, prefix=TRAIN_PREFIX, defaults=False, only=MACHINE_OPTIONS)
     add_launcher_options(
         parser,
         "the same nclab study command writes the cells' reports and the atlas from the "
@@ -82,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         launcher=args.launcher,
         slurm=slurm_options(args),
+        train=train_overrides(args),
     )
     if args.print_commands:
         commands, reused = study_commands(cfg)

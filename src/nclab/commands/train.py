@@ -91,16 +91,21 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
 
 
 def add_config_options(
-    group: argparse._ArgumentGroup, *, prefix: str = "", defaults: bool = True
+    group: argparse._ArgumentGroup,
+    *,
+    prefix: str = "",
+    defaults: bool = True,
+    only: tuple[str, ...] | None = None,
 ) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
     (:func:`nclab.config.options`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
     ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options.
-    The deprecated ``--synthetic-*`` aliases follow the fields."""
+    The deprecated ``--synthetic-*`` aliases follow the fields; ``only`` limits the options to
+    those names (``nclab study``: the machine's knobs) and leaves the aliases out."""
     for name, (f, opt) in options().items():
-        if prefix and opt.per_run:
+        if (prefix and opt.per_run) or (only is not None and name not in only):
             continue
         text = opt.help
         if opt.choices:
@@ -121,6 +126,8 @@ def add_config_options(
         kind = _value_type(f, opt.parse)
         kwargs["metavar"] = opt.metavar or ("N" if kind is int else name.upper())
         group.add_argument(flag, action=_Store, type=kind, **kwargs)
+    if only is not None:
+        return
     for alias, key in SYNTHETIC_ALIASES.items():
         group.add_argument(
             "--" + alias.replace("_", "-"),
