@@ -315,6 +315,36 @@ def test_atlas_shows_each_cells_own_verdicts_and_escapes_user_text(tmp_path):
     assert not list((tmp_path / "report").glob("*.tmp"))  # atomic writes leave nothing
 
 
+def test_atlas_never_replaces_a_file_it_did_not_write_nor_follows_a_link(tmp_path):
+    cells = [
+        (
+            {"name": "a_b_c", "dataset": "a", "model": "b", "condition": "c"},
+            _fake_summary({"a": ("holds", -2.0)}),
+            "r",
+        )
+    ]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my notes")
+    with pytest.raises(ValueError, match="did not write"):
+        build_atlas(cells, mine)
+    assert (mine / "summary.md").read_text() == "my notes"
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.md"]
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"x")
+    (linked / "atlas.png").symlink_to(outside)
+    with pytest.raises(ValueError):
+        build_atlas(cells, linked)
+    assert outside.read_bytes() == b"x"
+    # a folder the atlas wrote is rewritten
+    ok = tmp_path / "ok"
+    build_atlas(cells, ok)
+    build_atlas(cells, ok, title="again")
+    assert "again" in (ok / "summary.md").read_text()
+
+
 # ------------------------------------------------------------------------------ end to end
 
 

@@ -711,6 +711,7 @@ def _report_cell(cell: Cell, grid: Grid) -> dict[str, Any]:
     matplotlib.use("Agg")
     from nclab.report import build_report
 
+    lifecycle.claim_output_folder(cell.path, ["cell.json"], [])
     result = build_report([r.path for r in cell.runs], cell.report_dir, **grid.report)
     text = json.dumps(_cell_record(cell), indent=1, default=str)
     atomic_write(cell.path / "cell.json", lambda f: f.write(text.encode()))
@@ -743,6 +744,7 @@ def _write_manifest(
         "atlas": str(atlas.html),
     }
     path = Path(cfg.out) / "study.json"
+    lifecycle.claim_output_folder(Path(cfg.out), ["study.json"], [])
     text = json.dumps(doc, indent=1, default=_json_default)
     atomic_write(path, lambda f: f.write(text.encode()))
     return path

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from nclab.report.paired import FAILS, HOLDS, INCONCLUSIVE, MIXED, PARTLY, UNDETERMINED
 from nclab.report.verdicts import CLAIMS, PAPER
 from nclab.runs import atomic_write
+from nclab.runs.lifecycle import claim_output_folder
 
 __all__ = ["AtlasEntry", "AtlasResult", "AtlasRow", "atlas_figure", "atlas_rows", "build_atlas"]
 
@@ -383,6 +384,10 @@ def render_html(rows: Sequence[AtlasRow], title: str, description: str, png: Pat
     )
 
 
+#: The files :func:`build_atlas` writes.
+ATLAS_FILES = ("atlas.png", "atlas.pdf", "summary.md", "report.html", "summary.json")
+
+
 @dataclass
 class AtlasResult:
     """What :func:`build_atlas` wrote, and its rows."""
@@ -412,7 +417,8 @@ def build_atlas(
 ) -> AtlasResult:
     """Write the atlas of ``cells`` (see :func:`atlas_rows`) into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # never through a symbolic link, never over a file of these names that nclab did not write
+    claim_output_folder(out, ATLAS_FILES, [])
     rows = atlas_rows(cells)
     figures: list[Path] = []
     fig = atlas_figure(rows, title)
