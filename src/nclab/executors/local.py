@@ -72,6 +72,7 @@ class LocalExecutor(Executor):
             for future in as_completed(futures):
                 task, error = futures[future], future.exception()
                 if isinstance(error, BrokenProcessPool):
+                    self.stop()  # the pool is unusable; its workers ignore its SIGTERM
                     error = WorkerDiedError(
                         "a worker process died without reporting (killed by a signal or by the "
                         "OS, e.g. out of memory); the runs stay resumable: rerun the same "
@@ -89,6 +90,7 @@ class LocalExecutor(Executor):
                 worker.kill()
             for worker in self._workers:
                 worker.join()
+            self._workers.clear()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 

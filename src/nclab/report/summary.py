@@ -260,7 +260,7 @@ def summarize(runs: Sequence[RunData], theory: TheoryPanel | None = None) -> Rep
     ls = [g for g in groups if g.key.is_ls]
     matched = [compare_matched(g.label, ce.runs, g.runs) for g in ls] if ce else []
     ece = {
-        r.path: (None, None) if c is None else (c.ece_full, c.ece_ts)
+        r.path: (None, None, None) if c is None else (c.ece_full, c.ece_ts, c.ece_ece_on_test)
         for g in groups
         for r, c in zip(g.runs, g.per_run_calibration, strict=True)
     }
