@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Labels of a grid's levels become parts of folder names.
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,39}$")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,39}")
 #: Keywords of :func:`nclab.report.build_report` a grid may set.
 REPORT_KEYS = ("theory", "ufm_convergence", "ufm_max_iters")
 _TOP_KEYS = (
@@ -277,7 +277,7 @@ def _axis(value: Any, source: str, key: str, shorthand: str | None) -> tuple[Lev
         raise ValueError(f"{_where(source, key)} must be {form} label: {{options}}, not empty")
     levels = []
     for label, opts in value.items():
-        if not isinstance(label, str) or not _LABEL.match(label):
+        if not isinstance(label, str) or not _LABEL.fullmatch(label):
             raise ValueError(
                 f"{_where(source, f'{key}.{label}')}: a label must be 1-40 letters, digits, "
                 "'.', '+' or '-', starting with a letter or digit (it names the cell's folder)"
@@ -290,6 +290,30 @@ def _numbers(value: Any, source: str, key: str) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"{_where(source, key)} must be a non-empty list")
     return value
+
+
+def _report_options(value: Any, source: str) -> dict[str, Any]:
+    """The ``report`` mapping: ``theory`` and ``ufm_convergence`` (true/false),
+    ``ufm_max_iters`` (a positive integer)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        keys = ", ".join(REPORT_KEYS)
+        raise ValueError(f"{_where(source, 'report')} must be a mapping of {keys}")
+    for key, v in value.items():
+        if key not in REPORT_KEYS:
+            raise ValueError(
+                f"{_where(source, f'report.{key}')}: unknown key; use {', '.join(REPORT_KEYS)}"
+            )
+        ok = (
+            isinstance(v, bool)
+            if key != "ufm_max_iters"
+            else isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 10**7
+        )
+        if not ok:
+            kind = "true or false" if key != "ufm_max_iters" else "an integer in 1..10^7"
+            raise ValueError(f"{_where(source, f'report.{key}')} must be {kind}, got {v!r}")
+    return dict(value)
 
 
 def grid_from_dict(data: Any, source: str = "<dict>") -> Grid:
@@ -324,17 +348,7 @@ def grid_from_dict(data: Any, source: str = "<dict>") -> Grid:
             raise ValueError(
                 f"{_where(source, 'seeds')}: seeds are integers in 0..{MAX_SEED}, got {s!r}"
             )
-    report = data.get("report") or {}
-    if not isinstance(report, Mapping) or any(k not in REPORT_KEYS for k in report):
-        bad = (
-            next((k for k in report if k not in REPORT_KEYS), "")
-            if isinstance(report, Mapping)
-            else ""
-        )
-        raise ValueError(
-            f"{_where(source, f'report.{bad}' if bad else 'report')}: a mapping of "
-            f"{', '.join(REPORT_KEYS)}"
-        )
+    report = _report_options(data.get("report"), source)
     jobs = data.get("jobs")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"{_where(source, 'jobs')} must be a positive integer, got {jobs!r}")
