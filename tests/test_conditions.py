@@ -66,9 +66,9 @@ def test_load_dataset_keeps_clean_labels_and_clean_test_set() -> None:
 
 
 def test_ce_and_ls_runs_of_one_seed_train_on_the_same_noisy_labels(tmp_path: Path) -> None:
+    from nclab.runs import RunFiles
     from nclab.train.distributed import DistContext
     from nclab.train.loop import _build
-    from nclab.train.rundir import RunFiles
 
     labels = []
     for loss, delta in (("ce", 0.0), ("ls", 0.2)):

@@ -19,6 +19,7 @@ DATASETS: tuple[str, ...] = (
     "cifar100",
     "stl10",
     "tiny-imagenet",
+    "digits",
     "synthetic",
 )
 MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")

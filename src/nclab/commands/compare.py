@@ -60,13 +60,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output directory (runs/, report/, compare.json)",
     )
+    add_worker_options(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain every run, discarding what --out holds for it",
+    )
+    parser.add_argument("--no-report", action="store_true", help="train only")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_launcher_options(parser)
+    group = parser.add_argument_group(
+        "training options",
+        "override the preset; same meaning as in `nclab train`; an option neither given nor "
+        "set by the preset has the default `nclab train --help` shows; with --dataset the "
+        "preset's --per-class and --test-per-class do not apply",
+    )
+    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
+
+
+def add_worker_options(
+    parser: argparse.ArgumentParser,
+    jobs_default: str = "the preset's; quick/smoke: min(2, CPU count)",
+) -> None:
+    """--jobs and --threads (shared by `nclab compare` and `nclab study`)."""
     parser.add_argument(
         "--jobs",
         type=int,
         default=None,
         metavar="J",
         help="runs trained at once: spawned worker processes, or jobs of --slurm-cluster local "
-        "(default: the preset's; quick/smoke: min(2, CPU count))",
+        f"(default: {jobs_default})",
     )
     parser.add_argument(
         "--threads",
@@ -75,13 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="torch threads per job (default: CPU count // jobs)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="retrain every run, discarding what --out holds for it",
-    )
-    parser.add_argument("--no-report", action="store_true", help="train only")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def add_launcher_options(
+    parser: argparse.ArgumentParser, then: str = "`nclab report OUT` collects the results"
+) -> None:
+    """The launcher/cluster group: --launcher, --print-commands, --slurm-* (shared by `nclab
+    compare` and `nclab study`)."""
     cluster = parser.add_argument_group(
         "launching past one machine", "see docs/integrations.md (default: local worker processes)"
     )
@@ -96,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--print-commands",
         action="store_true",
         help="print one `nclab train` command per run still to train, for any scheduler, and "
-        "exit; then `nclab report OUT` collects the results",
+        f"exit; then {then}",
     )
     cluster.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
     cluster.add_argument(
@@ -118,13 +141,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the jobs as processes on this machine, --jobs at once, for a dry run), debug (in this "
         "process)",
     )
-    group = parser.add_argument_group(
-        "training options",
-        "override the preset; same meaning as in `nclab train`; an option neither given nor "
-        "set by the preset has the default `nclab train --help` shows; with --dataset the "
-        "preset's --per-class and --test-per-class do not apply",
+
+
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    """The cluster options of :func:`add_launcher_options` as SlurmOptions."""
+    return SlurmOptions(
+        partition=args.slurm_partition,
+        time_minutes=args.slurm_time,
+        gpus=args.slurm_gpus,
+        cpus=args.slurm_cpus,
+        mem_gb=args.slurm_mem_gb,
+        folder=args.slurm_folder,
+        cluster=args.slurm_cluster,
     )
-    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,15 +166,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and print where the report is."""
     from nclab.compare import CompareConfig, compare, comparison_commands
 
-    slurm = SlurmOptions(
-        partition=args.slurm_partition,
-        time_minutes=args.slurm_time,
-        gpus=args.slurm_gpus,
-        cpus=args.slurm_cpus,
-        mem_gb=args.slurm_mem_gb,
-        folder=args.slurm_folder,
-        cluster=args.slurm_cluster,
-    )
+    slurm = slurm_options(args)
     cfg = CompareConfig(
         preset=args.preset,
         smoothings=args.smoothing,

@@ -96,14 +96,21 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
     return str(field.default)
 
 
-def add_config_options(group: Any, *, prefix: str = "", defaults: bool = True) -> None:
+def add_config_options(
+    group: Any,
+    *,
+    prefix: str = "",
+    defaults: bool = True,
+    only: tuple[str, ...] | None = None,
+) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
     (:func:`nclab.config.options`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
-    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options."""
+    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options;
+    ``only`` limits the options to those names (``nclab study``: the machine's knobs)."""
     for name, (f, opt) in options().items():
-        if prefix and opt.per_run:
+        if (prefix and opt.per_run) or (only is not None and name not in only):
             continue
         text = opt.help
         if opt.choices:

@@ -674,7 +674,25 @@ _LOADERS: dict[str, Callable[[Path | None], _Raw]] = {
     "cifar100": _load_cifar100,
     "stl10": _load_stl10,
     "tiny-imagenet": _load_tiny_imagenet,
+    "digits": lambda d: _load_digits(d),
 }
+
+
+def _load_digits(data_dir: Path | None) -> _Raw:
+    """scikit-learn's 8x8 digits (:mod:`nclab.digits`): ``DIR/digits.csv.gz`` with an explicit
+    ``data_dir``, else the file inside the installed scikit-learn."""
+    from nclab import digits
+
+    if data_dir is not None:
+        path = data_dir / "digits.csv.gz"
+        if not path.is_file():
+            how = f"copy sklearn/datasets/data/digits.csv.gz there, or {digits.INSTALL_HINT}"
+            raise _not_found("digits", [data_dir], "digits.csv.gz", how, data_dir)
+    else:
+        path = digits.find_digits_file()
+    x_train, y_train, x_test, y_test = digits.load_digits_arrays(path)
+    names = tuple(str(k) for k in range(10))
+    return _Raw(x_train, y_train, x_test, y_test, 10, names, scale=digits.SCALE, files=(str(path),))
 
 
 _FOLDERS = {  # dataset -> (its folder, a file that marks it)
