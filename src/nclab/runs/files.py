@@ -5,7 +5,8 @@ Layout of a run directory (see ``docs/training.md``)::
 
     config.json          resolved config, versions, seed, device, host, start time
     metrics.jsonl        one JSON object per evaluated epoch (appended, fsync'ed)
-    metrics.csv          mirror of metrics.jsonl (regenerated after every row)
+    metrics.csv          mirror of metrics.jsonl (a line appended per row; rewritten when a
+                         column appears, and cut back with it on resume)
     per_class.jsonl      per evaluated epoch, per-class counts, variability and NC1 (train, test)
     checkpoints/last.pt  latest checkpoint (written atomically: tmp file + os.replace)
     final.pt             final model state + config
@@ -326,11 +327,10 @@ def _row_line(row: dict[str, Any]) -> str:
     return json.dumps(_jsonable(row), allow_nan=False) + "\n"
 
 
-def _append_line(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line, flushed and fsync'ed (a kill leaves at most a torn last line)."""
+def _open_append(path: Path) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o666)
+        return os.open(path, flags, 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ValueError(
@@ -338,17 +338,53 @@ def _append_line(path: Path, row: dict[str, Any]) -> None:
                 "folder: remove the link"
             ) from None
         raise
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line, flushed and fsync'ed (a kill leaves at most a torn last line)."""
+    with os.fdopen(_open_append(path), "w", encoding="utf-8") as f:
         f.write(_row_line(row))
         f.flush()
         os.fsync(f.fileno())
 
 
 def append_row(files: RunFiles, row: dict[str, Any]) -> None:
-    """Append one metrics row to ``metrics.jsonl`` (flushed and fsync'ed), then regenerate
-    ``metrics.csv``."""
+    """Append one metrics row to ``metrics.jsonl`` (flushed and fsync'ed), then to
+    ``metrics.csv``: one line when the CSV's header already names every key of the row (the
+    line a full rewrite would write), else (a new column, no file, a torn last line, a link)
+    an atomic rewrite from ``metrics.jsonl``. The CSV is a mirror: a kill between the two
+    appends leaves it a row short until the resume rewrites it."""
     _append_line(files.metrics, row)
-    write_csv(files.metrics_csv, read_rows(files.metrics))
+    header = _csv_header(files.metrics_csv)
+    if header is None or not set(row) <= set(header):
+        write_csv(files.metrics_csv, read_rows(files.metrics))
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    with os.fdopen(_open_append(files.metrics_csv), "w", encoding="utf-8", newline="") as f:
+        f.write(buf.getvalue())
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The column names of a CSV nclab wrote, or None when it is missing, empty, a link, or
+    does not end with a complete line (a kill in the middle of an append)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or f.seek(0, os.SEEK_END) == 0:
+            return None
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            return None
+        f.seek(0)
+        first = f.readline()
+    try:
+        return next(csv.reader([first.decode("utf-8")]))
+    except (UnicodeDecodeError, StopIteration, csv.Error):
+        return None
 
 
 def append_per_class(files: RunFiles, epoch: int, values: dict[str, Any]) -> None:
