@@ -835,6 +835,11 @@ class _LossWatch:
 
 
 def _last_checkpoint_epoch(run: _Run) -> int:
+    """The epoch of the last good checkpoint, for a divergence error: the state kept after the
+    last completed epoch is written first (rank 0), so a diverged run keeps its last good state
+    whatever the checkpoint policy."""
+    if run.ctx.is_main:
+        _save_pending(run)
     return run.checkpoint_epoch
 
 
@@ -896,7 +901,7 @@ def _checkpoint_state(run: _Run, epoch: int) -> dict[str, Any]:
             epoch,
             0,
             math.nan,
-            run.checkpoint_epoch,
+            _last_checkpoint_epoch(run),
             run.files.checkpoint,
             where=f"the model state became non-finite in epoch {epoch} ({', '.join(bad[:3])})",
         )
