@@ -135,7 +135,10 @@ def expected_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int
 
 def maximum_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
     """MCE ``max_b |acc(B_b) - conf(B_b)|`` over the non-empty equal-width bins of the ECE."""
-    bins = reliability_bins(logits, labels, n_bins)
+    return _mce(reliability_bins(logits, labels, n_bins))
+
+
+def _mce(bins: ReliabilityBins) -> float:
     nz = bins.count > 0
     return float(np.max(np.abs(bins.accuracy[nz] - bins.confidence[nz])))
 
@@ -212,14 +215,16 @@ def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 5) -> float:
 def calibration_metrics(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> dict[str, float]:
     """The calibration set in one call: ``ece``, ``mce``, ``ece_adaptive``, ``ece_classwise``,
     ``nll``, ``brier``, ``top5_acc`` (float64, see the module docstring)."""
+    z, y = _as_numpy(logits, labels)  # once (each metric checks the float64 arrays again)
+    bins = reliability_bins(z, y, n_bins)
     return {
-        "ece": expected_calibration_error(logits, labels, n_bins),
-        "mce": maximum_calibration_error(logits, labels, n_bins),
-        "ece_adaptive": adaptive_calibration_error(logits, labels, n_bins),
-        "ece_classwise": classwise_calibration_error(logits, labels, n_bins),
-        "nll": nll(logits, labels),
-        "brier": brier_score(logits, labels),
-        "top5_acc": top_k_accuracy(logits, labels, 5),
+        "ece": bins.ece,
+        "mce": _mce(bins),
+        "ece_adaptive": adaptive_calibration_error(z, y, n_bins),
+        "ece_classwise": classwise_calibration_error(z, y, n_bins),
+        "nll": nll(z, y),
+        "brier": brier_score(z, y),
+        "top5_acc": top_k_accuracy(z, y, 5),
     }
 
 
@@ -256,8 +261,17 @@ def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
     ``T > 1`` softens over-confident predictions, ``T < 1`` sharpens under-confident ones.
     """
     z, y = _as_numpy(logits, labels)
+    # NLL(T) = mean_i [logsumexp(g_i / T) - g_iy / T] with g = z - max_k z_k (<= 0, so exp
+    # never overflows); g and its label column are formed once, not at each of the ~40 steps
+    gap = z - z.max(axis=1, keepdims=True)
+    gap_y = float(np.mean(gap[np.arange(len(y)), y]))
+
+    def objective(log_t: float) -> float:
+        scale = np.exp(-log_t)
+        return float(np.mean(np.log(np.exp(gap * scale).sum(axis=1)))) - scale * gap_y
+
     res = minimize_scalar(
-        lambda log_t: _nll(z * np.exp(-log_t), y),
+        objective,
         bounds=_LOG_T_BOUNDS,
         method="bounded",
         options={"xatol": 1e-10, "maxiter": 500},
