@@ -157,3 +157,25 @@ def test_a_sigkill_at_a_random_moment_resumes_exactly(trial, reference, tmp_path
     resume = "--resume" if RunFiles(out).config.exists() else "--overwrite"
     assert cli.main(train_argv(out, "--checkpoint-seconds", "0.2", resume, epochs=EPOCHS)) == 0
     assert _rows(out) == reference
+
+
+def test_the_logs_reach_the_disk_before_each_checkpoint(tmp_path, monkeypatch):
+    """Rows are appended without fsync; every checkpoint write is preceded by one of the logs,
+    so no crash leaves a checkpoint whose rows are lost."""
+    events: list[str] = []
+    real_sync, real_write = loop.sync_logs, loop.atomic_write
+
+    def sync(files):  # noqa: ANN001, ANN202
+        events.append("sync")
+        real_sync(files)
+
+    def write(path, fn):  # noqa: ANN001, ANN202
+        events.append("checkpoint" if path.name == "last.pt" else "other")
+        real_write(path, fn)
+
+    monkeypatch.setattr(loop, "sync_logs", sync)
+    monkeypatch.setattr(loop, "atomic_write", write)
+    out = tmp_path / "run"
+    assert cli.main(train_argv(out, "--checkpoint-every", "2", epochs=EPOCHS)) == 0
+    writes = [i for i, e in enumerate(events) if e == "checkpoint"]
+    assert len(writes) == 3 and all(events[i - 1] == "sync" for i in writes)

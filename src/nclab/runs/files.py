@@ -4,7 +4,8 @@ the manifest of the files nclab wrote.
 Layout of a run directory (see ``docs/training.md``)::
 
     config.json          resolved config, versions, seed, device, host, start time
-    metrics.jsonl        one JSON object per evaluated epoch (appended, fsync'ed)
+    metrics.jsonl        one JSON object per evaluated epoch (appended; fsync'ed per row, or by
+                         nclab train before each checkpoint)
     metrics.csv          mirror of metrics.jsonl (a line appended per row; rewritten when a
                          column appears, and cut back with it on resume)
     per_class.jsonl      per evaluated epoch, per-class counts, variability and NC1 (train, test)
@@ -59,6 +60,7 @@ __all__ = [
     "read_metrics",
     "read_rows",
     "rewrite_rows",
+    "sync_logs",
     "write_json",
 ]
 
@@ -340,21 +342,39 @@ def _open_append(path: Path) -> int:
         raise
 
 
-def _append_line(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line, flushed and fsync'ed (a kill leaves at most a torn last line)."""
+def _append_line(path: Path, row: dict[str, Any], sync: bool = True) -> None:
+    """Append one JSON line, flushed (a kill leaves at most a torn last line) and, with
+    ``sync``, fsync'ed (a power cut too)."""
     with os.fdopen(_open_append(path), "w", encoding="utf-8") as f:
         f.write(_row_line(row))
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
 
 
-def append_row(files: RunFiles, row: dict[str, Any]) -> None:
-    """Append one metrics row to ``metrics.jsonl`` (flushed and fsync'ed), then to
+def sync_logs(files: RunFiles) -> None:
+    """fsync ``metrics.jsonl`` and ``per_class.jsonl`` (rows appended with ``sync=False``): a
+    training loop calls it before it writes a checkpoint, so that no crash leaves a checkpoint
+    whose rows are lost (a kill never does: the rows are in the OS's cache)."""
+    for path in (files.metrics, files.per_class):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # missing (nothing logged yet) or a link (never written through)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def append_row(files: RunFiles, row: dict[str, Any], sync: bool = True) -> None:
+    """Append one metrics row to ``metrics.jsonl`` (flushed; fsync'ed unless ``sync=False``,
+    see :func:`sync_logs`), then to
     ``metrics.csv``: one line when the CSV's header already names every key of the row (the
     line a full rewrite would write), else (a new column, no file, a torn last line, a link)
     an atomic rewrite from ``metrics.jsonl``. The CSV is a mirror: a kill between the two
     appends leaves it a row short until the resume rewrites it."""
-    _append_line(files.metrics, row)
+    _append_line(files.metrics, row, sync)
     header = _csv_header(files.metrics_csv)
     if header is None or not set(row) <= set(header):
         write_csv(files.metrics_csv, read_rows(files.metrics))
@@ -387,11 +407,13 @@ def _csv_header(path: Path) -> list[str] | None:
         return None
 
 
-def append_per_class(files: RunFiles, epoch: int, values: dict[str, Any]) -> None:
+def append_per_class(
+    files: RunFiles, epoch: int, values: dict[str, Any], sync: bool = True
+) -> None:
     """Append one epoch's per-class statistics (``{"train": {...}, "test": {...}}`` of lists,
     length K) to ``per_class.jsonl``: kept apart from ``metrics.jsonl``, whose rows are scalars,
     because it grows with K. Read with :func:`read_metrics` (same policy)."""
-    _append_line(files.per_class, {"epoch": epoch, **values})
+    _append_line(files.per_class, {"epoch": epoch, **values}, sync)
 
 
 class MetricsLogError(ValueError):

@@ -44,6 +44,7 @@ from nclab.runs.files import (
     read_json,
     read_metrics,
     read_rows,
+    sync_logs,
     write_json,
 )
 from nclab.runs.lifecycle import RunState
@@ -734,8 +735,8 @@ def _epoch(run: _Run, epoch: int) -> None:
         row["seconds"] = time.perf_counter() - t0
     t_io = time.perf_counter()
     if run.ctx.is_main and row is not None:
-        append_row(run.files, row)
-        append_per_class(run.files, epoch, run.last_eval.per_class)
+        append_row(run.files, row, sync=False)  # fsync'ed before the next checkpoint
+        append_per_class(run.files, epoch, run.last_eval.per_class, sync=False)
         if run.scalars is not None:
             run.scalars.write_row(row)
     if run.ctx.is_main:
@@ -934,6 +935,7 @@ def _checkpoint_state(run: _Run, epoch: int) -> dict[str, Any]:
 def _write_checkpoint(run: _Run, state: dict[str, Any]) -> None:
     """Write ``checkpoints/last.pt`` atomically (tmp file, fsync, ``os.replace``)."""
     run.pending = None  # older than this state: never written over it
+    sync_logs(run.files)  # the rows up to this epoch reach the disk before the checkpoint
     atomic_write(run.files.checkpoint, lambda f: torch.save(state, f))
     run.checkpoint_epoch = int(state["epoch"])
     run.checkpoint_time = time.monotonic()
