@@ -3,7 +3,9 @@
 Budget (issue 17): at the quick preset (Fashion-MNIST, 300 training images per class, per-epoch
 evaluation on 200 test images per class, MLP 784-256x4-10 with BatchNorm, batch 64, 1 thread),
 one ``nclab train`` epoch with full evaluation (train and test forward passes, every NC metric,
-per-class rows, metrics.jsonl / metrics.csv / per_class.jsonl, the checkpoint) costs at most
+per-class rows, metrics.jsonl / metrics.csv / per_class.jsonl, the checkpoint policy: by
+default a checkpoint after the first epoch ending 60 s after the last one, and a CPU copy of the
+state each epoch for the checkpoint written on a signal) costs at most
 1.4x the same epoch of a plain PyTorch loop without evaluation (same model, SGD with momentum
 and weight decay, ``F.cross_entropy``, shuffled batches from in-memory tensors).
 
@@ -12,7 +14,7 @@ again, ...), so a load change on a shared machine hits both. The nclab epochs co
 ``RunResult.timings`` (wall seconds per epoch, split into train / eval_forward / metrics / io);
 the first epoch of each run is a warm-up and the last is dropped (it evaluates the whole test
 set, 10,000 images, by design). Best (least disturbed) and median epochs are reported; the
-budget is judged on the best, which a shared machine's load disturbs least.
+budget is judged on the median.
 
 Usage::
 
@@ -40,7 +42,7 @@ from nclab.train import TrainConfig, train
 PARTS = ("train", "eval_forward", "metrics", "io", "total")
 
 
-def quick_config(epochs: int, threads: int, checkpoint_every: int = 1) -> TrainConfig:
+def quick_config(epochs: int, threads: int, checkpoint_every: int | None = None) -> TrainConfig:
     options = dict(PRESETS["quick"].train)
     options.update(epochs=epochs, threads=threads, seed=0, checkpoint_every=checkpoint_every)
     return TrainConfig(**options)
@@ -94,8 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--checkpoint-every",
         type=int,
-        default=1,
-        help="nclab's --checkpoint-every (default 1, nclab's default: a checkpoint each epoch)",
+        default=None,
+        help="nclab's --checkpoint-every (default: nclab's default, by time: every 60 s)",
     )
     args = parser.parse_args(argv)
     if args.clock == "cpu":
@@ -112,10 +114,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     best = {p: min(t[p] for t in timed) for p in PARTS}
     median = {p: statistics.median(t[p] for t in timed) for p in PARTS}
     plain_best, plain_median = min(plain), statistics.median(plain)
+    every = args.checkpoint_every
+    policy = f"{every} epoch(s)" if every else "60 s (the default)"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load {load:.1f}, Python "
           f"{platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s), "
-          f"{args.clock} clock, checkpoint every {args.checkpoint_every} epoch(s); "
+          f"{args.clock} clock, checkpoint every {policy}; "
           f"{len(plain)} plain and {len(timed)} nclab epochs in {args.rounds} rounds")  # fmt: skip
     print("\n| per epoch | best s | best / plain | median s | median / plain |")
     print("|---|---:|---:|---:|---:|")
@@ -126,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"| {label} | {best[p]:.3f} | {best[p] / plain_best:.2f} "
               f"| {median[p]:.3f} | {median[p] / plain_median:.2f} |")  # fmt: skip
     ratio = best["total"] / plain_best
-    print(f"\nepoch with evaluation / plain epoch: {ratio:.2f} best, "
-          f"{median['total'] / plain_median:.2f} median (budget 1.4)")  # fmt: skip
+    print(f"\nepoch with evaluation / plain epoch: {median['total'] / plain_median:.2f} "
+          f"median (budget 1.4), {ratio:.2f} best")  # fmt: skip
     return {"ratio": ratio, "plain": plain_best, **best}
 
 

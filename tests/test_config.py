@@ -37,11 +37,13 @@ def test_resume_ignores_exactly_the_non_identity_options():
     base = TrainConfig(dataset="synthetic")
     saved = base.to_dict()
     loggers = {"tensorboard", "wandb", "wandb_project", "wandb_group", "wandb_name"}
-    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir", *loggers}
+    checkpoints = {"checkpoint_every", "checkpoint_seconds"}  # when, not what, is saved
+    assert COMPARABLE_EXCEPT == {"epochs", "threads", "data_dir", *loggers, *checkpoints}
     changed = dict(epochs=7, threads=3, data_dir="/elsewhere", tensorboard=True, wandb=True)
     changed.update(wandb_project="p", wandb_group="g", wandb_name="n")
+    changed.update(checkpoint_every=2, checkpoint_seconds=5.0)
     assert config_differences(saved, dataclasses.replace(base, **changed)) == []
-    for name, value in dict(lr=0.5, device="cpu", checkpoint_every=2, seed=4).items():
+    for name, value in dict(lr=0.5, device="cpu", batch_size=32, seed=4).items():
         diffs = config_differences(saved, dataclasses.replace(base, **{name: value}))
         assert [d.split(":")[0] for d in diffs] == [name]
 

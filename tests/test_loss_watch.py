@@ -24,7 +24,7 @@ def test_record_reads_nothing_back_from_the_device() -> None:
 def test_first_non_finite_step_and_value_are_reported(tmp_path) -> None:
     watch = _LossWatch(torch.device("cpu"))
     files = SimpleNamespace(checkpoint=tmp_path / "last.pt")
-    run = SimpleNamespace(ctx=DistContext(), files=files, checkpoint_epoch=0)
+    run = SimpleNamespace(ctx=DistContext(), files=files, checkpoint_epoch=0, pending=None)
     losses = [0.7, 0.6, math.inf, math.nan, 0.5]
     for step, value in enumerate(losses[:2]):
         watch.record(torch.tensor(value), step)

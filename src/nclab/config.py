@@ -298,10 +298,21 @@ class TrainConfig:
         parse=parse_layers,
         knob=True,
     )
-    checkpoint_every: int = option(
-        1,
-        "write checkpoints/last.pt every this many epochs (and at the end)",
+    checkpoint_every: int | None = option(
+        None,
+        "write checkpoints/last.pt every this many epochs (always after the last epoch and "
+        "when stopped by Ctrl-C, SIGTERM or SIGHUP)",
         metavar="EPOCHS",
+        unset="by time, see --checkpoint-seconds",
+        identity=False,
+        knob=True,
+    )
+    checkpoint_seconds: float = option(
+        60.0,
+        "without --checkpoint-every: write checkpoints/last.pt after the first epoch that ends "
+        "this many seconds of wall time after the last one (0: every epoch)",
+        metavar="SECONDS",
+        identity=False,
         knob=True,
     )
     tensorboard: bool = option(
@@ -355,8 +366,9 @@ class TrainConfig:
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_every", self.eval_every)
-        _positive_int("checkpoint_every", self.checkpoint_every)
-        for name in ("per_class", "test_per_class", "width", "depth", "threads"):
+        _finite("checkpoint_seconds", self.checkpoint_seconds, nonnegative=True)
+        optional = ("checkpoint_every", "per_class", "test_per_class", "width", "depth")
+        for name in (*optional, "threads"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value)

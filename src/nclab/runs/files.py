@@ -4,8 +4,10 @@ the manifest of the files nclab wrote.
 Layout of a run directory (see ``docs/training.md``)::
 
     config.json          resolved config, versions, seed, device, host, start time
-    metrics.jsonl        one JSON object per evaluated epoch (appended, fsync'ed)
-    metrics.csv          mirror of metrics.jsonl (regenerated after every row)
+    metrics.jsonl        one JSON object per evaluated epoch (appended; fsync'ed per row, or by
+                         nclab train before each checkpoint)
+    metrics.csv          mirror of metrics.jsonl (a line appended per row; rewritten when a
+                         column appears, and cut back with it on resume)
     per_class.jsonl      per evaluated epoch, per-class counts, variability and NC1 (train, test)
     checkpoints/last.pt  latest checkpoint (written atomically: tmp file + os.replace)
     final.pt             final model state + config
@@ -58,6 +60,7 @@ __all__ = [
     "read_metrics",
     "read_rows",
     "rewrite_rows",
+    "sync_logs",
     "write_json",
 ]
 
@@ -326,11 +329,10 @@ def _row_line(row: dict[str, Any]) -> str:
     return json.dumps(_jsonable(row), allow_nan=False) + "\n"
 
 
-def _append_line(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line, flushed and fsync'ed (a kill leaves at most a torn last line)."""
+def _open_append(path: Path) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o666)
+        return os.open(path, flags, 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ValueError(
@@ -338,24 +340,80 @@ def _append_line(path: Path, row: dict[str, Any]) -> None:
                 "folder: remove the link"
             ) from None
         raise
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+
+def _append_line(path: Path, row: dict[str, Any], sync: bool = True) -> None:
+    """Append one JSON line, flushed (a kill leaves at most a torn last line) and, with
+    ``sync``, fsync'ed (a power cut too)."""
+    with os.fdopen(_open_append(path), "w", encoding="utf-8") as f:
         f.write(_row_line(row))
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
 
 
-def append_row(files: RunFiles, row: dict[str, Any]) -> None:
-    """Append one metrics row to ``metrics.jsonl`` (flushed and fsync'ed), then regenerate
-    ``metrics.csv``."""
-    _append_line(files.metrics, row)
-    write_csv(files.metrics_csv, read_rows(files.metrics))
+def sync_logs(files: RunFiles) -> None:
+    """fsync ``metrics.jsonl`` and ``per_class.jsonl`` (rows appended with ``sync=False``): a
+    training loop calls it before it writes a checkpoint, so that no crash leaves a checkpoint
+    whose rows are lost (a kill never does: the rows are in the OS's cache)."""
+    for path in (files.metrics, files.per_class):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # missing (nothing logged yet) or a link (never written through)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def append_per_class(files: RunFiles, epoch: int, values: dict[str, Any]) -> None:
+def append_row(files: RunFiles, row: dict[str, Any], sync: bool = True) -> None:
+    """Append one metrics row to ``metrics.jsonl`` (flushed; fsync'ed unless ``sync=False``,
+    see :func:`sync_logs`), then to
+    ``metrics.csv``: one line when the CSV's header already names every key of the row (the
+    line a full rewrite would write), else (a new column, no file, a torn last line, a link)
+    an atomic rewrite from ``metrics.jsonl``. The CSV is a mirror: a kill between the two
+    appends leaves it a row short until the resume rewrites it."""
+    _append_line(files.metrics, row, sync)
+    header = _csv_header(files.metrics_csv)
+    if header is None or not set(row) <= set(header):
+        write_csv(files.metrics_csv, read_rows(files.metrics))
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    with os.fdopen(_open_append(files.metrics_csv), "w", encoding="utf-8", newline="") as f:
+        f.write(buf.getvalue())
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The column names of a CSV nclab wrote, or None when it is missing, empty, a link, or
+    does not end with a complete line (a kill in the middle of an append)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or f.seek(0, os.SEEK_END) == 0:
+            return None
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            return None
+        f.seek(0)
+        first = f.readline()
+    try:
+        return next(csv.reader([first.decode("utf-8")]))
+    except (UnicodeDecodeError, StopIteration, csv.Error):
+        return None
+
+
+def append_per_class(
+    files: RunFiles, epoch: int, values: dict[str, Any], sync: bool = True
+) -> None:
     """Append one epoch's per-class statistics (``{"train": {...}, "test": {...}}`` of lists,
     length K) to ``per_class.jsonl``: kept apart from ``metrics.jsonl``, whose rows are scalars,
     because it grows with K. Read with :func:`read_metrics` (same policy)."""
-    _append_line(files.per_class, {"epoch": epoch, **values})
+    _append_line(files.per_class, {"epoch": epoch, **values}, sync)
 
 
 class MetricsLogError(ValueError):

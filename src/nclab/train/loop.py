@@ -45,6 +45,7 @@ from nclab.runs.files import (
     read_json,
     read_metrics,
     read_rows,
+    sync_logs,
     write_json,
 )
 from nclab.runs.lifecycle import RunState
@@ -461,6 +462,10 @@ class _Run:
     scalars: Any = None  # nclab.train.loggers.Loggers with --tensorboard/--wandb (rank 0)
     last_eval: EvalResult | None = None
     checkpoint_epoch: int = 0  # epoch of the last good checkpoint written or resumed from
+    checkpoint_time: float = 0.0  # time.monotonic() of that checkpoint (or of the start)
+    #: the state after the last epoch when no checkpoint was written then (CPU copies): written
+    #: as the checkpoint when a signal stops the run (rank 0)
+    pending: dict[str, Any] | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)  # the data's identity
     run_id: str = ""  # identity["run_id"] of config.json (set when it is written)
     timings: list[dict[str, float]] = field(default_factory=list)
@@ -549,12 +554,17 @@ def _train(
             config=read_json(files.config),
             fresh=plan.action is RunState.NEW,
         )
+    run.checkpoint_time = time.monotonic()
     try:
         if start:
             run.progress.message(f"resuming {files.root} after epoch {start}")
         for epoch in range(start + 1, config.epochs + 1):
             _epoch(run, epoch)
         return _finish(run, start)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (nclab.signals)
+        if ctx.is_main:
+            _save_pending(run)
+        raise
     finally:
         run.progress.close()
         if run.scalars is not None:
@@ -725,12 +735,12 @@ def _epoch(run: _Run, epoch: int) -> None:
         row["seconds"] = time.perf_counter() - t0
     t_io = time.perf_counter()
     if run.ctx.is_main and row is not None:
-        append_row(run.files, row)
-        append_per_class(run.files, epoch, run.last_eval.per_class)
+        append_row(run.files, row, sync=False)  # fsync'ed before the next checkpoint
+        append_per_class(run.files, epoch, run.last_eval.per_class, sync=False)
         if run.scalars is not None:
             run.scalars.write_row(row)
-    if run.ctx.is_main and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
-        _save_checkpoint(run, epoch)
+    if run.ctx.is_main:
+        _checkpoint(run, epoch)
     timing["io"] = time.perf_counter() - t_io
     timing["total"] = time.perf_counter() - t0
     run.timings.append(timing)
@@ -826,28 +836,90 @@ class _LossWatch:
 
 
 def _last_checkpoint_epoch(run: _Run) -> int:
+    """The epoch of the last good checkpoint, for a divergence error: the state kept after the
+    last completed epoch is written first (rank 0), so a diverged run keeps its last good state
+    whatever the checkpoint policy."""
+    if run.ctx.is_main:
+        _save_pending(run)
     return run.checkpoint_epoch
 
 
 # ------------------------------------------------------------------------------ checkpoints
 
 
-def _save_checkpoint(run: _Run, epoch: int) -> None:
-    """Write ``checkpoints/last.pt`` (tensors and plain values only). A model state with a
-    non-finite value (e.g. BatchNorm running statistics) is a divergence: the last good
-    checkpoint is kept instead."""
+def _checkpoint_due(run: _Run, epoch: int) -> bool:
+    """The checkpoint policy: after the last epoch; every ``checkpoint_every`` epochs when set,
+    else after the first epoch ending ``checkpoint_seconds`` of wall time after the last
+    checkpoint (or the start). A resume recomputes the epochs after the checkpoint exactly, so
+    the policy decides only how much work a SIGKILL can cost, never the results."""
+    config = run.config
+    if epoch == config.epochs:
+        return True
+    if config.checkpoint_every is not None:
+        return epoch % config.checkpoint_every == 0
+    return time.monotonic() - run.checkpoint_time >= config.checkpoint_seconds
+
+
+def _checkpoint(run: _Run, epoch: int) -> None:
+    """After ``epoch`` (rank 0, its rows already logged): write the checkpoint when it is due,
+    else keep a CPU copy of the state (``run.pending``) for :func:`_save_pending`."""
+    state = _checkpoint_state(run, epoch)
+    if _checkpoint_due(run, epoch):
+        _write_checkpoint(run, state)
+    else:
+        run.pending = _cpu_copy(state)
+
+
+def _save_pending(run: _Run) -> None:
+    """On the way out of an interrupted run: write the state kept after the last completed
+    epoch, if it is newer than the last checkpoint. It was copied when that epoch ended, so
+    wherever the signal struck (mid-step, mid-evaluation, mid-write) it is consistent, and the
+    write is atomic: a second signal during it leaves the previous checkpoint."""
+    pending, run.pending = run.pending, None
+    if pending is not None and pending["epoch"] > run.checkpoint_epoch:
+        _write_checkpoint(run, pending)
+
+
+def _non_finite(state: dict[str, Tensor]) -> list[str]:
+    """Names of the floating tensors of ``state`` holding NaN or Inf. A float64 sum per tensor
+    first, read once: all finite means every value is (a NaN/Inf value makes its sum non-finite);
+    otherwise (or on an overflow) each tensor is checked value by value."""
+    floats = {k: t for k, t in state.items() if t.is_floating_point() and t.numel()}
+    if not floats:
+        return []
+    sums = torch.stack([t.sum(dtype=torch.float64) for t in floats.values()])
+    if bool(torch.isfinite(sums).all()):
+        return []
+    return [k for k, t in floats.items() if not t.isfinite().all()]
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """``obj`` (nested dicts/lists of tensors and plain values) with every tensor copied to CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _checkpoint_state(run: _Run, epoch: int) -> dict[str, Any]:
+    """The checkpoint after ``epoch`` (tensors and plain values only, referencing the live
+    tensors). A model state with a non-finite value (e.g. BatchNorm running statistics) is a
+    divergence: the last good checkpoint is kept instead."""
     model_state = run.model.state_dict()
-    bad = [k for k, t in model_state.items() if t.is_floating_point() and not t.isfinite().all()]
+    bad = _non_finite(model_state)
     if bad:
         raise TrainingDivergedError(
             epoch,
             0,
             math.nan,
-            run.checkpoint_epoch,
+            _last_checkpoint_epoch(run),
             run.files.checkpoint,
             where=f"the model state became non-finite in epoch {epoch} ({', '.join(bad[:3])})",
         )
-    state = {
+    return {
         "epoch": epoch,
         "model": model_state,
         "optimizer": run.optimizer.state_dict(),
@@ -858,8 +930,15 @@ def _save_checkpoint(run: _Run, epoch: int) -> None:
         "input_shape": list(run.data.input_shape),
         "run_id": run.run_id,
     }
+
+
+def _write_checkpoint(run: _Run, state: dict[str, Any]) -> None:
+    """Write ``checkpoints/last.pt`` atomically (tmp file, fsync, ``os.replace``)."""
+    run.pending = None  # older than this state: never written over it
+    sync_logs(run.files)  # the rows up to this epoch reach the disk before the checkpoint
     atomic_write(run.files.checkpoint, lambda f: torch.save(state, f))
-    run.checkpoint_epoch = epoch
+    run.checkpoint_epoch = int(state["epoch"])
+    run.checkpoint_time = time.monotonic()
 
 
 def _restore(run: _Run, plan: _Plan) -> int:
