@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nclab.board import Board
 from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
 from nclab.threads import training_threads
 from nclab.train.config import (
@@ -468,15 +469,6 @@ def _log(cfg: CompareConfig, message: str) -> None:
         print(message, flush=True)
 
 
-def _describe(outcome: RunOutcome) -> str:
-    acc = "?" if outcome.final_train_acc is None else f"{100 * outcome.final_train_acc:.2f}%"
-    perfect = outcome.first_perfect_epoch or "never"
-    return (
-        f"{outcome.name}: {outcome.status} in {outcome.seconds:.1f} s, final train acc "
-        f"{acc}, 100% train acc first at epoch {perfect}"
-    )
-
-
 def _train_all(
     cfg: CompareConfig,
     todo: list[tuple[PlannedRun, str]],
@@ -496,7 +488,8 @@ def _train_all(
     if jobs == 1 or len(todo) == 1:
         for run, status in todo:
             try:
-                info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, cfg.quiet)
+                # quiet: the progress board follows the run from its metrics.jsonl
+                info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, True)
             except Exception as err:
                 raise _name_failure(err, run) from None
             on_done(run, status, info)
@@ -575,7 +568,6 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
         state = RunState.NEW if cfg.overwrite else states[run.name][0]
         if state is RunState.DONE:
             outcomes[run.name] = _outcome_from_dir(run, "reused", 0.0)
-            _log(cfg, f"  {_describe(outcomes[run.name])}")
         else:
             todo.append((run, "resumed" if state is RunState.RESUME else "trained"))
     _log(
@@ -591,13 +583,23 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
         + f" -> {out}",
     )
 
+    # progress board (nclab.board): one live line per run, read from its metrics.jsonl
+    board = Board(quiet=cfg.quiet)
+    board.start([(r.name, r.path, r.config.epochs) for r in runs])
+    for outcome in outcomes.values():
+        board.run_done(outcome)
+
     def on_done(run: PlannedRun, status: str, info: dict) -> None:
         outcome = _outcome_from_dir(run, status, float(info["seconds"]))
         outcomes[run.name] = outcome
-        _log(cfg, f"  [{len(outcomes)}/{len(runs)}] {_describe(outcome)}")
+        board.run_done(outcome)
 
-    if todo:
-        _train_all(cfg, todo, jobs, threads, on_done)
+    try:
+        if todo:
+            _train_all(cfg, todo, jobs, threads, on_done)
+    finally:
+        table = board.close()
+    _log(cfg, table)
     ordered = [outcomes[r.name] for r in runs]
     report = None
     if cfg.report:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from nclab.commands.train import add_config_options
+from nclab.commands.train import add_config_options, option_groups
 from nclab.compare import PRESETS
 
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
@@ -26,15 +26,26 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `nclab compare`."""
-    parser.add_argument(
+    """Options of `nclab compare`, in the sections of `nclab train` (comparison first)."""
+    parser.epilog = (
+        "Training options override the preset; they mean what they mean in `nclab train`; an "
+        "option neither given nor set by the preset has the default `nclab train --help` "
+        "shows; with --dataset the preset's --per-class and --test-per-class do not apply."
+    )
+    parser.usage = (
+        "%(prog)s [-h] [--preset NAME] [--smoothing DELTA ...] [--seeds SEED ...] "
+        "[--out DIR] [training options] [--jobs J] [--launcher NAME]"
+    )
+    comparison = parser.add_argument_group("comparison")
+    groups = option_groups(parser)
+    comparison.add_argument(
         "--preset",
         default="quick",
         choices=list(PRESETS),
-        help="named setting: "
+        help="named setting (default: quick): "
         + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()).replace("%", "%%"),
     )
-    parser.add_argument(
+    comparison.add_argument(
         "--smoothing",
         type=float,
         nargs="+",
@@ -43,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label-smoothing δ values in [0, 1); CE (0) is always included "
         "(default: the preset's, quick: 0 0.05 0.1)",
     )
-    parser.add_argument(
+    comparison.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -53,13 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "compared as pairs; 3 or more make the verdicts more than indicative (default: the "
         "preset's; quick and paper: 0 1 2, smoke: 0)",
     )
-    parser.add_argument(
-        "--out",
-        default="runs/compare",
-        metavar="DIR",
-        help="output directory (runs/, report/, compare.json)",
+    add_config_options(groups, prefix=TRAIN_PREFIX, defaults=False)
+    logging = groups["logging"]
+    logging.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors (no progress bars)"
     )
-    parser.add_argument(
+    execution = groups["execution"]
+    execution.add_argument(
         "--jobs",
         type=int,
         default=None,
@@ -67,62 +78,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="runs trained in parallel by spawned worker processes "
         "(default: the preset's; quick/smoke: min(2, CPU count))",
     )
-    parser.add_argument(
+    execution.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="T",
         help="torch threads per job (default: CPU count // jobs)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="retrain every run, discarding what --out holds for it",
-    )
-    parser.add_argument("--no-report", action="store_true", help="train only")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    cluster = parser.add_argument_group(
-        "launching past one machine", "see docs/integrations.md (default: local worker processes)"
-    )
-    cluster.add_argument(
+    execution.add_argument(
         "--launcher",
         choices=("local", "submitit"),
         default="local",
         help="local: --jobs worker processes here; submitit: one SLURM job per run through "
-        "submitit (pip install 'nclab[submitit]'), waited for, then the report",
+        "submitit (pip install 'nclab[submitit]'), waited for, then the report; see "
+        "docs/integrations.md (default: local)",
     )
-    cluster.add_argument(
+    execution.add_argument(
         "--print-commands",
         action="store_true",
         help="print one `nclab train` command per run still to train, for any scheduler, and "
         "exit; then `nclab report OUT` collects the results",
     )
-    cluster.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
-    cluster.add_argument(
-        "--slurm-time", type=int, default=24 * 60, metavar="MINUTES", help="time limit per job"
+    execution.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
+    execution.add_argument(
+        "--slurm-time",
+        type=int,
+        default=24 * 60,
+        metavar="MINUTES",
+        help="time limit per job (default: 1440)",
     )
-    cluster.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job")
-    cluster.add_argument(
+    execution.add_argument(
+        "--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job (default: 0)"
+    )
+    execution.add_argument(
         "--slurm-cpus", type=int, metavar="N", help="CPUs per job (also the run's torch threads)"
     )
-    cluster.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per job")
-    cluster.add_argument(
-        "--slurm-folder", metavar="DIR", help="submitit's job scripts and logs (unset: OUT/slurm)"
+    execution.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per job")
+    execution.add_argument(
+        "--slurm-folder", metavar="DIR", help="submitit's job scripts and logs (default: OUT/slurm)"
     )
-    cluster.add_argument(
+    execution.add_argument(
         "--slurm-cluster",
         choices=("auto", "slurm", "local", "debug"),
         default="auto",
         help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
-        "(all jobs at once as processes on this machine, for a dry run), debug (in this process)",
+        "(all jobs at once as processes on this machine, for a dry run), debug (in this "
+        "process) (default: auto)",
     )
-    group = parser.add_argument_group(
-        "training options",
-        "override the preset; same meaning as in `nclab train`; an option neither given nor "
-        "set by the preset has the default `nclab train --help` shows; with --dataset the "
-        "preset's --per-class and --test-per-class do not apply",
+    output = groups["output"]
+    output.add_argument(
+        "--out",
+        default="runs/compare",
+        metavar="DIR",
+        help="output directory: runs/, report/, compare.json (default: runs/compare)",
     )
-    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
+    output.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain every run, discarding what --out holds for it",
+    )
+    output.add_argument("--no-report", action="store_true", help="train only")
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:

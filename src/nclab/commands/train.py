@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.train.config import TrainConfig, options
+from nclab.train.config import OPTION_GROUPS, TrainConfig, options
 
 DESCRIPTION = (
     "Train one model on one dataset with one loss and one seed, evaluating every epoch: "
@@ -96,13 +96,21 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
     return str(field.default)
 
 
-def add_config_options(group: Any, *, prefix: str = "", defaults: bool = True) -> None:
+def option_groups(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The ``--help`` sections of :data:`~nclab.train.config.OPTION_GROUPS`, created on
+    ``parser`` in that order (argparse leaves out a section no option joins)."""
+    return {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS.items()}
+
+
+def add_config_options(groups: dict[str, Any], *, prefix: str = "", defaults: bool = True) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
-    (:func:`nclab.train.config.options`): help, placeholder, choices (listed in the help;
+    (:func:`nclab.train.config.options`) into the section its ``group`` names
+    (:func:`option_groups`): help, placeholder, choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
     ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options."""
     for name, (f, opt) in options().items():
+        group = groups[opt.group]
         if prefix and opt.per_run:
             continue
         text = opt.help
@@ -128,13 +136,15 @@ def add_config_options(group: Any, *, prefix: str = "", defaults: bool = True) -
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register every TrainConfig field as an option, plus --config/--out/--resume/..."""
-    run = parser.add_argument_group("run directory")
-    run.add_argument(
+    parser.usage = "%(prog)s [-h] [--config FILE] [--out DIR] [--resume] [training options]"
+    parser.add_argument(
         "--config",
         metavar="FILE",
         help="YAML or JSON file of options (option names as keys, '-' or '_'); options given "
         "on the command line override it; a run's config.json works too",
     )
+    groups = option_groups(parser)
+    run = groups["output"]
     run.add_argument(
         "--out",
         metavar="DIR",
@@ -148,8 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--overwrite", action="store_true", help="discard a previous run in --out and start over"
     )
-    run.add_argument("--quiet", action="store_true", help="print nothing")
-    add_config_options(parser.add_argument_group("training options (TrainConfig fields)"))
+    groups["logging"].add_argument("--quiet", action="store_true", help="print nothing")
+    add_config_options(groups)
 
 
 def default_out_dir(config: TrainConfig) -> str:
