@@ -89,7 +89,7 @@ def outcome_table(outcomes: Sequence[Outcome]) -> str:
 
 
 # no rate or time estimate: every bar starts when the board does, not when its run does
-_BAR = "{desc}  {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} epochs, {postfix}"
+_BAR = "{desc}  {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} epochs{postfix}"
 
 
 @dataclass
@@ -146,6 +146,7 @@ class Board:
                     dynamic_ncols=True,
                     bar_format=_BAR,
                     postfix="waiting",
+                    mininterval=0,  # the board's own polling sets the pace
                 )
             self._runs[name] = run
         self.update()
