@@ -269,3 +269,33 @@ def test_browser_keeps_every_mean_sd_cell_on_one_line(page, tmp_path):
     report = json.loads(found[1].replace("&quot;", '"'))
     assert report["checked"] > 10
     assert report["wrapped"] == []
+
+
+@pytest.mark.parametrize("span", [(0.031, 0.058), (0.02, 0.9), (1e-4, 3.0), (0.4, 0.5)])
+def test_log_ticks_are_plain_numbers_that_never_collide(span):
+    """The matched-NC1 axes at any NC1 range: at least two labels, none overlapping."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from nclab.report.figures import log_ticks
+
+    fig = Figure(figsize=(5.5, 4.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.set_xscale("log")
+    ax.plot(span, [0, 1])
+    ax.set_xlim(span[1], span[0])  # inverted, as in the figure
+    log_ticks(ax.xaxis)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    lo, hi = span
+    labels = [
+        t
+        for t in ax.xaxis.get_ticklabels(which="both")
+        if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi
+    ]
+    assert len(labels) >= 2, [t.get_text() for t in labels]
+    for t in labels:
+        float(t.get_text())  # a plain number, not mathtext such as 5×10^-2
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False))
