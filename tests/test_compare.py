@@ -344,3 +344,29 @@ def test_per_class_all_parses_in_train_and_compare(command, tmp_path, capsys):
         main([command, "--per-class", "some", "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
     assert "positive integer or 'all'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_paper_preset_finishes_on_cpu_with_small_fake_cifar_files(tmp_path, capsys):
+    """ResNet-18 at width 4 on a few CIFAR-10-format images: the paper's setting runs end to
+    end on a CPU (two epochs, the milestone moved inside them)."""
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+        batch = {b"data": images, b"labels": [i % 10 for i in range(20)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    out = tmp_path / "paper"
+    argv = ["compare", "--preset", "paper", "--width", "4", "--seeds", "0", "--epochs", "2"]
+    argv += ["--milestones", "1", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0, capsys.readouterr().err
+    for name in ("ce_seed0", "ls0.05_seed0"):
+        assert [r["epoch"] for r in _rows(out / "runs" / name)] == [1, 2]
+        config = json.loads((out / "runs" / name / "config.json").read_text())
+        assert (config["model"], config["width"]) == ("resnet18", 4)
+    assert (out / "report" / "report.html").is_file()

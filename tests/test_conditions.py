@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from nclab.conditions import imbalanced_counts, imbalanced_indices, noisy_labels
+from nclab.config import config_differences
 from nclab.data import class_balanced_indices, load_dataset
 from nclab.metrics import NCAccumulator, nc_metrics
 from nclab.train import TrainConfig, config_from_dict, load_model, train
-from nclab.train.config import config_differences
 
 SYNTH = "synthetic:k=5,d=24,n=80,test=20"
 
@@ -66,9 +66,9 @@ def test_load_dataset_keeps_clean_labels_and_clean_test_set() -> None:
 
 
 def test_ce_and_ls_runs_of_one_seed_train_on_the_same_noisy_labels(tmp_path: Path) -> None:
+    from nclab.runs import RunFiles
     from nclab.train.distributed import DistContext
     from nclab.train.loop import _build
-    from nclab.train.rundir import RunFiles
 
     labels = []
     for loss, delta in (("ce", 0.0), ("ls", 0.2)):

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from nclab.compare import CompareConfig, plan_runs
-from nclab.data import load_dataset, parse_synthetic, synthetic_name
-from nclab.train.config import (
+from nclab.config import (
     COMPARABLE_EXCEPT,
     PER_RUN_FIELDS,
     SETTING_FIELDS,
@@ -23,6 +22,7 @@ from nclab.train.config import (
     config_from_dict,
     options,
 )
+from nclab.data import load_dataset, parse_synthetic, synthetic_name
 
 
 def test_every_field_declares_its_option():

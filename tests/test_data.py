@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import nclab.data as data_mod
+import nclab.data.readers as data_mod
 from nclab.data import (
     DATASETS,
     DataBundle,

@@ -36,7 +36,7 @@ import pytest
 import torch
 
 from nclab import cli
-from nclab.compare import WorkerDiedError
+from nclab.executors.local import WorkerDiedError
 from nclab.runs.files import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -1166,7 +1166,7 @@ def _raise(exc: BaseException) -> Callable[..., None]:
         ("nclab.train.loop._epoch", "train"),  # training
         ("nclab.train.loop._finish", "train"),  # writing the final files
         ("nclab.report.build_report", "report"),
-        ("nclab.compare._train_all", "compare"),
+        ("nclab.executors.local.LocalExecutor.as_completed", "compare"),
         ("nclab.ufm.closed_form", "ufm"),
     ],
 )

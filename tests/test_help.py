@@ -98,7 +98,7 @@ def test_help_shows_each_default_once_and_no_paragraph_twice(argv, monkeypatch):
 
 
 def test_training_options_read_the_same_in_train_and_compare(monkeypatch):
-    from nclab.train.config import PER_RUN_FIELDS, options
+    from nclab.config import PER_RUN_FIELDS, options
 
     train = _entries(_help(("train",), monkeypatch))
     compare = _entries(_help(("compare",), monkeypatch))
@@ -115,10 +115,10 @@ def test_training_options_read_the_same_in_train_and_compare(monkeypatch):
 
 
 def test_choices_are_the_registries_names(monkeypatch):
+    from nclab.config import options
     from nclab.data import DATASETS
     from nclab.losses import LOSSES
     from nclab.models import MODELS
-    from nclab.train.config import options
 
     assert names.DATASETS == DATASETS
     assert names.MODELS == tuple(MODELS) and names.LOSSES == tuple(LOSSES)
@@ -136,7 +136,7 @@ def test_help_imports_no_torch():
     code = (
         "import sys\n"
         "from nclab.cli import main\n"
-        "for argv in (['train', '--help'], ['compare', '--help']):\n"
+        "for argv in (['--help'], ['train', '--help'], ['compare', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
@@ -163,7 +163,7 @@ def _sections(text: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("command", [("train",), ("compare",)])
 def test_training_options_are_listed_in_the_section_their_schema_names(command, monkeypatch):
-    from nclab.train.config import OPTION_GROUPS, options
+    from nclab.config import OPTION_GROUPS, options
 
     sections = _sections(_help(command, monkeypatch))
     checked = 0
@@ -181,7 +181,7 @@ def test_training_options_are_listed_in_the_section_their_schema_names(command, 
 
 
 def test_an_option_group_must_be_a_known_section():
-    from nclab.train.config import Option
+    from nclab.config import Option
 
     with pytest.raises(ValueError, match="group must be one of"):
         Option("help", group="misc")

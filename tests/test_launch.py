@@ -15,8 +15,10 @@ import pytest
 
 from nclab import cli
 from nclab.commands.train import config_from_args
-from nclab.compare import CompareConfig, compare, plan_runs
-from nclab.launch import JobFailedError, SlurmOptions, comparison_commands, train_command
+from nclab.compare import CompareConfig, compare, comparison_commands, plan_runs
+from nclab.executors import SlurmOptions
+from nclab.executors.commands import train_command
+from nclab.executors.submitit import JobFailedError
 from nclab.train import TrainConfig, read_rows
 
 FAST = {"epochs": 3}  # the smoke preset, shortened

@@ -13,8 +13,8 @@ from nclab.hooks import capture, eval_mode
 from nclab.layers import LayerNC, pool_features, resolve_taps
 from nclab.metrics import nc_metrics
 from nclab.models import build_model
+from nclab.runs import read_rows
 from nclab.train import TrainConfig, train
-from nclab.train.rundir import read_rows
 
 SYNTH = "synthetic:k=4,d=3,n=40,test=10"
 

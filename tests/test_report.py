@@ -233,6 +233,10 @@ def test_report_writes_every_file(study):
         "compare_calibration",
         "compare_norms",
         "compare_ufm",
+        # the paper's figures: loss convergence, test-feature NC, the δ sweep (3 δ values here)
+        "compare_loss_convergence",
+        "compare_test_nc",
+        "compare_delta_sweep",
     }
     assert set(result.figures) == expected
     for paths in result.figures.values():
@@ -321,7 +325,10 @@ def test_verdicts_follow_the_numbers(study):
             )
         ]
         assert d.headline.differences == pytest.approx(tuple(both), rel=1e-12)
-        assert d.indicative and "2 seeds, indicative" in d.verdict
+        if d.label == "LS δ=0.1":  # its seed 1 never reaches 100% training accuracy (below)
+            assert d.verdict.startswith("undetermined (no terminal phase)"), d.verdict
+        else:
+            assert d.indicative and "2 seeds, indicative" in d.verdict
     # LS δ=0.1 seed 1 never reaches zero training error (24 epochs): 25 - 12 = 13 epochs later.
     a = {d.label: d for d in verdicts["a"].per_delta}
     zero = next(m for m in a["LS δ=0.1"].measures if m.measure.key == "epochs_zero_train_error")

@@ -29,6 +29,10 @@ from nclab.threads import limit_threads
 # command name -> (module under nclab.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "Main job: CE vs label smoothing side by side, then a report."),
+    "study": (
+        "study",
+        "A grid of comparisons (data x model x condition x δ) and the claims atlas.",
+    ),
     "train": ("train", "Train one classifier with per-epoch neural-collapse tracking."),
     "ufm": ("ufm", "Unconstrained feature model: closed form, solver, conditioning, convergence."),
     "report": ("report", "Rebuild the HTML/Markdown report from existing run directories."),

@@ -24,21 +24,23 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nclab.board import Board
-from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
-from nclab.threads import training_threads
-from nclab.train.config import (
+from nclab.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
     PER_RUN_FIELDS,
     TrainConfig,
     config_differences,
 )
+from nclab.executors import Resources, SlurmOptions, Task, create, launchers
+from nclab.executors.commands import CommandsExecutor
+from nclab.runs import RunFiles, RunState, atomic_write, lifecycle, lock_directory, read_rows
+from nclab.threads import training_threads
 
 if TYPE_CHECKING:
     from nclab.report import ReportResult
@@ -228,8 +230,8 @@ class CompareConfig:
     overwrite: bool = False
     report: bool = True
     quiet: bool = False
-    launcher: str = "local"  # or "submitit" (nclab.launch)
-    slurm: Any = None  # nclab.launch.SlurmOptions for the submitit launcher (None: defaults)
+    launcher: str = "local"  # or "submitit": nclab.executors.launchers()
+    slurm: SlurmOptions | None = None  # the submitit launcher's jobs (None: defaults)
 
 
 @dataclass(frozen=True)
@@ -314,29 +316,29 @@ def default_jobs(preset: Preset) -> int:
     return preset.jobs if preset.jobs is not None else max(1, min(2, os.cpu_count() or 1))
 
 
-def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], int, int]:
+def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], Resources]:
     preset = _preset(cfg.preset)
     smoothings = validate_smoothings(
         preset.smoothings if cfg.smoothings is None else cfg.smoothings
     )
     seeds = _validate_seeds(preset.seeds if cfg.seeds is None else cfg.seeds)
+    if cfg.launcher not in launchers():
+        raise ValueError(f"unknown launcher {cfg.launcher!r}; use {' or '.join(launchers())}")
     jobs = default_jobs(preset) if cfg.jobs is None else cfg.jobs
-    if cfg.launcher not in ("local", "submitit"):
-        raise ValueError(f"unknown launcher {cfg.launcher!r}; use local or submitit")
-    if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
-        raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
-    if cfg.threads is not None and (
-        isinstance(cfg.threads, bool) or int(cfg.threads) != cfg.threads or cfg.threads < 1
-    ):
-        raise ValueError(f"--threads must be a positive integer, got {cfg.threads!r}")
-    threads = training_threads(cfg.threads, int(jobs))
-    return preset, smoothings, seeds, int(jobs), int(threads)
+    Resources(jobs=jobs, threads=cfg.threads)  # checks both before the default threads
+    slurm = cfg.slurm or SlurmOptions()
+    if slurm.folder is None:
+        slurm = replace(slurm, folder=Path(cfg.out) / "slurm")
+    threads = training_threads(cfg.threads, jobs)
+    # quiet: a run trained in this process prints nothing; the progress board (nclab.board)
+    # follows every run from its metrics.jsonl instead
+    return preset, smoothings, seeds, Resources(jobs, threads, True, slurm)
 
 
 def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     """The runs of a comparison (CE first, then δ ascending; seeds inside), with their
     validated training configs. Raises ValueError for bad options."""
-    preset, smoothings, seeds, _, threads = _resolve(cfg)
+    preset, smoothings, seeds, resources = _resolve(cfg)
     managed = MANAGED_FIELDS & set(cfg.train)
     if managed:
         raise ValueError(
@@ -364,7 +366,9 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
             name = run_name(delta, seed)
             if options.get("wandb"):
                 options["wandb_name"] = name
-            config = TrainConfig(**options, loss=loss, smoothing=delta, seed=seed, threads=threads)
+            config = TrainConfig(
+                **options, loss=loss, smoothing=delta, seed=seed, threads=resources.threads
+            )
             runs.append(PlannedRun(name, out / "runs" / name, config))
     return runs
 
@@ -388,80 +392,11 @@ def run_state(run: PlannedRun) -> tuple[RunState, list[str]]:
     return state, diffs
 
 
-def _train_worker(config: dict[str, Any], out_dir: str, overwrite: bool, quiet: bool) -> dict:
-    """Train one run (in a worker process or in-process); returns a JSON-able summary."""
-    import torch
-
-    from nclab.train import TrainConfig as _Config
-    from nclab.train import train
-
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
-    t0 = time.perf_counter()
-    result = train(
-        _Config(**config), out_dir, resume=not overwrite, overwrite=overwrite, quiet=quiet
-    )
-    final = result.final
-    return {
-        "seconds": time.perf_counter() - t0,
-        "final_train_acc": final.get("train_acc"),
-        "first_perfect_epoch": result.first_perfect_epoch,
-    }
-
-
-class WorkerDiedError(RuntimeError):
-    """A worker process of :func:`compare` ended without reporting (killed by a signal or the
-    OS, e.g. out of memory)."""
-
-    exit_code = 1
-
-
-def _name_failure(err: BaseException, run: PlannedRun) -> BaseException:
-    """Mark a run's failure with the run's name (the CLI prints it before the message)."""
-    if isinstance(err, Exception):
-        err.nclab_context = f"run {run.name}"  # type: ignore[attr-defined]
-    return err
-
-
-def _worker_init(threads: int) -> None:
-    """Spawned worker: ignore Ctrl-C, SIGTERM and SIGHUP (the parent stops the workers with
-    SIGKILL and reports it once; they are SIGKILL-safe), die with the parent (Linux), fix the
-    thread count before torch starts its pools."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    _die_with_parent()
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel sends this process SIGKILL when its parent dies (even by SIGKILL), so
-    no worker trains on after ``nclab compare`` is gone."""
-    import ctypes
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _outcome_from_dir(run: PlannedRun, status: str, seconds: float) -> RunOutcome:
-    rows = read_rows(RunFiles(run.path).metrics)
+def _outcome(name: str, path: Path, status: str, seconds: float) -> RunOutcome:
+    """A run's outcome, read from its metrics log."""
+    rows = read_rows(RunFiles(path).metrics)
     final = rows[-1].get("train_acc") if rows else None
-    perfect = lifecycle.first_perfect_epoch(rows)
-    return RunOutcome(run.name, run.path, status, seconds, final, perfect)
+    return RunOutcome(name, path, status, seconds, final, lifecycle.first_perfect_epoch(rows))
 
 
 def _log(cfg: CompareConfig, message: str) -> None:
@@ -469,74 +404,38 @@ def _log(cfg: CompareConfig, message: str) -> None:
         print(message, flush=True)
 
 
-def _train_all(
-    cfg: CompareConfig,
-    todo: list[tuple[PlannedRun, str]],
-    jobs: int,
-    threads: int,
-    on_done: Callable[[PlannedRun, str, dict], None],
-) -> None:
-    """Train ``todo`` ((run, status) pairs) with ``jobs`` workers (in-process for one job),
-    or as cluster jobs with ``cfg.launcher == "submitit"``."""
-    if cfg.launcher == "submitit":
-        from nclab.launch import SlurmOptions, run_with_submitit
+def pending(
+    cfg: CompareConfig, runs: Sequence[PlannedRun]
+) -> tuple[list[tuple[Task, RunState]], list[str]]:
+    """What the run lifecycle says of each planned run: the tasks to train with their state
+    (NEW or RESUME; with ``overwrite`` every run, as NEW) and the names of the complete runs
+    to reuse. Raises
+    ValueError when ``out`` holds a run of a different config (unless ``overwrite``)."""
+    states = {run.name: run_state(run) for run in runs}
+    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s is RunState.MISMATCH]
+    if mismatched and not cfg.overwrite:
+        raise ValueError(
+            f"{cfg.out} already holds runs with a different config: {', '.join(mismatched)}; "
+            "pass --overwrite to retrain them or choose another --out"
+        )
+    todo, reused = [], []
+    for run in runs:
+        state = RunState.NEW if cfg.overwrite else states[run.name][0]
+        if state is RunState.DONE:
+            reused.append(run.name)
+        else:
+            todo.append((Task(run.name, run.config, run.path, cfg.overwrite), state))
+    return todo, reused
 
-        slurm = cfg.slurm or SlurmOptions()
-        folder = Path(slurm.folder) if slurm.folder else Path(cfg.out) / "slurm"
-        run_with_submitit(todo, slurm, folder, cfg.overwrite, _train_worker, on_done)
-        return
-    if jobs == 1 or len(todo) == 1:
-        for run, status in todo:
-            try:
-                # quiet: the progress board follows the run from its metrics.jsonl
-                info = _train_worker(run.config.to_dict(), str(run.path), cfg.overwrite, True)
-            except Exception as err:
-                raise _name_failure(err, run) from None
-            on_done(run, status, info)
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
 
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        min(jobs, len(todo)), mp_context=context, initializer=_worker_init, initargs=(threads,)
-    )
-    try:
-        futures = {
-            pool.submit(_train_worker, run.config.to_dict(), str(run.path), cfg.overwrite, True): (
-                run,
-                status,
-            )
-            for run, status in todo
-        }
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                run, status = futures[fut]
-                err = fut.exception()
-                if isinstance(err, BrokenProcessPool):
-                    raise _name_failure(
-                        WorkerDiedError(
-                            "a worker process died without reporting (killed by a signal or by "
-                            "the OS, e.g. out of memory); the runs stay resumable: rerun the "
-                            "same command, with fewer --jobs if memory is short"
-                        ),
-                        run,
-                    )
-                if err is not None:
-                    raise _name_failure(err, run) from None
-                on_done(run, status, fut.result())
-    except BaseException:
-        # Stop the other trainings now instead of waiting for them to finish (hours with the
-        # paper preset); they are SIGKILL-safe and resume from their last checkpoint next time.
-        # ProcessPoolExecutor has no public way to end running workers before Python 3.14.
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.kill()  # workers ignore SIGTERM (a whole-job SIGTERM reaches the parent)
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+def comparison_commands(cfg: CompareConfig, program: str = "nclab") -> tuple[list[str], list[str]]:
+    """One ``nclab train`` command per run of the comparison ``cfg`` still to train (the
+    ``commands`` executor: absolute paths; threads ``cfg.threads``, unset: torch's default
+    where the command runs), and the names of the runs already complete in ``cfg.out``."""
+    todo, reused = pending(cfg, plan_runs(cfg))
+    executor = CommandsExecutor(Resources(threads=cfg.threads), program)
+    executor.submit([task for task, _ in todo])
+    return executor.commands, reused
 
 
 def compare(cfg: CompareConfig) -> CompareResult:
@@ -553,52 +452,38 @@ def compare(cfg: CompareConfig) -> CompareResult:
 
 def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareResult:
     """:func:`compare` once ``out`` is locked."""
-    preset, smoothings, seeds, jobs, threads = _resolve(cfg)
+    preset, smoothings, seeds, resources = _resolve(cfg)
     out = Path(cfg.out)
-    states = {run.name: run_state(run) for run in runs}
-    mismatched = [f"{n} ({'; '.join(d)})" for n, (s, d) in states.items() if s is RunState.MISMATCH]
-    if mismatched and not cfg.overwrite:
-        raise ValueError(
-            f"{out} already holds runs with a different config: {', '.join(mismatched)}; pass "
-            "--overwrite to retrain them or choose another --out"
-        )
+    todo, reused = pending(cfg, runs)
     outcomes: dict[str, RunOutcome] = {}
-    todo: list[tuple[PlannedRun, str]] = []
     for run in runs:
-        state = RunState.NEW if cfg.overwrite else states[run.name][0]
-        if state is RunState.DONE:
-            outcomes[run.name] = _outcome_from_dir(run, "reused", 0.0)
-        else:
-            todo.append((run, "resumed" if state is RunState.RESUME else "trained"))
-    _log(
-        cfg,
-        f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"
-        f", seeds {', '.join(map(str, seeds))}: {len(todo)} run(s) to train, "
-        f"{len(runs) - len(todo)} reused, "
-        + (
-            "one submitit job each"
-            if cfg.launcher == "submitit"
-            else f"{min(jobs, max(1, len(todo)))} job(s) x {threads} thread(s)"
+        if run.name in reused:
+            outcomes[run.name] = _outcome(run.name, run.path, "reused", 0.0)
+    status = {t.name: "resumed" if s is RunState.RESUME else "trained" for t, s in todo}
+    tasks = [task for task, _ in todo]
+    jobs = min(resources.jobs, max(1, len(tasks)))
+    with create(cfg.launcher, replace(resources, jobs=jobs)) as executor:
+        executor.submit(tasks)
+        _log(
+            cfg,
+            f"nclab compare: preset {preset.name}, δ = {', '.join(f'{d:g}' for d in smoothings)}"
+            f", seeds {', '.join(map(str, seeds))}: {len(tasks)} run(s) to train, "
+            f"{len(reused)} reused, {executor.describe()} -> {out}",
         )
-        + f" -> {out}",
-    )
-
-    # progress board (nclab.board): one live line per run, read from its metrics.jsonl
-    board = Board(quiet=cfg.quiet)
-    board.start([(r.name, r.path, r.config.epochs) for r in runs])
-    for outcome in outcomes.values():
-        board.run_done(outcome)
-
-    def on_done(run: PlannedRun, status: str, info: dict) -> None:
-        outcome = _outcome_from_dir(run, status, float(info["seconds"]))
-        outcomes[run.name] = outcome
-        board.run_done(outcome)
-
-    try:
-        if todo:
-            _train_all(cfg, todo, jobs, threads, on_done)
-    finally:
-        table = board.close()
+        # progress board (nclab.board): one live line per run, read from its metrics.jsonl
+        board = Board(quiet=cfg.quiet)
+        board.start([(r.name, r.path, r.config.epochs) for r in runs])
+        for outcome in list(outcomes.values()):
+            board.run_done(outcome)
+        try:
+            for done in executor.as_completed():
+                if done.error is not None:
+                    raise done.error
+                name = done.task.name
+                outcomes[name] = _outcome(name, done.task.path, status[name], done.seconds or 0.0)
+                board.run_done(outcomes[name])
+        finally:
+            table = board.close()
     _log(cfg, table)
     ordered = [outcomes[r.name] for r in runs]
     report = None
@@ -615,7 +500,7 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
             _report_to_wandb(report, runs[0].config, preset.name, smoothings, seeds)
     seconds = time.perf_counter() - t0
     manifest = _write_manifest(
-        cfg, preset, smoothings, seeds, jobs, threads, runs, ordered, report, seconds
+        cfg, preset, smoothings, seeds, resources, runs, ordered, report, seconds
     )
     return CompareResult(out, ordered, report, seconds, manifest)
 
@@ -648,8 +533,7 @@ def _write_manifest(
     preset: Preset,
     smoothings: list[float],
     seeds: list[int],
-    jobs: int,
-    threads: int,
+    resources: Resources,
     runs: list[PlannedRun],
     outcomes: list[RunOutcome],
     report: ReportResult | None,
@@ -661,8 +545,8 @@ def _write_manifest(
         "preset": preset.name,
         "smoothings": smoothings,
         "seeds": seeds,
-        "jobs": jobs,
-        "threads_per_job": threads,
+        "jobs": resources.jobs,
+        "threads_per_job": resources.threads,
         "launcher": cfg.launcher,
         "overrides": cfg.train,
         "seconds": seconds,

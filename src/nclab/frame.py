@@ -2,7 +2,7 @@
 
 :func:`load_frame` reads run directories (of ``nclab train``, ``nclab compare`` or
 :class:`~nclab.track.NCTracker`) through the report's reader (:mod:`nclab.report.runs`, which
-reads ``metrics.jsonl`` with :func:`nclab.train.rundir.read_metrics`) and returns one row per
+reads ``metrics.jsonl`` with :func:`nclab.runs.read_metrics`) and returns one row per
 run and evaluated epoch. Unlike the report, it accepts any mix of datasets, models and losses:
 the run's identity and config are columns, so ``df.groupby(["dataset", "setting", "epoch"])``
 and friends do the rest. ``per_class=True`` gives one row per run, epoch, split and class from
@@ -59,7 +59,7 @@ def config_hash(config: dict[str, Any]) -> str:
     options (the :class:`~nclab.train.TrainConfig` fields with ``identity=True``, the seed
     among them; knobs such as threads or paths left out). Runs of a tracker, whose config is
     free-form, hash every plain entry."""
-    from nclab.train.config import options
+    from nclab.config import options
 
     if "epochs" in config and "model" in config:
         keep = {
@@ -165,7 +165,7 @@ def _epoch_records(runs: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def _per_class_records(runs: Sequence[Any]) -> list[dict[str, Any]]:
-    from nclab.train.rundir import read_metrics
+    from nclab.runs import read_metrics
 
     records: list[dict[str, Any]] = []
     for run in runs:

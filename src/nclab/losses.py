@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nclab.names import check_loss
+
 __all__ = [
     "LOSSES",
     "CrossEntropyLoss",
@@ -137,16 +139,7 @@ class MSELoss(_ClassificationLoss):
         return ((logits - onehot) ** 2).sum(dim=1).mean()
 
 
-def _no_smoothing(name: str, smoothing: float) -> None:
-    if float(smoothing) != 0.0:
-        raise ValueError(
-            f"loss {name!r} does not take a smoothing value (got {smoothing}); "
-            "use loss 'ls' for label smoothing"
-        )
-
-
 def _build_ce(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
-    _no_smoothing("ce", smoothing)
     return CrossEntropyLoss(num_classes)
 
 
@@ -155,12 +148,10 @@ def _build_ls(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
 
 
 def _build_focal(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
-    _no_smoothing("focal", smoothing)
     return FocalLoss(num_classes, gamma)
 
 
 def _build_mse(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
-    _no_smoothing("mse", smoothing)
     return MSELoss(num_classes)
 
 
@@ -181,7 +172,4 @@ def get_loss(
     ``gamma`` is the focusing parameter of ``focal`` (ignored otherwise).
     The returned module maps ``(logits (B, K), targets (B,))`` to the mean loss.
     """
-    builder = LOSSES.get(str(name).lower())
-    if builder is None:
-        raise ValueError(f"unknown loss {name!r}; available losses: {', '.join(LOSSES)}")
-    return builder(num_classes, smoothing, gamma)
+    return LOSSES[check_loss(name, smoothing)](num_classes, smoothing, gamma)

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from nclab import __version__
-from nclab.hooks import capture
+from nclab.hooks import capture, eval_mode
 from nclab.layers import resolve_taps
 from nclab.losses import get_loss
 from nclab.runs import lifecycle
@@ -427,13 +427,9 @@ class NCTracker:
         return the metrics of a row (without ``epoch``, ``lr``, ``seconds``)."""
         if self._evaluator is None:
             raise RuntimeError("call log_epoch first: the evaluation data are read there")
-        modes = [(m, m.training) for m in self.model.modules()]
-        try:
+        with eval_mode(self.model):  # restores each module's own mode
             self._ctx.broadcast_buffers(self.model)
             self._last = self._evaluator(self._adapter)
-        finally:
-            for module, mode in modes:
-                module.training = mode
         return dict(self._last.metrics)
 
     def log_epoch(self, epoch: int, *, lr: float | None = None, **extra: Any) -> dict[str, Any]:

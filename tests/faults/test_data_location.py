@@ -8,7 +8,7 @@ import json
 import pytest
 from faultkit import TALLY, expect_clear_error, expect_works, write_idx_set
 
-import nclab.data as data_mod
+import nclab.data.readers as data_mod
 from nclab.data import load_dataset
 
 SMALL = ["--width", "16", "--depth", "1", "--batch-size", "10", "--threads", "1", "--quiet",

@@ -8,6 +8,7 @@ from typing import Any
 
 from nclab.commands.train import add_config_options, option_groups
 from nclab.compare import PRESETS
+from nclab.executors import CLUSTERS, SlurmOptions, launchers
 
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
 TRAIN_PREFIX = "train_"
@@ -27,14 +28,13 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `nclab compare`, in the sections of `nclab train` (comparison first)."""
+    parser.usage = (
+        "%(prog)s [-h] [--preset NAME] [--smoothing DELTA ...] [--seeds SEED ...] [options]"
+    )
     parser.epilog = (
         "Training options override the preset; they mean what they mean in `nclab train`; an "
         "option neither given nor set by the preset has the default `nclab train --help` "
         "shows; with --dataset the preset's --per-class and --test-per-class do not apply."
-    )
-    parser.usage = (
-        "%(prog)s [-h] [--preset NAME] [--smoothing DELTA ...] [--seeds SEED ...] "
-        "[--out DIR] [training options] [--jobs J] [--launcher NAME]"
     )
     comparison = parser.add_argument_group("comparison")
     groups = option_groups(parser)
@@ -65,66 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "preset's; quick and paper: 0 1 2, smoke: 0)",
     )
     add_config_options(groups, prefix=TRAIN_PREFIX, defaults=False)
-    logging = groups["logging"]
-    logging.add_argument(
+    groups["logging"].add_argument(
         "--quiet", action="store_true", help="print nothing but errors (no progress bars)"
     )
-    execution = groups["execution"]
-    execution.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        metavar="J",
-        help="runs trained in parallel by spawned worker processes "
-        "(default: the preset's; quick/smoke: min(2, CPU count))",
-    )
-    execution.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="T",
-        help="torch threads per job (default: CPU count // jobs)",
-    )
-    execution.add_argument(
-        "--launcher",
-        choices=("local", "submitit"),
-        default="local",
-        help="local: --jobs worker processes here; submitit: one SLURM job per run through "
-        "submitit (pip install 'nclab[submitit]'), waited for, then the report; see "
-        "docs/integrations.md (default: local)",
-    )
-    execution.add_argument(
-        "--print-commands",
-        action="store_true",
-        help="print one `nclab train` command per run still to train, for any scheduler, and "
-        "exit; then `nclab report OUT` collects the results",
-    )
-    execution.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
-    execution.add_argument(
-        "--slurm-time",
-        type=int,
-        default=24 * 60,
-        metavar="MINUTES",
-        help="time limit per job (default: 1440)",
-    )
-    execution.add_argument(
-        "--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job (default: 0)"
-    )
-    execution.add_argument(
-        "--slurm-cpus", type=int, metavar="N", help="CPUs per job (also the run's torch threads)"
-    )
-    execution.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per job")
-    execution.add_argument(
-        "--slurm-folder", metavar="DIR", help="submitit's job scripts and logs (default: OUT/slurm)"
-    )
-    execution.add_argument(
-        "--slurm-cluster",
-        choices=("auto", "slurm", "local", "debug"),
-        default="auto",
-        help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
-        "(all jobs at once as processes on this machine, for a dry run), debug (in this "
-        "process) (default: auto)",
-    )
+    add_worker_options(parser, group=groups["execution"])
+    add_launcher_options(parser, group=groups["execution"])
     output = groups["output"]
     output.add_argument(
         "--out",
@@ -140,18 +85,86 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--no-report", action="store_true", help="train only")
 
 
-def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """TrainConfig options given on the command line."""
-    given = vars(args).items()
-    return {k[len(TRAIN_PREFIX) :]: v for k, v in given if k.startswith(TRAIN_PREFIX)}
+def add_worker_options(
+    parser: argparse.ArgumentParser,
+    jobs_default: str = "the preset's; quick/smoke: min(2, CPU count)",
+    group: Any = None,
+) -> None:
+    """--jobs and --threads (shared by `nclab compare` and `nclab study`), into ``group`` (an
+    argument group of ``parser``) when given."""
+    target = parser if group is None else group
+    target.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="J",
+        help="runs trained at once: spawned worker processes, or jobs of --slurm-cluster local "
+        f"(default: {jobs_default})",
+    )
+    target.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="T",
+        help="torch threads per job (default: CPU count // jobs)",
+    )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the comparison and print where the report is."""
-    from nclab.compare import CompareConfig, compare
-    from nclab.launch import SlurmOptions, comparison_commands
+def add_launcher_options(
+    parser: argparse.ArgumentParser,
+    then: str = "`nclab report OUT` collects the results",
+    group: Any = None,
+) -> None:
+    """The launcher/cluster options: --launcher, --print-commands, --slurm-* (shared by `nclab
+    compare` and `nclab study`), in their own section or into ``group`` when given."""
+    cluster = group or parser.add_argument_group(
+        "launching past one machine", "see docs/integrations.md (default: local worker processes)"
+    )
+    cluster.add_argument(
+        "--launcher",
+        choices=launchers(),
+        default="local",
+        help="local: --jobs worker processes here; submitit: one SLURM job per run through "
+        "submitit (pip install 'nclab[submitit]'), waited for, then the report; see "
+        "docs/integrations.md (default: local)",
+    )
+    cluster.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one `nclab train` command per run still to train, for any scheduler, and "
+        f"exit; then {then}",
+    )
+    cluster.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
+    cluster.add_argument(
+        "--slurm-time",
+        type=int,
+        default=24 * 60,
+        metavar="MINUTES",
+        help="time limit per job (default: 1440)",
+    )
+    cluster.add_argument(
+        "--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job (default: 0)"
+    )
+    cluster.add_argument(
+        "--slurm-cpus", type=int, metavar="N", help="CPUs per job (also the run's torch threads)"
+    )
+    cluster.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per job")
+    cluster.add_argument(
+        "--slurm-folder", metavar="DIR", help="submitit's job scripts and logs (default: OUT/slurm)"
+    )
+    cluster.add_argument(
+        "--slurm-cluster",
+        choices=CLUSTERS,
+        default="auto",
+        help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
+        "(the jobs as processes on this machine, --jobs at once, for a dry run), debug (in this "
+        "process) (default: auto)",
+    )
 
-    slurm = SlurmOptions(
+
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    """The cluster options of :func:`add_launcher_options` as SlurmOptions."""
+    return SlurmOptions(
         partition=args.slurm_partition,
         time_minutes=args.slurm_time,
         gpus=args.slurm_gpus,
@@ -160,6 +173,19 @@ def run(args: argparse.Namespace) -> int:
         folder=args.slurm_folder,
         cluster=args.slurm_cluster,
     )
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig options given on the command line."""
+    given = vars(args).items()
+    return {k[len(TRAIN_PREFIX) :]: v for k, v in given if k.startswith(TRAIN_PREFIX)}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison and print where the report is."""
+    from nclab.compare import CompareConfig, compare, comparison_commands
+
+    slurm = slurm_options(args)
     cfg = CompareConfig(
         preset=args.preset,
         smoothings=args.smoothing,

@@ -51,7 +51,7 @@ def check_out(out: Path, force: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the runs and write the table."""
     from nclab.frame import load_frame, require_pandas
-    from nclab.train.rundir import atomic_write
+    from nclab.runs import atomic_write
 
     out = Path(args.out)
     suffix = check_out(out, args.force)

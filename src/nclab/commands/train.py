@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.train.config import OPTION_GROUPS, TrainConfig, options
+from nclab.config import OPTION_GROUPS, TrainConfig, options
 
 DESCRIPTION = (
     "Train one model on one dataset with one loss and one seed, evaluating every epoch: "
@@ -97,22 +97,30 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
 
 
 def option_groups(parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The ``--help`` sections of :data:`~nclab.train.config.OPTION_GROUPS`, created on
-    ``parser`` in that order (argparse leaves out a section no option joins)."""
+    """The ``--help`` sections of :data:`~nclab.config.OPTION_GROUPS`, created on ``parser`` in
+    that order (argparse leaves out a section no option joins)."""
     return {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS.items()}
 
 
-def add_config_options(groups: dict[str, Any], *, prefix: str = "", defaults: bool = True) -> None:
+def add_config_options(
+    group: Any,
+    *,
+    prefix: str = "",
+    defaults: bool = True,
+    only: tuple[str, ...] | None = None,
+) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
-    (:func:`nclab.train.config.options`) into the section its ``group`` names
-    (:func:`option_groups`): help, placeholder, choices (listed in the help;
+    (:func:`nclab.config.options`) into ``group``: one argument group, or the sections of
+    :func:`option_groups` (each option into the one its ``group`` names); help, placeholder,
+    choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
-    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options."""
+    ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options;
+    ``only`` limits the options to those names (``nclab study``: the machine's knobs)."""
     for name, (f, opt) in options().items():
-        group = groups[opt.group]
-        if prefix and opt.per_run:
+        if (prefix and opt.per_run) or (only is not None and name not in only):
             continue
+        target = group[opt.group] if isinstance(group, dict) else group
         text = opt.help
         if opt.choices:
             text += f": {', '.join(opt.choices)}"
@@ -125,13 +133,13 @@ def add_config_options(groups: dict[str, Any], *, prefix: str = "", defaults: bo
         }
         flag = "--" + name.replace("_", "-")
         if str(f.type).startswith("bool"):
-            group.add_argument(flag, action=_StoreBool, **kwargs)
+            target.add_argument(flag, action=_StoreBool, **kwargs)
             continue
         if str(f.type).startswith("list"):
             kwargs["nargs"] = "+"
         kind = _value_type(f, opt.parse)
         kwargs["metavar"] = opt.metavar or ("N" if kind is int else name.upper())
-        group.add_argument(flag, action=_Store, type=kind, **kwargs)
+        target.add_argument(flag, action=_Store, type=kind, **kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +181,7 @@ def default_out_dir(config: TrainConfig) -> str:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the --config file (if any) with explicitly given options on top."""
-    from nclab.train.config import config_from_dict, load_config_file
+    from nclab.config import config_from_dict, load_config_file
 
     names = list(options())
     if args.config is None:

@@ -224,9 +224,9 @@ def _summarize_group(key: GroupKey, runs: list[RunData]) -> GroupSummary:
 
 def _config_warnings(runs: Sequence[RunData]) -> list[str]:
     """Training options that differ between runs although the comparison needs them equal
-    (:data:`nclab.train.config.SETTING_FIELDS`: not loss, smoothing, seed or a performance knob):
+    (:data:`nclab.config.SETTING_FIELDS`: not loss, smoothing, seed or a performance knob):
     the comparison is then not like for like."""
-    from nclab.train.config import SETTING_FIELDS
+    from nclab.config import SETTING_FIELDS
 
     out = []
     for k in sorted(SETTING_FIELDS & {k for r in runs for k in r.config}):

@@ -21,12 +21,13 @@ logs with no network into ``RUN_DIR/wandb/``; upload later with ``wandb sync``).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from nclab.train.tags import TEST_METRICS, metric_tag, row_scalars
 
 __all__ = [
     "TEST_METRICS",
@@ -39,35 +40,6 @@ __all__ = [
     "require_wandb",
     "row_scalars",
 ]
-
-#: Row keys without a ``test_`` prefix that are metrics of the test set (calibration of the
-#: test predictions).
-TEST_METRICS = frozenset(
-    {"ece", "mce", "ece_adaptive", "ece_classwise", "brier", "nll", "top5_acc", "size"}
-)
-
-
-def metric_tag(key: str) -> str:
-    """The logger tag of a ``metrics.jsonl`` key (see the module's docstring)."""
-    for prefix in ("train", "test", "ufm", "user"):
-        if key.startswith(prefix + "_"):
-            return f"{prefix}/{key[len(prefix) + 1 :]}"
-    if key in TEST_METRICS:
-        return f"test/{key}"
-    if key == "seconds":
-        return "time/seconds"
-    return f"train/{key}"  # lr and the NC metrics of the training features
-
-
-def row_scalars(row: Mapping[str, Any]) -> dict[str, float]:
-    """Tag → value for every finite number of a metrics row except ``epoch`` (the step)."""
-    out: dict[str, float] = {}
-    for key, value in row.items():
-        if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if math.isfinite(value):
-            out[metric_tag(key)] = float(value)
-    return out
 
 
 class MetricLogger(Protocol):

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from nclab import __version__
+from nclab.config import TrainConfig, config_differences
 from nclab.data import DataBundle, augment_batch, class_balanced_indices, load_dataset
 from nclab.layers import resolve_taps
 from nclab.losses import get_loss
@@ -47,7 +48,6 @@ from nclab.runs.files import (
     write_json,
 )
 from nclab.runs.lifecycle import RunState
-from nclab.train.config import TrainConfig, config_differences
 from nclab.train.distributed import DistContext, setup_distributed
 from nclab.train.evaluate import EvalResult, Evaluator, NonFiniteFeaturesError
 from nclab.train.progress import Progress

@@ -1,7 +1,7 @@
 """TensorBoard events for the metrics rows (``nclab train --tensorboard``, ``NCTracker``).
 
 Every numeric value of a ``metrics.jsonl`` row (all keys but ``epoch``) becomes a scalar
-with the row's ``epoch`` as the step and the tag of :func:`nclab.train.loggers.row_scalars`
+with the row's ``epoch`` as the step and the tag of :func:`nclab.train.tags.row_scalars`
 (``train/…``, ``test/…``: ``test_acc`` is ``test/acc``, ``ece`` is ``test/ece``; the same tags
 as Weights & Biases), written by PyTorch's own
 :class:`torch.utils.tensorboard.SummaryWriter` into the run directory, next to
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nclab.train.loggers import row_scalars
+from nclab.train.tags import row_scalars
 
 __all__ = ["ScalarWriter", "require_tensorboard"]
 

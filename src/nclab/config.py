@@ -4,8 +4,8 @@ Each field is declared with :func:`option`, which stores an :class:`Option` (hel
 choices, and the field's role: identity, knob, per-run) in the field's metadata; the
 ``nclab train``/``nclab compare`` parsers and the rules of resume (:data:`COMPARABLE_EXCEPT`),
 compare (:data:`PER_RUN_FIELDS`) and the report (:data:`SETTING_FIELDS`) are derived from it.
-This module imports no heavy library at import time (torch, numpy), so ``--help`` is quick; the
-checks against the loss registry import it lazily, inside :meth:`TrainConfig.validate`.
+This module imports no heavy library (torch, numpy), neither to build ``--help`` nor to
+validate a config: names, a loss with its δ and dataset specs are checked by :mod:`nclab.names`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from nclab.names import (
     LOSSES,
     MODELS,
     SCHEDULERS,
+    check_loss,
+    parse_synthetic,
+    synthetic_name,
 )
 
 __all__ = [
@@ -552,8 +555,6 @@ def _dataset_spec(dataset: str) -> str:
     name = str(dataset)
     if not name.strip().lower().startswith("synthetic"):
         return name
-    from nclab.data import parse_synthetic, synthetic_name
-
     return synthetic_name(**parse_synthetic(name))
 
 
@@ -561,8 +562,6 @@ def _dataset_spec(dataset: str) -> str:
 
 
 def _check_names(cfg: TrainConfig) -> None:
-    from nclab.losses import get_loss
-
     name = str(cfg.dataset)
     if not (name.lower() in DATASETS or name.startswith(("npz:", "synthetic:"))):
         raise ValueError(
@@ -572,7 +571,7 @@ def _check_names(cfg: TrainConfig) -> None:
     if str(cfg.model).lower() not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; available models: {', '.join(MODELS)}")
     _finite("smoothing", cfg.smoothing)
-    get_loss(cfg.loss, 10, cfg.smoothing)  # raises on a bad loss/δ
+    check_loss(cfg.loss, cfg.smoothing)
     if cfg.device not in DEVICES:
         raise ValueError(f"unknown device {cfg.device!r}; use one of {', '.join(DEVICES)}")
 

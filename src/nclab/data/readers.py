@@ -1,68 +1,23 @@
-"""Datasets as in-memory tensors, a seeded batch iterator and tensor augmentation.
-
-:func:`load_dataset` returns a :class:`DataBundle` whose inputs are float32 tensors normalised by
-the *training-set* statistics (computed after the optional ``per_class`` subset):
-
-    x_norm[:, c] = (x[:, c] - mean_c) / std_c,  mean_c = E_train[x_c],  std_c = sqrt(Var_train[x_c])
-
-where ``x`` is the raw input scaled to [0, 1] for uint8 images (x = pixel / 255), the expectation
-runs over all training samples and pixels of channel c (population variance, ddof = 0), and, for
-flat vector data of shape (D,), every coordinate is its own "channel". A zero std is replaced by 1.
-
-Datasets (:data:`DATASETS`, plus ``npz:PATH``): ``fashion-mnist`` (default), ``mnist`` (IDX files),
-``cifar10``, ``cifar100`` (python pickle batches), ``stl10`` (binary files), ``tiny-imagenet``
-(JPEG folder tree), ``synthetic`` (a seeded Gaussian mixture) and ``npz:PATH`` (your own arrays).
-``docs/data.md`` describes the expected on-disk layouts and how to obtain each dataset.
-"""
+"""File readers, one per on-disk format: IDX (MNIST, Fashion-MNIST), CIFAR-10/100 pickle batches
+(a restricted unpickler), STL-10 binaries, Tiny ImageNet JPEG folders and ``npz:PATH`` arrays
+(``allow_pickle=False``), each bounded before it allocates; :data:`_LOADERS` maps the registry's
+names to them."""
 
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import gzip
 import math
 import os
 import pickle
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
-
-from nclab import conditions, names
-
-__all__ = [
-    "DATASETS",
-    "DataBundle",
-    "augment_batch",
-    "class_balanced_indices",
-    "iterate_batches",
-    "load_dataset",
-    "parse_synthetic",
-    "read_idx",
-    "read_npz",
-    "synthetic_name",
-]
-
-#: Names :func:`load_dataset` accepts (plus ``npz:PATH`` and ``synthetic:k=..``); kept in the
-#: torch-free :mod:`nclab.names` so that ``--help`` can list them.
-DATASETS: tuple[str, ...] = names.DATASETS
-
-_ALIASES = {
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "fmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-    "stl-10": "stl10",
-    "tiny_imagenet": "tiny-imagenet",
-    "tinyimagenet": "tiny-imagenet",
-}
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -77,51 +32,8 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 
+
 _MAX_LABEL = 2**31 - 1  # labels beyond this cannot be class indices of an in-memory dataset
-_CHUNK = 4096  # samples per chunk when converting / normalising (bounds float64 temporaries)
-
-
-@dataclass
-class DataBundle:
-    """A dataset held in memory.
-
-    ``x_*`` are float32 tensors of shape (N, *input_shape), normalised by the training-set
-    per-channel ``mean`` / ``std`` (so ``x * std_c + mean_c`` recovers the [0, 1]-scaled input);
-    ``y_*`` are int64 tensors with values in [0, num_classes).
-    """
-
-    name: str
-    num_classes: int
-    input_shape: tuple[int, ...]
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...] = field(default_factory=tuple)
-    files: tuple[str, ...] = ()  #: the files (or the folder) the data were read from
-    #: the training labels before ``label_noise`` flipped some (None: no label noise);
-    #: ``y_train`` holds the labels trained on
-    y_train_clean: Tensor | None = None
-
-    @property
-    def num_train(self) -> int:
-        return int(self.y_train.shape[0])
-
-    @property
-    def num_test(self) -> int:
-        return int(self.y_test.shape[0])
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        """Undo the normalisation: ``x * std + mean`` per channel (the [0, 1]-scaled input)."""
-        shape = (1, -1) + (1,) * (len(self.input_shape) - 1)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
-        return x * std + mean
-
-
-# ------------------------------------------------------------------------------ raw containers
 
 
 class _LazyImages:
@@ -163,247 +75,6 @@ def _take(x: _ArrayLike, idx: np.ndarray | None) -> np.ndarray:
     return x if idx is None else x[idx]
 
 
-# ------------------------------------------------------------------------------ public API
-
-
-def load_dataset(
-    name: str = "fashion-mnist",
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    per_class: int | None = None,
-    seed: int = 0,
-    num_classes: int = 10,
-    synthetic_dim: int = 32,
-    synthetic_train_per_class: int = 100,
-    synthetic_test_per_class: int = 100,
-    imbalance: float | None = None,
-    imbalance_profile: str = "exp",
-    label_noise: float = 0.0,
-    label_noise_mode: str = "symmetric",
-) -> DataBundle:
-    """Load dataset ``name`` (one of :data:`DATASETS` or ``npz:PATH``) into memory.
-
-    Files are looked up in ``data_dir`` (and its usual sub-folders), then ``$NCLAB_DATA``,
-    ``~/.cache/nclab/<name>`` and, for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist``.
-    ``per_class=N`` keeps a class-balanced, ``seed``-deterministic subset of N training samples per
-    class (the test set is untouched). ``synthetic:k=K,d=D,n=N,test=M`` sets the synthetic
-    dataset's size (:func:`parse_synthetic`); ``num_classes``, ``synthetic_dim`` and
-    ``synthetic_*_per_class`` are the values of the keys the spec leaves out (ignored for other
-    datasets). ``imbalance``/``imbalance_profile`` keep a long-tailed training subset and
-    ``label_noise``/``label_noise_mode`` flip training labels (:mod:`nclab.conditions`).
-    """
-    canonical = _canonical_name(name)
-    data_path = None if data_dir is None else Path(data_dir).expanduser()
-    if canonical == "npz":
-        raw = _load_npz(Path(str(name).split(":", 1)[1]).expanduser())
-    elif canonical == "synthetic":
-        given = dict(k=num_classes, d=synthetic_dim, n=synthetic_train_per_class)
-        spec = {**given, "test": synthetic_test_per_class, **parse_synthetic(name)}
-        _check_synthetic_size(spec)
-        raw = _make_synthetic(spec["k"], spec["d"], spec["n"], spec["test"], seed)
-    else:
-        raw = _LOADERS[canonical](data_path)
-        if not raw.files and canonical in _FOLDERS:  # the run records where its data came from
-            folder = _find_folder(canonical, data_path, *_FOLDERS[canonical])
-            raw = dataclasses.replace(raw, files=(str(folder),))
-    if canonical == "npz":
-        raw = dataclasses.replace(raw, files=(str(Path(str(name).split(":", 1)[1]).expanduser()),))
-
-    for x, y, split in ((raw.x_train, raw.y_train, "train"), (raw.x_test, raw.y_test, "test")):
-        if len(x) != len(y):
-            raise ValueError(
-                f"{name}: the {split} split has {len(x)} inputs but {len(y)} labels; "
-                "the files are incomplete or corrupt, re-download them"
-            )
-    idx = None
-    if imbalance is not None:
-        idx = conditions.imbalanced_indices(
-            raw.y_train, imbalance, imbalance_profile, per_class=per_class, seed=seed,
-            num_classes=raw.num_classes,
-        )  # fmt: skip
-    elif per_class is not None:
-        idx = class_balanced_indices(raw.y_train, per_class, seed, raw.num_classes)
-    x_train_raw = _take(raw.x_train, idx)
-    y_train = raw.y_train if idx is None else raw.y_train[idx]
-    y_clean = None
-    if label_noise:
-        y_clean = torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.int64))
-        y_train = conditions.noisy_labels(
-            y_train, label_noise, label_noise_mode, num_classes=raw.num_classes, seed=seed
-        )
-    x_test_raw = _take(raw.x_test, None)
-
-    mean, std = _channel_stats(x_train_raw, raw.scale)
-    x_train = _normalise(x_train_raw, raw.scale, mean, std)
-    x_test = _normalise(x_test_raw, raw.scale, mean, std)
-    return DataBundle(
-        name=canonical if canonical != "npz" else str(name),
-        num_classes=raw.num_classes,
-        input_shape=tuple(int(s) for s in x_train.shape[1:]),
-        x_train=torch.from_numpy(x_train),
-        y_train=torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.int64)),
-        x_test=torch.from_numpy(x_test),
-        y_test=torch.from_numpy(np.ascontiguousarray(raw.y_test, dtype=np.int64)),
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
-        class_names=raw.class_names,
-        files=raw.files,
-        y_train_clean=y_clean,
-    )
-
-
-def class_balanced_indices(
-    labels: np.ndarray | Tensor,
-    per_class: int,
-    seed: int = 0,
-    num_classes: int | None = None,
-    *,
-    option: str = "per_class",
-    split: str = "training",
-) -> np.ndarray:
-    """Sorted indices of ``per_class`` samples of every class, drawn without replacement.
-
-    Deterministic in ``seed`` (``numpy.random.default_rng(seed)``, one permutation per class in
-    class order). Raises ValueError, naming ``option`` and the smallest class of the ``split``
-    set, if a class has fewer than ``per_class`` samples.
-    """
-    y = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
-    if int(per_class) != per_class or per_class < 1:
-        raise ValueError(f"{option} must be a positive integer, got {per_class!r}")
-    k = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    counts = np.bincount(y, minlength=k)[:k]
-    if per_class > counts.min():
-        c = int(np.argmin(counts))
-        raise ValueError(
-            f"{option}={per_class} but class {c} has only {counts[c]} {split} samples; "
-            f"choose {option} <= {counts[c]} or leave it unset to use all samples"
-        )
-    rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(k)]
-    return np.sort(np.concatenate(chosen))
-
-
-def iterate_batches(
-    x: Tensor,
-    y: Tensor,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    generator: torch.Generator | None = None,
-    augment: bool = False,
-    drop_last: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(x[idx], y[idx])`` mini-batches of ``batch_size``.
-
-    With ``shuffle`` the order is ``torch.randperm(N, generator=generator)`` (same generator state,
-    same order); otherwise the natural order. ``augment`` applies :func:`augment_batch` (random
-    4-pixel-padded crop + horizontal flip, driven by ``generator``) to each image batch.
-    ``drop_last`` drops a final batch smaller than ``batch_size``.
-    """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}; they must match")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if augment and x.dim() != 4:
-        raise ValueError(
-            f"augmentation needs image tensors (N, C, H, W), got shape {tuple(x.shape)}; "
-            "turn augmentation off for flat vector data"
-        )
-    n = int(x.shape[0])
-    if shuffle:
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(n, generator=generator, device=gen_device).to(x.device)
-    else:
-        order = torch.arange(n, device=x.device)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
-        xb, yb = x[idx], y[idx]
-        if augment:
-            xb = augment_batch(xb, generator)
-        yield xb, yb
-
-
-def augment_batch(
-    x: Tensor,
-    generator: torch.Generator | None = None,
-    *,
-    padding: int = 4,
-    flip_prob: float = 0.5,
-) -> Tensor:
-    """Random crop after ``padding`` pixels of zero padding, then a random horizontal flip.
-
-    For every image independently: offsets ``(dy, dx)`` uniform in ``{0, ..., 2·padding}`` select
-    ``out[c, i, j] = pad(x)[c, i + dy, j + dx]`` (zeros outside the image; zero is the mean colour
-    of the normalised data), and with probability ``flip_prob`` the result is reversed along the
-    width axis. Vectorised over the batch; all randomness comes from ``generator``.
-    ``padding=0, flip_prob=0`` is the identity; ``padding=0, flip_prob=1`` is ``x.flip(3)``.
-    """
-    if x.dim() != 4:
-        raise ValueError(
-            f"augmentation needs image tensors (N, C, H, W), got shape {tuple(x.shape)}; "
-            "turn augmentation off for flat vector data"
-        )
-    if padding < 0 or not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"need padding >= 0 and flip_prob in [0, 1], got {padding}, {flip_prob}")
-    b, c, h, w = x.shape
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    out = x
-    if padding > 0:
-        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gen_device)
-        offsets = offsets.to(x.device)
-        rows = offsets[0][:, None] + torch.arange(h, device=x.device)  # (B, H)
-        cols = offsets[1][:, None] + torch.arange(w, device=x.device)  # (B, W)
-        out = padded[
-            torch.arange(b, device=x.device)[:, None, None, None],
-            torch.arange(c, device=x.device)[None, :, None, None],
-            rows[:, None, :, None],
-            cols[:, None, None, :],
-        ]
-    if flip_prob > 0:
-        flip = torch.rand(b, generator=generator, device=gen_device).to(x.device) < flip_prob
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out
-
-
-# ------------------------------------------------------------------------------ normalisation
-
-
-def _channel_stats(x: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and population std of ``x / scale`` in float64 (two passes, chunked).
-
-    Channel axis is 1 for (N, C, H, W) images; for (N, D) vectors each coordinate is a channel.
-    """
-    n = x.shape[0]
-    axes = (0,) + tuple(range(2, x.ndim))
-    count = n * int(np.prod(x.shape[2:], dtype=np.int64))
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for s in range(0, n, _CHUNK):
-        total += (x[s : s + _CHUNK].astype(np.float64) / scale).sum(axis=axes)
-    mean = total / count
-    bshape = (1, -1) + (1,) * (x.ndim - 2)
-    sq = np.zeros(x.shape[1], dtype=np.float64)
-    for s in range(0, n, _CHUNK):
-        d = x[s : s + _CHUNK].astype(np.float64) / scale - mean.reshape(bshape)
-        sq += (d * d).sum(axis=axes)
-    std = np.sqrt(sq / count)
-    std[std < 1e-12] = 1.0
-    return mean, std
-
-
-def _normalise(x: np.ndarray, scale: float, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    bshape = (1, -1) + (1,) * (x.ndim - 2)
-    m, sd = mean.reshape(bshape), std.reshape(bshape)
-    out = np.empty(x.shape, dtype=np.float32)
-    for s in range(0, x.shape[0], _CHUNK):
-        out[s : s + _CHUNK] = (x[s : s + _CHUNK].astype(np.float64) / scale - m) / sd
-    return out
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
 def _read_text(path: Path) -> str:
     """The text of a dataset's metadata file; ``ValueError`` naming it when it is not UTF-8."""
     try:
@@ -413,25 +84,6 @@ def _read_text(path: Path) -> str:
             f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); it is corrupt, "
             "re-download the dataset"
         ) from None
-
-
-def _canonical_name(name: str) -> str:
-    s = str(name).strip()
-    if s.lower().startswith("npz:"):
-        if len(s) == 4:
-            raise ValueError("npz dataset needs a path: use 'npz:/path/to/file.npz'")
-        return "npz"
-    if s.lower().startswith("synthetic:"):
-        parse_synthetic(s)  # a bad spec fails here, with what to write instead
-        return "synthetic"
-    key = s.lower()
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r}; available: {', '.join(DATASETS)}, or 'npz:PATH' "
-            "for your own arrays"
-        )
-    return key
 
 
 def _search_roots(data_dir: Path | None, name: str) -> list[Path]:
@@ -462,8 +114,6 @@ def _not_found(
         f"them: {how}; then pass --data-dir DIR (or set $NCLAB_DATA)"
     )
 
-
-# ------------------------------------------------------------------------------ IDX (MNIST-like)
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -536,14 +186,20 @@ _IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
 _IDX_SUBDIRS = {
     "fashion-mnist": ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"),
     "mnist": ("mnist", "MNIST/raw", "MNIST"),
 }
+
+
 _IDX_SYSTEM_DIRS = {
     "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
     "mnist": (),
 }
+
+
 _IDX_HOWTO = {
     "fashion-mnist": (
         "on Debian/Ubuntu `apt-get install dataset-fashion-mnist` (installs them in "
@@ -607,9 +263,6 @@ def _check_labels(y: np.ndarray, k: int, what: str) -> None:
         raise ValueError(
             f"{what} must lie in [0, {k}), found [{y.min()}, {y.max()}]; the files are corrupt"
         )
-
-
-# ------------------------------------------------------------------------------ CIFAR
 
 
 def _find_folder(name: str, data_dir: Path | None, folder: str, marker: str) -> Path:
@@ -756,9 +409,6 @@ def _load_cifar100(data_dir: Path | None) -> _Raw:
     return _Raw(x_train, y_train, x_test, y_test, 100, names)
 
 
-# ------------------------------------------------------------------------------ STL-10
-
-
 def _load_stl10(data_dir: Path | None) -> _Raw:
     d = _find_folder("stl10", data_dir, "stl10_binary", "train_X.bin")
 
@@ -794,9 +444,6 @@ def _load_stl10(data_dir: Path | None) -> _Raw:
     return _Raw(
         np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(x_test), y_test, 10, names
     )
-
-
-# ------------------------------------------------------------------------------ Tiny ImageNet
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -870,9 +517,6 @@ def _load_tiny_imagenet(data_dir: Path | None) -> _Raw:
         len(wnids),
         names,
     )
-
-
-# ------------------------------------------------------------------------------ npz
 
 
 def read_npz(path: str | os.PathLike[str], names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -1023,97 +667,6 @@ def _load_npz(path: Path) -> _Raw:
     return _Raw(x_train, y_train, x_test, y_test, k, names, scale=scale)
 
 
-# ------------------------------------------------------------------------------ synthetic
-
-#: Keys of the ``synthetic:k=K,d=D,n=N,test=M`` spec: meaning, default and smallest value.
-SYNTHETIC_KEYS: dict[str, tuple[str, int, int]] = {
-    "k": ("classes", 10, 2),
-    "d": ("input dimension", 32, 1),
-    "n": ("training samples per class", 100, 1),
-    "test": ("test samples per class", 100, 1),
-}
-
-
-def parse_synthetic(name: str) -> dict[str, int]:
-    """The keys given in ``synthetic`` or ``synthetic:k=5,d=48,n=100,test=20`` (validated).
-
-    ``ValueError`` naming the bad part and the accepted form; missing keys take the defaults of
-    :data:`SYNTHETIC_KEYS` (see :func:`synthetic_name`).
-    """
-    head, _, body = str(name).strip().partition(":")
-    form = "synthetic:k=K,d=D,n=N,test=M (any subset of the keys, e.g. synthetic:k=5,d=48,n=100)"
-    if head.lower() != "synthetic":
-        raise ValueError(f"{name!r} is not a synthetic dataset spec; use {form}")
-    given: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in body.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip().lower()
-        if not eq or key not in SYNTHETIC_KEYS or key in given:
-            raise ValueError(f"bad part {part!r} in dataset {name!r}; use {form}")
-        meaning, _, lowest = SYNTHETIC_KEYS[key]
-        text = value.strip()
-        if not text.isdigit() or int(text) < lowest:
-            raise ValueError(
-                f"{key} ({meaning}) must be an integer >= {lowest} in {name!r}, got {text!r}"
-            )
-        given[key] = int(text)
-    return given
-
-
-def _check_synthetic_size(spec: dict[str, int]) -> None:
-    """Classes and samples of a synthetic spec, bounded before anything is drawn."""
-    from nclab.limits import MAX_CLASSES, check_bytes, check_count
-
-    check_count("synthetic k (classes)", int(spec["k"]), MAX_CLASSES, "NC statistics are K x K")
-    samples = int(spec["k"]) * (int(spec["n"]) + int(spec["test"]))
-    # float64 draws, then float32 tensors (raw, normalised): about 16 bytes per value
-    check_bytes(
-        f"synthetic data of {samples} samples x {spec['d']} dimensions",
-        16.0 * samples * int(spec["d"]),
-        "choose smaller k, n, test or d",
-    )
-
-
-def synthetic_name(**keys: int) -> str:
-    """The full spec ``synthetic:k=..,d=..,n=..,test=..`` with defaults for the keys not given."""
-    values = {key: keys.get(key, default) for key, (_, default, _) in SYNTHETIC_KEYS.items()}
-    return "synthetic:" + ",".join(f"{key}={value}" for key, value in values.items())
-
-
-def _make_synthetic(
-    num_classes: int, dim: int, train_per_class: int, test_per_class: int, seed: int
-) -> _Raw:
-    """Gaussian mixture: class means ``μ_k = 4 · g_k / ||g_k||`` with ``g_k ~ N(0, I_D)`` and
-    samples ``x = μ_y + ε``, ``ε ~ N(0, I_D)``. Means are ≈ 4√2 ≈ 5.7 apart (pairwise Bayes error
-    ≈ Φ(-2.8) ≈ 0.3%; nearest-mean test accuracy ≈ 96-97% at K=10, D=32), so classes overlap
-    a little but are easily fit by a small MLP."""
-    for what, v, lo in (
-        ("num_classes", num_classes, 2),
-        ("synthetic_dim", dim, 1),
-        ("synthetic_train_per_class", train_per_class, 1),
-        ("synthetic_test_per_class", test_per_class, 1),
-    ):
-        if int(v) != v or v < lo:
-            raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
-    k, d = int(num_classes), int(dim)
-    ss = np.random.SeedSequence(int(seed))
-    rng_means, rng_train, rng_test = (np.random.default_rng(s) for s in ss.spawn(3))
-    g = rng_means.standard_normal((k, d))
-    means = 4.0 * g / np.linalg.norm(g, axis=1, keepdims=True)
-
-    def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = np.repeat(np.arange(k), n)
-        x = means[y] + rng.standard_normal((k * n, d))
-        return x, y.astype(np.int64)
-
-    x_train, y_train = sample(rng_train, int(train_per_class))
-    x_test, y_test = sample(rng_test, int(test_per_class))
-    names = tuple(f"class_{i}" for i in range(k))
-    return _Raw(x_train, y_train, x_test, y_test, k, names, scale=1.0)
-
-
-# ------------------------------------------------------------------------------ registry
-
 _LOADERS: dict[str, Callable[[Path | None], _Raw]] = {
     "fashion-mnist": lambda d: _load_idx_dataset("fashion-mnist", d),
     "mnist": lambda d: _load_idx_dataset("mnist", d),
@@ -1121,7 +674,26 @@ _LOADERS: dict[str, Callable[[Path | None], _Raw]] = {
     "cifar100": _load_cifar100,
     "stl10": _load_stl10,
     "tiny-imagenet": _load_tiny_imagenet,
+    "digits": lambda d: _load_digits(d),
 }
+
+
+def _load_digits(data_dir: Path | None) -> _Raw:
+    """scikit-learn's 8x8 digits (:mod:`nclab.digits`): ``DIR/digits.csv.gz`` with an explicit
+    ``data_dir``, else the file inside the installed scikit-learn."""
+    from nclab import digits
+
+    if data_dir is not None:
+        path = data_dir / "digits.csv.gz"
+        if not path.is_file():
+            how = f"copy sklearn/datasets/data/digits.csv.gz there, or {digits.INSTALL_HINT}"
+            raise _not_found("digits", [data_dir], "digits.csv.gz", how, data_dir)
+    else:
+        path = digits.find_digits_file()
+    x_train, y_train, x_test, y_test = digits.load_digits_arrays(path)
+    names = tuple(str(k) for k in range(10))
+    return _Raw(x_train, y_train, x_test, y_test, 10, names, scale=digits.SCALE, files=(str(path),))
+
 
 _FOLDERS = {  # dataset -> (its folder, a file that marks it)
     "cifar10": ("cifar-10-batches-py", "data_batch_1"),
@@ -1129,6 +701,7 @@ _FOLDERS = {  # dataset -> (its folder, a file that marks it)
     "stl10": ("stl10_binary", "train_X.bin"),
     "tiny-imagenet": ("tiny-imagenet-200", "wnids.txt"),
 }
+
 
 _LAYOUTS = {
     "cifar10": "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (python pickles)",
@@ -1139,6 +712,8 @@ _LAYOUTS = {
         "val/val_annotations.txt}"
     ),
 }
+
+
 _HOWTO = {
     "cifar10": "download and extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar100": "download and extract https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
