@@ -112,6 +112,14 @@ def test_second_invocation_reuses_complete_runs(smoke, tmp_path, monkeypatch, ca
     assert _stamps(out) == before  # checkpoints, metrics and predictions untouched
     printed = capsys.readouterr().out
     assert "0 run(s) to train, 2 reused" in printed
+    # one line per run (no terminal here: no bars), then the final table, in plan order
+    assert "first at epoch never" not in printed
+    table = printed[printed.index("run  ") :].splitlines()
+    assert table[0].split("  ")[0] == "run" and "100% train acc at epoch" in table[0]
+    assert [line.split()[:2] for line in table[2:4]] == [
+        ["ce_seed0", "reused"],
+        ["ls0.1_seed0", "reused"],
+    ]
     manifest = json.loads((out / "compare.json").read_text())
     assert [r["status"] for r in manifest["runs"]] == ["reused", "reused"]
 

@@ -147,3 +147,41 @@ def test_help_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "--per-class" in done.stdout
+
+
+def _sections(text: str) -> dict[str, str]:
+    """Option flag -> the title of the ``--help`` section that lists it."""
+    found, title = {}, None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+        match = re.match(r"^  (--[\w-]+)", line)
+        if match and title:
+            found[match.group(1)] = title
+    return found
+
+
+@pytest.mark.parametrize("command", [("train",), ("compare",)])
+def test_training_options_are_listed_in_the_section_their_schema_names(command, monkeypatch):
+    from nclab.config import OPTION_GROUPS, options
+
+    sections = _sections(_help(command, monkeypatch))
+    checked = 0
+    for name, (_, opt) in options().items():
+        flag = "--" + name.replace("_", "-")
+        if command == ("compare",) and opt.per_run:
+            continue  # compare sets it per run (--smoothing, --seeds and --threads are its own)
+        assert sections[flag] == OPTION_GROUPS[opt.group], flag
+        checked += 1
+    assert checked >= 35
+    # the sections appear in the schema's order, each once
+    order = [t for t in dict.fromkeys(sections.values()) if t in OPTION_GROUPS.values()]
+    assert order == [t for t in OPTION_GROUPS.values() if t in order]
+    assert sections["--out"] == "output"
+
+
+def test_an_option_group_must_be_a_known_section():
+    from nclab.config import Option
+
+    with pytest.raises(ValueError, match="group must be one of"):
+        Option("help", group="misc")

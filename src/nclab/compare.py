@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nclab.board import Board
 from nclab.config import (
     DATASET_SPECIFIC_FIELDS,
     MAX_SEED,
@@ -329,7 +330,9 @@ def _resolve(cfg: CompareConfig) -> tuple[Preset, list[float], list[int], Resour
     if slurm.folder is None:
         slurm = replace(slurm, folder=Path(cfg.out) / "slurm")
     threads = training_threads(cfg.threads, jobs)
-    return preset, smoothings, seeds, Resources(jobs, threads, cfg.quiet, slurm)
+    # quiet: a run trained in this process prints nothing; the progress board (nclab.board)
+    # follows every run from its metrics.jsonl instead
+    return preset, smoothings, seeds, Resources(jobs, threads, True, slurm)
 
 
 def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
@@ -401,15 +404,6 @@ def _log(cfg: CompareConfig, message: str) -> None:
         print(message, flush=True)
 
 
-def _describe(outcome: RunOutcome) -> str:
-    acc = "?" if outcome.final_train_acc is None else f"{100 * outcome.final_train_acc:.2f}%"
-    perfect = outcome.first_perfect_epoch or "never"
-    return (
-        f"{outcome.name}: {outcome.status} in {outcome.seconds:.1f} s, final train acc "
-        f"{acc}, 100% train acc first at epoch {perfect}"
-    )
-
-
 def pending(
     cfg: CompareConfig, runs: Sequence[PlannedRun]
 ) -> tuple[list[tuple[Task, RunState]], list[str]]:
@@ -465,7 +459,6 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
     for run in runs:
         if run.name in reused:
             outcomes[run.name] = _outcome(run.name, run.path, "reused", 0.0)
-            _log(cfg, f"  {_describe(outcomes[run.name])}")
     status = {t.name: "resumed" if s is RunState.RESUME else "trained" for t, s in todo}
     tasks = [task for task, _ in todo]
     jobs = min(resources.jobs, max(1, len(tasks)))
@@ -477,12 +470,21 @@ def _compare(cfg: CompareConfig, runs: list[PlannedRun], t0: float) -> CompareRe
             f", seeds {', '.join(map(str, seeds))}: {len(tasks)} run(s) to train, "
             f"{len(reused)} reused, {executor.describe()} -> {out}",
         )
-        for done in executor.as_completed():
-            if done.error is not None:
-                raise done.error
-            name = done.task.name
-            outcomes[name] = _outcome(name, done.task.path, status[name], done.seconds or 0.0)
-            _log(cfg, f"  [{len(outcomes)}/{len(runs)}] {_describe(outcomes[name])}")
+        # progress board (nclab.board): one live line per run, read from its metrics.jsonl
+        board = Board(quiet=cfg.quiet)
+        board.start([(r.name, r.path, r.config.epochs) for r in runs])
+        for outcome in list(outcomes.values()):
+            board.run_done(outcome)
+        try:
+            for done in executor.as_completed():
+                if done.error is not None:
+                    raise done.error
+                name = done.task.name
+                outcomes[name] = _outcome(name, done.task.path, status[name], done.seconds or 0.0)
+                board.run_done(outcomes[name])
+        finally:
+            table = board.close()
+    _log(cfg, table)
     ordered = [outcomes[r.name] for r in runs]
     report = None
     if cfg.report:

@@ -45,6 +45,7 @@ __all__ = [
     "config_from_dict",
     "load_config_file",
     "options",
+    "OPTION_GROUPS",
     "parse_layers",
     "parse_per_class",
 ]
@@ -77,6 +78,7 @@ class Option:
             the field's type); raises ``ValueError`` with what to write instead.
         dataset_specific: a value that belongs to one dataset (a subset size): a preset's value
             is dropped when ``nclab compare --dataset`` names another dataset.
+        group: the ``--help`` section the option is listed in (one of :data:`OPTION_GROUPS`).
     """
 
     help: str
@@ -88,6 +90,26 @@ class Option:
     per_run: bool = False
     parse: Callable[[Any], Any] | None = None
     dataset_specific: bool = False
+    group: str = "execution"
+
+    def __post_init__(self) -> None:
+        if self.group not in OPTION_GROUPS:
+            raise ValueError(f"group must be one of {', '.join(OPTION_GROUPS)}, got {self.group!r}")
+
+
+#: The ``--help`` sections of ``nclab train`` and ``nclab compare``, in order: name -> title
+#: (an :class:`Option` names its section with ``group``).
+OPTION_GROUPS: dict[str, str] = {
+    "data": "data",
+    "conditions": "training conditions (label noise, class imbalance)",
+    "model": "model",
+    "loss": "loss",
+    "optimisation": "optimisation",
+    "evaluation": "evaluation",
+    "logging": "logging",
+    "execution": "execution",
+    "output": "output",
+}
 
 
 def parse_per_class(value: Any) -> int | None:
@@ -154,6 +176,7 @@ class TrainConfig:
         "dimension D, N training and M test samples per class; defaults 10, 32, 100, 100); or "
         "npz:PATH (your own arrays)",
         metavar="NAME",
+        group="data",
     )
     data_dir: str | None = option(
         None,
@@ -162,12 +185,14 @@ class TrainConfig:
         unset="standard locations, see docs/data.md",
         identity=False,
         knob=True,
+        group="data",
     )
     per_class: int | None = option(
         None,
         "keep this many training samples per class (class-balanced, seeded), or 'all'",
         unset="all",
         **_COUNT_OR_ALL,
+        group="data",
     )
     test_per_class: int | None = option(
         None,
@@ -176,14 +201,18 @@ class TrainConfig:
         "whole test set), or 'all'",
         unset="the whole test set every epoch",
         **_COUNT_OR_ALL,
+        group="data",
     )
-    augment: bool = option(False, "random crop (4-pixel padding) + horizontal flip on images")
+    augment: bool = option(
+        False, "random crop (4-pixel padding) + horizontal flip on images", group="data"
+    )
     # training conditions (nclab.conditions, docs/training.md)
     label_noise: float = option(
         0.0,
         "flip exactly round(P·N) training labels, drawn from --seed (the same for every loss); "
         "NC metrics use the clean labels, test labels stay clean",
         metavar="P",
+        group="conditions",
     )
     label_noise_mode: str = option(
         "symmetric",
@@ -191,12 +220,14 @@ class TrainConfig:
         "to the next class)",
         metavar="MODE",
         choices=LABEL_NOISE_MODES,
+        group="conditions",
     )
     imbalance: float | None = option(
         None,
         "long-tailed training set with n_max/n_min = RATIO (the test set stays balanced)",
         metavar="RATIO",
         unset="balanced",
+        group="conditions",
     )
     imbalance_profile: str = option(
         "exp",
@@ -204,79 +235,128 @@ class TrainConfig:
         "half of the classes n_max/RATIO)",
         metavar="NAME",
         choices=IMBALANCE_PROFILES,
+        group="conditions",
     )
     # model
-    model: str = option("mlp", "model", metavar="NAME", choices=MODELS)
+    model: str = option("mlp", "model", metavar="NAME", choices=MODELS, group="model")
     width: int | None = option(
-        None, "model width", unset="mlp 512 units, cnn 32 channels, resnets 64 channels"
+        None,
+        "model width",
+        unset="mlp 512 units, cnn 32 channels, resnets 64 channels",
+        group="model",
     )
     depth: int | None = option(
-        None, "model depth", unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed"
+        None,
+        "model depth",
+        unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed",
+        group="model",
     )
-    bias: bool = option(True, "give the classifier a bias")
+    bias: bool = option(True, "give the classifier a bias", group="model")
     classifier: str = option(
         "linear",
         "classifier head: linear (trained) or etf (a fixed simplex ETF, not trained, zero bias; "
         "an option of Guo et al.'s code)",
         metavar="HEAD",
         choices=CLASSIFIERS,
+        group="model",
     )
     feature_bn: bool = option(
-        False, "a BatchNorm1d on the penultimate features (Guo et al.'s UFM-regularised setting)"
+        False,
+        "a BatchNorm1d on the penultimate features (Guo et al.'s UFM-regularised setting)",
+        group="model",
     )
     # loss
     loss: str = option(
-        "ce", "training loss (ls: label smoothing)", metavar="NAME", choices=LOSSES, per_run=True
+        "ce",
+        "training loss (ls: label smoothing)",
+        metavar="NAME",
+        choices=LOSSES,
+        per_run=True,
+        group="loss",
     )
     smoothing: float = option(
-        0.0, "label smoothing δ in [0, 1) for --loss ls", metavar="DELTA", per_run=True
+        0.0,
+        "label smoothing δ in [0, 1) for --loss ls",
+        metavar="DELTA",
+        per_run=True,
+        group="loss",
     )
     # optimisation
     epochs: int = option(
-        60, "training epochs (with --resume: a larger value extends a run)", identity=False
+        60,
+        "training epochs (with --resume: a larger value extends a run)",
+        identity=False,
+        group="optimisation",
     )
     batch_size: int = option(
-        128, "global mini-batch size (split over the processes under torchrun)"
+        128,
+        "global mini-batch size (split over the processes under torchrun)",
+        group="optimisation",
     )
-    lr: float = option(0.01, "initial learning rate of SGD")
-    momentum: float = option(0.9, "SGD momentum", metavar="M")
+    lr: float = option(0.01, "initial learning rate of SGD", group="optimisation")
+    momentum: float = option(0.9, "SGD momentum", metavar="M", group="optimisation")
     weight_decay: float | None = option(
         None,
         "SGD weight decay",
         metavar="DECAY",
         unset="5e-4; in UFM-penalty mode none, and a value applies to the backbone only",
+        group="optimisation",
     )
-    nesterov: bool = option(False, "Nesterov momentum")
+    nesterov: bool = option(False, "Nesterov momentum", group="optimisation")
     scheduler: str = option(
-        "cosine", "learning-rate schedule, stepped per epoch", metavar="NAME", choices=SCHEDULERS
+        "cosine",
+        "learning-rate schedule, stepped per epoch",
+        metavar="NAME",
+        choices=SCHEDULERS,
+        group="optimisation",
     )
     milestones: list[int] | None = option(
         None,
         "epochs after which multistep multiplies the lr by --gamma",
         metavar="EPOCH",
         unset="1/2 and 3/4 of --epochs",
+        group="optimisation",
     )
-    gamma: float = option(0.1, "multistep decay factor", metavar="FACTOR")
+    gamma: float = option(0.1, "multistep decay factor", metavar="FACTOR", group="optimisation")
     # UFM-penalty mode
     ufm_penalties: bool = option(
         False,
         "UFM-penalty mode: no optimizer weight decay on the classifier; add λ_W/2||W||² + "
         "λ_b/2||b||² + λ_H/2·(N/B)||H_batch||² to the loss and log the closed-form UFM norms "
         "(ufm_w_norm, ufm_h_norm), which the report draws",
+        group="loss",
     )
-    lambda_w: float = option(5e-4, "UFM-penalty mode: λ_W on the classifier", metavar="LAMBDA")
-    lambda_h: float = option(5e-4, "UFM-penalty mode: λ_H on the features", metavar="LAMBDA")
-    lambda_b: float = option(5e-4, "UFM-penalty mode: λ_b on the bias", metavar="LAMBDA")
+    lambda_w: float = option(
+        5e-4, "UFM-penalty mode: λ_W on the classifier", metavar="LAMBDA", group="loss"
+    )
+    lambda_h: float = option(
+        5e-4, "UFM-penalty mode: λ_H on the features", metavar="LAMBDA", group="loss"
+    )
+    lambda_b: float = option(
+        5e-4, "UFM-penalty mode: λ_b on the bias", metavar="LAMBDA", group="loss"
+    )
     # run
     seed: int = option(
-        0, "seed of the model initialisation, data order and per-class subset", per_run=True
+        0,
+        "seed of the model initialisation, data order and per-class subset",
+        per_run=True,
+        group="optimisation",
     )
     device: str = option(
-        "auto", "device (auto: CUDA when available)", metavar="DEVICE", choices=DEVICES, knob=True
+        "auto",
+        "device (auto: CUDA when available)",
+        metavar="DEVICE",
+        choices=DEVICES,
+        knob=True,
+        group="execution",
     )
-    bf16: bool = option(False, "bfloat16 autocast (CUDA only)")
+    bf16: bool = option(False, "bfloat16 autocast (CUDA only)", group="execution")
     channels_last: bool | None = option(
-        None, "channels-last memory format", unset="on for conv nets on CUDA", knob=True
+        None,
+        "channels-last memory format",
+        unset="on for conv nets on CUDA",
+        knob=True,
+        group="execution",
     )
     threads: int | None = option(
         None,
@@ -285,9 +365,13 @@ class TrainConfig:
         identity=False,
         knob=True,
         per_run=True,
+        group="execution",
     )
     eval_every: int = option(
-        1, "evaluate every this many epochs (the last epoch is always evaluated)", metavar="EPOCHS"
+        1,
+        "evaluate every this many epochs (the last epoch is always evaluated)",
+        metavar="EPOCHS",
+        group="evaluation",
     )
     nc_layers: str | None = option(
         None,
@@ -297,6 +381,7 @@ class TrainConfig:
         unset="penultimate features only",
         parse=parse_layers,
         knob=True,
+        group="evaluation",
     )
     checkpoint_every: int | None = option(
         None,
@@ -314,6 +399,7 @@ class TrainConfig:
         metavar="SECONDS",
         identity=False,
         knob=True,
+        group="execution",
     )
     tensorboard: bool = option(
         False,
@@ -321,6 +407,7 @@ class TrainConfig:
         "pip install 'nclab[tensorboard]')",
         identity=False,
         knob=True,
+        group="logging",
     )
     wandb: bool = option(
         False,
@@ -328,9 +415,16 @@ class TrainConfig:
         "(WANDB_MODE=offline works with no network; needs pip install 'nclab[wandb]')",
         identity=False,
         knob=True,
+        group="logging",
     )
     wandb_project: str | None = option(
-        None, "W&B project of --wandb", metavar="NAME", unset="nclab", identity=False, knob=True
+        None,
+        "W&B project of --wandb",
+        metavar="NAME",
+        unset="nclab",
+        identity=False,
+        knob=True,
+        group="logging",
     )
     wandb_group: str | None = option(
         None,
@@ -339,6 +433,7 @@ class TrainConfig:
         unset="none; compare: its --out folder",
         identity=False,
         knob=True,
+        group="logging",
     )
     wandb_name: str | None = option(
         None,
@@ -348,6 +443,7 @@ class TrainConfig:
         identity=False,
         knob=True,
         per_run=True,
+        group="logging",
     )
 
     def __post_init__(self) -> None:

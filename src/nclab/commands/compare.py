@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from nclab.commands.train import add_config_options
+from nclab.commands.train import add_config_options, option_groups
 from nclab.compare import PRESETS
 from nclab.executors import CLUSTERS, SlurmOptions, launchers
 
@@ -27,15 +27,25 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `nclab compare`."""
-    parser.add_argument(
+    """Options of `nclab compare`, in the sections of `nclab train` (comparison first)."""
+    parser.usage = (
+        "%(prog)s [-h] [--preset NAME] [--smoothing DELTA ...] [--seeds SEED ...] [options]"
+    )
+    parser.epilog = (
+        "Training options override the preset; they mean what they mean in `nclab train`; an "
+        "option neither given nor set by the preset has the default `nclab train --help` "
+        "shows; with --dataset the preset's --per-class and --test-per-class do not apply."
+    )
+    comparison = parser.add_argument_group("comparison")
+    groups = option_groups(parser)
+    comparison.add_argument(
         "--preset",
         default="quick",
         choices=list(PRESETS),
-        help="named setting: "
+        help="named setting (default: quick): "
         + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()).replace("%", "%%"),
     )
-    parser.add_argument(
+    comparison.add_argument(
         "--smoothing",
         type=float,
         nargs="+",
@@ -44,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label-smoothing δ values in [0, 1); CE (0) is always included "
         "(default: the preset's, quick: 0 0.05 0.1)",
     )
-    parser.add_argument(
+    comparison.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -54,36 +64,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "compared as pairs; 3 or more make the verdicts more than indicative (default: the "
         "preset's; quick and paper: 0 1 2, smoke: 0)",
     )
-    parser.add_argument(
+    add_config_options(groups, prefix=TRAIN_PREFIX, defaults=False)
+    groups["logging"].add_argument(
+        "--quiet", action="store_true", help="print nothing but errors (no progress bars)"
+    )
+    add_worker_options(parser, group=groups["execution"])
+    add_launcher_options(parser, group=groups["execution"])
+    output = groups["output"]
+    output.add_argument(
         "--out",
         default="runs/compare",
         metavar="DIR",
-        help="output directory (runs/, report/, compare.json)",
+        help="output directory: runs/, report/, compare.json (default: runs/compare)",
     )
-    add_worker_options(parser)
-    parser.add_argument(
+    output.add_argument(
         "--overwrite",
         action="store_true",
         help="retrain every run, discarding what --out holds for it",
     )
-    parser.add_argument("--no-report", action="store_true", help="train only")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    add_launcher_options(parser)
-    group = parser.add_argument_group(
-        "training options",
-        "override the preset; same meaning as in `nclab train`; an option neither given nor "
-        "set by the preset has the default `nclab train --help` shows; with --dataset the "
-        "preset's --per-class and --test-per-class do not apply",
-    )
-    add_config_options(group, prefix=TRAIN_PREFIX, defaults=False)
+    output.add_argument("--no-report", action="store_true", help="train only")
 
 
 def add_worker_options(
     parser: argparse.ArgumentParser,
     jobs_default: str = "the preset's; quick/smoke: min(2, CPU count)",
+    group: Any = None,
 ) -> None:
-    """--jobs and --threads (shared by `nclab compare` and `nclab study`)."""
-    parser.add_argument(
+    """--jobs and --threads (shared by `nclab compare` and `nclab study`), into ``group`` (an
+    argument group of ``parser``) when given."""
+    target = parser if group is None else group
+    target.add_argument(
         "--jobs",
         type=int,
         default=None,
@@ -91,7 +101,7 @@ def add_worker_options(
         help="runs trained at once: spawned worker processes, or jobs of --slurm-cluster local "
         f"(default: {jobs_default})",
     )
-    parser.add_argument(
+    target.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -101,11 +111,13 @@ def add_worker_options(
 
 
 def add_launcher_options(
-    parser: argparse.ArgumentParser, then: str = "`nclab report OUT` collects the results"
+    parser: argparse.ArgumentParser,
+    then: str = "`nclab report OUT` collects the results",
+    group: Any = None,
 ) -> None:
-    """The launcher/cluster group: --launcher, --print-commands, --slurm-* (shared by `nclab
-    compare` and `nclab study`)."""
-    cluster = parser.add_argument_group(
+    """The launcher/cluster options: --launcher, --print-commands, --slurm-* (shared by `nclab
+    compare` and `nclab study`), in their own section or into ``group`` when given."""
+    cluster = group or parser.add_argument_group(
         "launching past one machine", "see docs/integrations.md (default: local worker processes)"
     )
     cluster.add_argument(
@@ -113,7 +125,8 @@ def add_launcher_options(
         choices=launchers(),
         default="local",
         help="local: --jobs worker processes here; submitit: one SLURM job per run through "
-        "submitit (pip install 'nclab[submitit]'), waited for, then the report",
+        "submitit (pip install 'nclab[submitit]'), waited for, then the report; see "
+        "docs/integrations.md (default: local)",
     )
     cluster.add_argument(
         "--print-commands",
@@ -123,15 +136,21 @@ def add_launcher_options(
     )
     cluster.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
     cluster.add_argument(
-        "--slurm-time", type=int, default=24 * 60, metavar="MINUTES", help="time limit per job"
+        "--slurm-time",
+        type=int,
+        default=24 * 60,
+        metavar="MINUTES",
+        help="time limit per job (default: 1440)",
     )
-    cluster.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job")
+    cluster.add_argument(
+        "--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job (default: 0)"
+    )
     cluster.add_argument(
         "--slurm-cpus", type=int, metavar="N", help="CPUs per job (also the run's torch threads)"
     )
     cluster.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per job")
     cluster.add_argument(
-        "--slurm-folder", metavar="DIR", help="submitit's job scripts and logs (unset: OUT/slurm)"
+        "--slurm-folder", metavar="DIR", help="submitit's job scripts and logs (default: OUT/slurm)"
     )
     cluster.add_argument(
         "--slurm-cluster",
@@ -139,7 +158,7 @@ def add_launcher_options(
         default="auto",
         help="submitit executor: auto (SLURM; an error where there is no sbatch), slurm, local "
         "(the jobs as processes on this machine, --jobs at once, for a dry run), debug (in this "
-        "process)",
+        "process) (default: auto)",
     )
 
 

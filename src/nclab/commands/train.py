@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nclab.config import TrainConfig, options
+from nclab.config import OPTION_GROUPS, TrainConfig, options
 
 DESCRIPTION = (
     "Train one model on one dataset with one loss and one seed, evaluating every epoch: "
@@ -96,6 +96,12 @@ def _shown_default(field: dataclasses.Field[Any], unset: str | None) -> str:
     return str(field.default)
 
 
+def option_groups(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The ``--help`` sections of :data:`~nclab.config.OPTION_GROUPS`, created on ``parser`` in
+    that order (argparse leaves out a section no option joins)."""
+    return {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS.items()}
+
+
 def add_config_options(
     group: Any,
     *,
@@ -104,7 +110,9 @@ def add_config_options(
     only: tuple[str, ...] | None = None,
 ) -> None:
     """One ``--kebab-case`` option per :class:`TrainConfig` field, generated from its schema
-    (:func:`nclab.config.options`): help, placeholder, choices (listed in the help;
+    (:func:`nclab.config.options`) into ``group``: one argument group, or the sections of
+    :func:`option_groups` (each option into the one its ``group`` names); help, placeholder,
+    choices (listed in the help;
     :class:`TrainConfig` checks them, with a one-line error) and, with ``defaults``, the
     default (shown once).  ``nclab compare`` calls it with ``prefix="train_"`` and
     ``defaults=False`` (its defaults are the preset's) and leaves out the per-run options;
@@ -112,6 +120,7 @@ def add_config_options(
     for name, (f, opt) in options().items():
         if (prefix and opt.per_run) or (only is not None and name not in only):
             continue
+        target = group[opt.group] if isinstance(group, dict) else group
         text = opt.help
         if opt.choices:
             text += f": {', '.join(opt.choices)}"
@@ -124,24 +133,26 @@ def add_config_options(
         }
         flag = "--" + name.replace("_", "-")
         if str(f.type).startswith("bool"):
-            group.add_argument(flag, action=_StoreBool, **kwargs)
+            target.add_argument(flag, action=_StoreBool, **kwargs)
             continue
         if str(f.type).startswith("list"):
             kwargs["nargs"] = "+"
         kind = _value_type(f, opt.parse)
         kwargs["metavar"] = opt.metavar or ("N" if kind is int else name.upper())
-        group.add_argument(flag, action=_Store, type=kind, **kwargs)
+        target.add_argument(flag, action=_Store, type=kind, **kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register every TrainConfig field as an option, plus --config/--out/--resume/..."""
-    run = parser.add_argument_group("run directory")
-    run.add_argument(
+    parser.usage = "%(prog)s [-h] [--config FILE] [--out DIR] [--resume] [training options]"
+    parser.add_argument(
         "--config",
         metavar="FILE",
         help="YAML or JSON file of options (option names as keys, '-' or '_'); options given "
         "on the command line override it; a run's config.json works too",
     )
+    groups = option_groups(parser)
+    run = groups["output"]
     run.add_argument(
         "--out",
         metavar="DIR",
@@ -155,8 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--overwrite", action="store_true", help="discard a previous run in --out and start over"
     )
-    run.add_argument("--quiet", action="store_true", help="print nothing")
-    add_config_options(parser.add_argument_group("training options (TrainConfig fields)"))
+    groups["logging"].add_argument("--quiet", action="store_true", help="print nothing")
+    add_config_options(groups)
 
 
 def default_out_dir(config: TrainConfig) -> str:

@@ -121,14 +121,14 @@ def build_report(
     notes = dict.fromkeys(f"figures: {w.message}" for w in caught)
     summary.warnings.extend(notes)
     md = out / "summary.md"
-    _write_text(md, render_markdown(summary, panel))
+    _write_text(md, render_markdown(summary, panel, out))
     js = out / "summary.json"
     data = summary.as_dict()
     data["theory"] = panel.as_dict() if panel is not None else None
     _write_text(js, json.dumps(data, indent=1, default=_json_default))
     page = out / "report.html"
     pngs = {stem: paths[0] for stem, paths in written.items()}
-    _write_text(page, render_html(summary, panel, pngs, {**FIGURES, **LAYER_FIGURES}))
+    _write_text(page, render_html(summary, panel, pngs, {**FIGURES, **LAYER_FIGURES}, out))
     return ReportResult(out, page, md, js, written, summary, panel, [r.path for r in runs])
 
 

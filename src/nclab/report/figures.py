@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from nclab.report.analysis import aggregate_curve, covered_range, log_levels, matched_nc2
 from nclab.report.runs import GroupKey, RunData
@@ -53,7 +54,7 @@ FIGURES: dict[str, str] = {
     "compare_matched_nc1": "NC2 at matched NC1 (first crossing of each NC1 level).",
     "compare_calibration": "Reliability diagrams before/after temperature scaling "
     "(evaluation half of the test set).",
-    "compare_norms": "Mean classifier norm ||w_k|| and feature norm ||h_k - h_G|| against epoch.",
+    "compare_norms": "Mean classifier norm ‖w_k‖ and feature norm ‖h_k − h_G‖ against epoch.",
     "compare_ufm": "UFM theory: closed-form logit gap, p* and norms over δ; conditioning at the "
     "minimizer (full Hessian without symmetry/bias-shift directions, W and H blocks, and κ_logit, "
     "lower by construction); GD convergence of the UFM per δ.",
@@ -129,7 +130,7 @@ def _plot_band(
 CONVERGENCE_PANELS: tuple[tuple[str, str, Callable[[RunData], np.ndarray]], ...] = (
     ("train_error", "training error", lambda r: r.train_error()),
     ("test_error", "test error", lambda r: r.test_error()),
-    ("nc1", "NC1  tr(Σ_W Σ_B⁺)/K", lambda r: r.series("nc1")),
+    ("nc1", r"NC1  $\mathrm{tr}(\Sigma_W \Sigma_B^{+})/K$", lambda r: r.series("nc1")),
     ("nc2_wh", "NC2  (nc2_wh)", lambda r: r.series("nc2_wh")),
     ("nc3", "NC3  (nc3)", lambda r: r.series("nc3")),
     ("nc4", "NC4  (nc4)", lambda r: r.series("nc4")),
@@ -251,6 +252,7 @@ def matched_figure(summary: ReportSummary) -> Figure:
                 levels, band.min(0), band.max(0), color=colors[g.key], alpha=0.2, lw=0
             )
     left.set_xscale("log")
+    log_ticks(left.xaxis, [g.runs for g in summary.groups])
     left.invert_xaxis()
     left.set_xlabel("NC1 level (first crossing; training proceeds to the right)")
     left.set_ylabel("NC2 (nc2_wh) at that NC1")
@@ -268,6 +270,7 @@ def matched_figure(summary: ReportSummary) -> Figure:
         right.plot(levels, diff, color=colors[key], lw=1.6, label=f"{m.label} − CE")
         right.plot(m.levels, m.ls_nc2 - m.ce_nc2, ls="none", marker="o", color=colors[key], ms=4)
     right.set_xscale("log")
+    log_ticks(right.xaxis, [g.runs for g in summary.groups])
     right.invert_xaxis()
     right.set_xlabel("NC1 level (range shared with CE)")
     right.set_ylabel("Δ NC2 = LS − CE (below 0: LS lower)")
@@ -276,6 +279,27 @@ def matched_figure(summary: ReportSummary) -> Figure:
         right.legend(fontsize=8)
     fig.suptitle(f"Matched-NC1 comparison ({BAND_NOTE}; dots: table levels)", fontsize=10)
     return fig
+
+
+def log_ticks(axis: object, run_groups: Sequence[Sequence[RunData]] | None = None) -> None:
+    """Readable labels on a log axis at any range: plain numbers (0.05, not 5×10⁻²) at 1, 2, 5
+    of each decade over less than two decades, at the decades over more, and no minor-tick
+    labels (matplotlib labels minor ticks on short ranges, where they collide). The range is
+    the NC1 range the runs cover when ``run_groups`` is given, else the axis' view."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())  # type: ignore[attr-defined]
+    if run_groups is not None:
+        spans = [s for s in (covered_range(runs) for runs in run_groups) if s is not None]
+        if spans:
+            lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    decades = float(np.log10(hi / lo)) if lo > 0 and hi > lo else 1.0
+    subs: tuple[float, ...] = (1.0, 2.0, 5.0) if decades < 2.0 else (1.0,)
+    if decades < 0.5:
+        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    axis.set_major_locator(LogLocator(base=10.0, subs=subs))  # type: ignore[attr-defined]
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # type: ignore[attr-defined]
+    axis.set_minor_formatter(NullFormatter())  # type: ignore[attr-defined]
 
 
 def _pooled_eval_logits(g: GroupSummary, scaled: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -298,46 +322,53 @@ def calibration_figure(summary: ReportSummary) -> Figure | None:
     if not groups:
         return None
     colors = group_colors([g.key for g in summary.groups])
-    fig = Figure(figsize=(3.2 * len(groups), 6.4), layout="constrained")
-    axes = fig.subplots(2, len(groups), squeeze=False, sharex=True, sharey=True)
+    fig = Figure(figsize=(max(3.3 * len(groups), 6.6), 8.6), layout="constrained")
+    # per state (before / after TS): the diagram, and under it the samples per bin
+    axes = fig.subplots(
+        4, len(groups), squeeze=False, sharex=True, gridspec_kw={"height_ratios": [3, 1, 3, 1]}
+    )
     for col, g in enumerate(groups):
-        for row, (scaled, when, key) in enumerate(
+        for state, (scaled, when, key) in enumerate(
             ((False, "before TS", "ece_raw"), (True, "after TS", "ece_ts"))
         ):
-            ax = axes[row, col]
+            ax, counts = axes[2 * state, col], axes[2 * state + 1, col]
             z, y = _pooled_eval_logits(g, scaled)  # type: ignore[misc]
             bins = reliability_bins(z, y)
             width = np.diff(bins.edges)
             centers = bins.edges[:-1] + width / 2
             acc = np.nan_to_num(bins.accuracy)
-            ax.bar(
-                centers,
-                acc,
-                width=width,
-                color=colors[g.key],
-                alpha=0.75,
-                edgecolor="white",
-                label="accuracy",
-            )
-            conf = bins.confidence
-            ax.plot(conf, bins.accuracy, "o", color="tab:red", ms=3, label="(confidence, acc)")
-            ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
+            ax.bar(centers, acc, width=width, color=colors[g.key], alpha=0.75,
+                   edgecolor="white", label="accuracy per bin")  # fmt: skip
+            ax.plot(bins.confidence, bins.accuracy, "o", color="tab:red", ms=3,
+                    label="(mean confidence, accuracy)")  # fmt: skip
+            ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="perfect calibration")
             stat = g.calibration[key]
             text = f"ECE {stat.mean:.4f}" + (f" ± {stat.std:.4f}" if stat.n > 1 else "")
             if scaled:
                 t = g.calibration["temperature"]
-                text += f"\nT = {t.mean:.3g}"
+                text += f", T = {t.mean:.3g}"
             ax.set_title(f"{g.label} — {when}\n{text}", fontsize=9)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            if row == 1:
-                ax.set_xlabel("confidence")
+            ax.tick_params(labelbottom=False)
+            counts.bar(centers, bins.count, width=width, color="gray", edgecolor="white")
+            counts.yaxis.set_major_locator(MaxNLocator(2, integer=True))
+            counts.tick_params(labelsize=7)
+            counts.grid(alpha=0.3, axis="y", lw=0.5)
             if col == 0:
                 ax.set_ylabel("accuracy")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
+                counts.set_ylabel("samples", fontsize=8)
+            if state == 1:
+                counts.set_xlabel("confidence")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    # outside every diagram: a legend inside one would cover a bin
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     fig.suptitle(
-        "Reliability (15 bins): T fitted on one half of the test set, ECE on the other "
-        "half; seeds pooled, ECE mean ± std over seeds",
+        textwrap.fill(
+            "Reliability (15 bins; grey: samples per bin): T fitted on one half "
+            "of the test set, ECE on the other half; seeds pooled, ECE mean ± std over seeds",
+            int(fig.get_figwidth() * 13),
+        ),
         fontsize=9,
     )
     return fig
@@ -353,8 +384,8 @@ def norms_figure(summary: ReportSummary) -> Figure | None:
     fig = Figure(figsize=(10.0, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, title in (
-        (axes[0], "w_norm", "mean ||w_k||"),
-        (axes[1], "h_norm", "mean ||h_k − h_G|| (class means)"),
+        (axes[0], "w_norm", r"mean $\|w_k\|$"),
+        (axes[1], "h_norm", r"mean $\|h_k - h_G\|$ (class means)"),
     ):
         for g in summary.groups:
             _plot_band(ax, g.runs, lambda r, k=key: r.series(k), colors[g.key], g.label)
@@ -397,13 +428,19 @@ def _thinned(curve: ConvergenceCurve, points: int = 400) -> ConvergenceCurve:
     )
 
 
+#: Line styles and markers of the UFM GD curves, one per δ (colour alone does not tell
+#: overlapping curves apart).
+LINE_STYLES = ("-", "--", "-.", ":")
+GD_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def ufm_figure(panel: TheoryPanel, summary: ReportSummary) -> Figure:
     """Figure 6: closed-form UFM quantities against δ (runs' δ marked) and GD curves."""
     fig = Figure(figsize=(13.0, 7.0), layout="constrained")
     axes = fig.subplots(2, 3)
     specs = (
-        (axes[0, 0], "logit_gap", "logit gap g* (true − other)"),
-        (axes[0, 1], "p_true", "p* (softmax prob. of the true class)"),
+        (axes[0, 0], "logit_gap", r"logit gap $g^*$ (true − other)"),
+        (axes[0, 1], "p_true", r"$p^*$ (softmax prob. of the true class)"),
     )
     _conditioning_panel(axes[0, 2], panel)
     for ax, name, title in specs:
@@ -422,22 +459,32 @@ def ufm_figure(panel: TheoryPanel, summary: ReportSummary) -> Figure:
         ax.grid(alpha=0.3, lw=0.5)
         ax.legend(fontsize=7)
     ax = axes[1, 0]
-    ax.plot(panel.delta_grid, panel.grid["w_norm"], label="||w_k||", color="tab:blue")
-    ax.plot(panel.delta_grid, panel.grid["h_norm"], label="||h_{k,i}||", color="tab:orange")
+    ax.plot(panel.delta_grid, panel.grid["w_norm"], label=r"$\|w_k\|$", color="tab:blue")
+    ax.plot(
+        panel.delta_grid, panel.grid["h_norm"], label=r"$\|h_{k,i}\|$", color="tab:orange", ls="--"
+    )
     ax.set_yscale("log")
     ax.set_xlabel("δ")
     ax.set_title("closed-form norms", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both", lw=0.5)
     gap_ax, nc_ax = axes[1, 1], axes[1, 2]
-    for curve in panel.curves:
+    for i, curve in enumerate(panel.curves):
         curve = _thinned(curve)
-        color = _delta_color(curve.smoothing, summary)
-        label = "CE" if curve.smoothing == 0 else f"LS δ={curve.smoothing:g}"
+        # colour, line style and marker: CE and LS stay apart where the curves overlap
+        style = {
+            "color": _delta_color(curve.smoothing, summary),
+            "ls": LINE_STYLES[i % len(LINE_STYLES)],
+            "marker": GD_MARKERS[i % len(GD_MARKERS)],
+            "ms": 4,
+            "markevery": (0.03 * (i % 3), 0.1),  # staggered: markers of equal curves apart
+            "lw": 1.6 if curve.smoothing == 0 else 1.3,
+            "label": "CE" if curve.smoothing == 0 else f"LS δ={curve.smoothing:g}",
+        }
         ok = np.isfinite(curve.relative_gap) & (curve.relative_gap > 0)
-        gap_ax.plot(curve.iteration[ok], curve.relative_gap[ok], color=color, label=label)
+        gap_ax.plot(curve.iteration[ok], curve.relative_gap[ok], **style)
         ok = np.isfinite(curve.nc1) & (curve.nc1 > 0)
-        nc_ax.plot(curve.nc_iteration[ok], curve.nc1[ok], color=color, label=label)
+        nc_ax.plot(curve.nc_iteration[ok], curve.nc1[ok], **style)
     for ax, title in ((gap_ax, "GD: relative objective gap (f − f*)/|f*|"), (nc_ax, "GD: NC1")):
         ax.set_yscale("log")
         ax.set_xscale("symlog", linthresh=10.0)
@@ -449,8 +496,8 @@ def ufm_figure(panel: TheoryPanel, summary: ReportSummary) -> Figure:
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "GD curves unavailable", ha="center", transform=ax.transAxes)
-    lam = f"λ_W={panel.lambda_w:g}, λ_H={panel.lambda_h:g}" + (
-        f", λ_b={panel.lambda_b:g}" if panel.lambda_b is not None else ""
+    lam = rf"$\lambda_W$={panel.lambda_w:g}, $\lambda_H$={panel.lambda_h:g}" + (
+        rf", $\lambda_b$={panel.lambda_b:g}" if panel.lambda_b is not None else ""
     )
     source = "runs' UFM penalties" if panel.ufm_mode else "default, not the runs' penalties"
     cs = panel.convergence_settings
@@ -483,7 +530,7 @@ def _conditioning_panel(ax: Axes, panel: TheoryPanel) -> None:
         if rows:
             ax.plot([r["smoothing"] for r in rows], [r[key] for r in rows], style, label=label)
     ax.plot(panel.delta_grid, panel.grid["kappa_logit"], "--", color="gray", lw=1.0,
-            label="κ_logit (by construction)")  # fmt: skip
+            label=r"$\kappa_{\rm logit}$ (by construction)")  # fmt: skip
     ax.set_yscale("log")
     ax.set_title("condition numbers at the minimizer (claim (f))", fontsize=9)
     ax.set_xlabel("δ")
@@ -587,7 +634,8 @@ def _curve_panels(
     colors = group_colors([g.key for g in summary.groups])
     ncols = min(ncols, len(shown))
     nrows = -(-len(shown) // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.3 * nrows), layout="constrained")
+    width = max(4.2 * ncols, 6.4)
+    fig = Figure(figsize=(width, 3.3 * nrows + 0.3), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (name, fn) in zip(axes, shown, strict=False):
         values = [_plot_band(ax, g.runs, fn, colors[g.key], g.label) for g in summary.groups]
@@ -598,7 +646,8 @@ def _curve_panels(
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title} ({BAND_NOTE})", fontsize=10)
+    # wrapped to the figure's width (a title wider than the figure is cut off)
+    fig.suptitle(textwrap.fill(f"{title} ({BAND_NOTE})", int(width * 12)), fontsize=10)
     return fig
 
 
@@ -692,8 +741,8 @@ def delta_sweep_figure(summary: ReportSummary, panel: TheoryPanel | None) -> Fig
         (
             "final norms",
             [
-                ("mean ||w_k||", [_sweep_points(g, final("w_norm")) for g in groups]),
-                ("mean ||h_k − h_G||", [_sweep_points(g, final("h_norm")) for g in groups]),
+                (r"mean $\|w_k\|$", [_sweep_points(g, final("w_norm")) for g in groups]),
+                (r"mean $\|h_k - h_G\|$", [_sweep_points(g, final("h_norm")) for g in groups]),
             ],
             True,
         ),
@@ -731,9 +780,9 @@ def delta_sweep_figure(summary: ReportSummary, panel: TheoryPanel | None) -> Fig
             )  # fmt: skip
         if title == "final norms" and panel is not None and panel.ufm_mode:
             ax.plot(panel.delta_grid, panel.grid["w_norm"], "--", color="C0", lw=1.0,
-                    label="UFM closed form ||w_k||")  # fmt: skip
+                    label=r"UFM closed form $\|w_k\|$")  # fmt: skip
             ax.plot(panel.delta_grid, panel.grid["h_norm"], "--", color="C1", lw=1.0,
-                    label="UFM closed form ||h||")  # fmt: skip
+                    label=r"UFM closed form $\|h\|$")  # fmt: skip
         values = np.concatenate([np.ravel(line.get_ydata()) for line in ax.get_lines()] or [[]])
         if log:
             set_value_scale(ax, values)

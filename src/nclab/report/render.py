@@ -6,11 +6,17 @@ import base64
 import html
 import json
 import math
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
 
 from nclab.report.analysis import SeedStat
 from nclab.report.paired import sig
+from nclab.report.runs import RunData
 from nclab.report.summary import (
     TEMPERATURE_FIT_FRACTION,
     MatchedComparison,
@@ -30,9 +36,12 @@ from nclab.report.verdicts import (
 
 __all__ = [
     "hessian_table",
+    "html_table",
+    "inline_html",
     "matched_table",
     "render_html",
     "render_markdown",
+    "run_table",
     "summary_table",
     "verdict_table",
 ]
@@ -120,6 +129,74 @@ def _as_fraction_stat(stat: SeedStat) -> SeedStat:
     return stat
 
 
+RUN_NOTE = (
+    "Final values are from each run's last logged epoch; accuracies in %. Wall time: the sum of "
+    "the per-epoch times the run logged in metrics.jsonl (training and evaluation; a resumed "
+    "run's epochs counted once). Folder: the run's directory, relative to this report."
+)
+
+
+def _final_text(run: RunData, key: str, scale: float = 1.0, digits: int = 4) -> str:
+    value = run.final(key)
+    if key.endswith("_acc") and math.isfinite(value) and value <= 1.0:
+        value *= 100.0  # accuracies are stored as fractions
+    return "–" if not math.isfinite(value) else f"{value * scale:.{digits}g}"
+
+
+def run_folder(run: RunData, out_dir: Path | None) -> str:
+    """The run's folder relative to the report's folder (``out_dir``), POSIX-style; the path as
+    loaded when there is no report folder or no relative path (another drive)."""
+    if out_dir is not None:
+        try:
+            rel = os.path.relpath(Path(run.path).absolute(), Path(out_dir).absolute())
+            return Path(rel).as_posix()
+        except ValueError:
+            pass
+    return Path(run.path).as_posix()
+
+
+def run_link(run: RunData, out_dir: Path | None) -> str:
+    """The run's folder as a URL relative to the report (percent-encoded, so spaces, ``#``,
+    ``?``, quotes and brackets in a folder name stay part of the path)."""
+    return quote(run_folder(run, out_dir)) + "/"
+
+
+def run_table(summary: ReportSummary) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-run table (the folder column holds the run's path)."""
+    header = [
+        "run",
+        "seed",
+        "setting",
+        "train acc (%)",
+        "test acc (%)",
+        "final nc1",
+        "final nc2_wh",
+        "ECE",
+        "wall time (s)",
+        "folder",
+    ]
+    rows = []
+    for g in summary.groups:
+        for run in g.runs:
+            seconds = run.series("seconds")
+            seconds = seconds[np.isfinite(seconds)]
+            rows.append(
+                [
+                    run.name,
+                    str(run.seed),
+                    g.label,
+                    _final_text(run, "train_acc"),
+                    _final_text(run, "test_acc"),
+                    _final_text(run, "nc1"),
+                    _final_text(run, "nc2_wh"),
+                    _final_text(run, "ece"),
+                    f"{float(seconds.sum()):.1f}" if seconds.size else "–",
+                    str(run.path),
+                ]
+            )
+    return header, rows
+
+
 def matched_table(m: MatchedComparison) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one matched-NC1 table."""
     header = ["nc1 level", "CE nc2_wh", f"{m.label} nc2_wh", "LS − CE"]
@@ -175,8 +252,20 @@ def _study_line(summary: ReportSummary) -> str:
     return ", ".join(parts)
 
 
-def render_markdown(summary: ReportSummary, theory: TheoryPanel | None) -> str:
-    """The text of ``summary.md``."""
+def _md_run_table(summary: ReportSummary, out_dir: Path | None) -> str:
+    header, rows = run_table(summary)
+    runs = [run for g in summary.groups for run in g.runs]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, row in zip(runs, rows, strict=True):
+        link = f"[{md_escape(run_folder(run, out_dir))}]({run_link(run, out_dir)})"
+        lines.append("| " + " | ".join([*map(md_escape, row[:-1]), link]) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(
+    summary: ReportSummary, theory: TheoryPanel | None, out_dir: Path | None = None
+) -> str:
+    """The text of ``summary.md`` (``out_dir``: the report's folder, for relative run links)."""
     header, rows = summary_table(summary)
     out = [
         "# CE vs label smoothing: summary",
@@ -186,6 +275,12 @@ def render_markdown(summary: ReportSummary, theory: TheoryPanel | None) -> str:
         _md_table(header, rows),
         "",
         STATS_NOTE,
+        "",
+        "## Runs",
+        "",
+        _md_run_table(summary, out_dir),
+        "",
+        RUN_NOTE,
         "",
         "## Claims of the paper on this data",
         "",
@@ -302,12 +397,71 @@ def _iters(value: int | None) -> str:
     return "never" if value is None else str(value)
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+class Markup(str):
+    """A table cell that is already HTML (built from escaped parts): inserted as is."""
+
+
+_INLINE_CODE = re.compile(r"`([^`<>]+)`")
+_INLINE_BOLD = re.compile(r"\*\*([^*<>]+)\*\*")
+
+
+def inline_html(text: object) -> str:
+    """Prose as HTML: every character escaped, then ``code`` spans as <code> and **bold** as
+    <strong> (so the report's notes show no literal backticks or asterisks; a user string
+    passes through the same escaping first, so it can never open a tag)."""
+    out = html.escape(str(text))
+    out = _INLINE_CODE.sub(r"<code>\1</code>", out)
+    return _INLINE_BOLD.sub(r"<strong>\1</strong>", out)
+
+
+#: A numeric cell: a number, an interval, a mean ± sd, a count k/n, or a milestone never reached.
+_NUMERIC_CELL = re.compile(r"^(?:[-+−]?[\d.]|\[|never\b)")
+_NEUTRAL_CELLS = {"–", "-", "", "computed"}
+
+
+def short_columns(rows: Sequence[Sequence[str]], limit: int = 16) -> list[bool]:
+    """Per column: True when every cell has at most ``limit`` characters (a label such as
+    ``LS δ=0.05``, kept on one line)."""
+    if not rows:
+        return []
+    return [all(len(str(r[c])) <= limit for r in rows) for c in range(len(rows[0]))]
+
+
+def numeric_columns(rows: Sequence[Sequence[str]]) -> list[bool]:
+    """Per column: True when every cell that is not a placeholder (–, computed) reads as a
+    number (right-aligned, never wrapped), False for text (left-aligned)."""
+    if not rows:
+        return []
+    flags = []
+    for col in range(len(rows[0])):
+        cells = [str(r[col]).strip() for r in rows if str(r[col]).strip() not in _NEUTRAL_CELLS]
+        flags.append(bool(cells) and all(_NUMERIC_CELL.match(c) for c in cells))
+    return flags
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "") -> str:
+    """An HTML table: text columns left-aligned, number columns right-aligned and unwrapped
+    (class ``num``); every cell escaped unless it is :class:`Markup`."""
+    numeric = numeric_columns(rows) or [False] * len(header)
+    classes = [
+        "num" if num else ("nw" if short else "")
+        for num, short in zip(numeric, short_columns(rows) or numeric, strict=True)
+    ]
+
+    def cell(tag: str, text: str, cls: str) -> str:
+        body = text if isinstance(text, Markup) else inline_html(text)
+        return f"<{tag} class='{cls}'>{body}</{tag}>" if cls else f"<{tag}>{body}</{tag}>"
+
+    head = "".join(cell("th", h, c) for h, c in zip(header, classes, strict=True))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        "<tr>" + "".join(cell("td", x, c) for x, c in zip(row, classes, strict=True)) + "</tr>"
+        for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    cap = f"<caption>{inline_html(caption)}</caption>" if caption else ""
+    return (
+        f"<div class='table'><table>{cap}<thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 _STATUS_CLASS = {
@@ -333,10 +487,10 @@ def _verdict_html(v: ClaimVerdict) -> str:
     status = f"<strong class='{_css(v.status, v.indicative)}'>{html.escape(v.verdict)}</strong>"
     items = "".join(
         f"<li>{html.escape(d.label)}: <span class='{_css(d.status, d.indicative)}'>"
-        f"{html.escape(d.verdict)}</span> — {html.escape(d.text)}</li>"
+        f"{html.escape(d.verdict)}</span> — {inline_html(d.text)}</li>"
         for d in v.per_delta
     )
-    return f"({v.claim}) {html.escape(v.statement)}: {status}<ul>{items}</ul>"
+    return f"({v.claim}) {inline_html(v.statement)}: {status}<ul>{items}</ul>"
 
 
 VERDICT_NOTE = (
@@ -388,11 +542,21 @@ def verdict_table(summary: ReportSummary) -> tuple[list[str], list[list[str]]]:
 
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-th { background: #f0f0f0; } td:first-child { text-align: left; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
+padding: 0 1em; line-height: 1.4; }
+div.table { overflow-x: auto; margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
+caption { caption-side: bottom; text-align: left; font-size: 0.9em; color: #444;
+padding-top: 0.3em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, td.nw { white-space: nowrap; }
+code { font-size: 0.92em; background: #f3f3f3; padding: 0 0.2em; border-radius: 3px; }
+nav.toc { background: #fafafa; border: 1px solid #ddd; padding: 0.5em 1.5em;
+display: inline-block; }
+nav.toc ol { margin: 0.3em 0; padding-left: 1.2em; } nav.toc ol ol { font-size: 0.92em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.9em; color: #444; } pre { font-size: 0.8em; background: #f7f7f7;
 padding: 0.5em; overflow-x: auto; }
 .holds { color: #06640a; } .partly { color: #a65f00; } .fails { color: #a00; }
@@ -401,60 +565,128 @@ padding: 0.5em; overflow-x: auto; }
 """
 
 
+def _figure_title(stem: str, caption: str) -> str:
+    """A short contents entry for a figure: its caption's first clause."""
+    text = re.split(r"(?<=[a-z)])[.:;] | \(", caption or stem, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= 70 else text[:67].rstrip() + "…"
+
+
 def render_html(
     summary: ReportSummary,
     theory: TheoryPanel | None,
     figures: dict[str, Path],
     captions: dict[str, str],
+    out_dir: Path | None = None,
 ) -> str:
-    """The text of ``report.html`` with every PNG in ``figures`` embedded."""
+    """The text of ``report.html`` with every PNG in ``figures`` embedded; ``out_dir`` (the
+    report's folder) makes the run folders relative links."""
+    toc: list[tuple[str, str, list[tuple[str, str]]]] = []  # (id, title, sub-entries)
+
+    def section(anchor: str, title: str, level: int = 2) -> str:
+        if level == 2:
+            toc.append((anchor, title, []))
+        else:
+            toc[-1][2].append((anchor, title))
+        return f"<h{level} id='{anchor}'>{html.escape(title)}</h{level}>"
+
     header, rows = summary_table(summary)
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        "<title>nclab: CE vs label smoothing</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>CE vs label smoothing: a neural-collapse comparison</h1>",
-        f"<p>{html.escape(_study_line(summary))}.</p>",
-        "<h2>Summary</h2>",
-        _html_table(header, rows),
-        f"<p>{html.escape(STATS_NOTE)}</p>",
-        "<h2>Claims of the paper on this data</h2>",
-        f"<p>The claims of {html.escape(PAPER)}, judged per δ against CE from paired seeds. "
-        f"{html.escape(VERDICT_NOTE)}</p>",
-        _html_table(*verdict_table(summary)),
-        "<p>Evidence (every measure, deciding ones first):</p><ul>",
+    split = header.index("ECE")  # two tables: each fits the page without wrapping a value
+    body = [
+        f"<p>{inline_html(_study_line(summary))}.</p>",
+        section("summary", "Summary per setting"),
+        html_table(header[:split], [r[:split] for r in rows], "Training, collapse and accuracy."),
+        html_table(
+            [header[0], *header[split:]],
+            [[r[0], *r[split:]] for r in rows],
+            "Calibration: ECE before and after temperature scaling (T).",
+        ),
+        f"<p>{inline_html(STATS_NOTE)}</p>",
+        section("runs", "Runs"),
+        _run_table_html(summary, out_dir),
+        section("claims", "Claims of the paper on this data"),
+        f"<p>The claims of {inline_html(PAPER)}, judged per δ against CE from paired seeds. "
+        f"{inline_html(VERDICT_NOTE)}</p>",
+        html_table(*verdict_table(summary)),
+        section("evidence", "Evidence", 3),
+        "<p>Every measure, deciding ones first.</p><ul>",
     ]
     for v in summary.verdicts:
-        parts.append(f"<li>{_verdict_html(v)}</li>")
-    parts.append("</ul><p>Verdict rules: docs/report.md.</p>")
-    for m in summary.matched:
+        body.append(f"<li>{_verdict_html(v)}</li>")
+    body.append("</ul><p>Verdict rules: <code>docs/report.md</code>.</p>")
+    for i, m in enumerate(summary.matched):
         h, r = matched_table(m)
-        parts.append(f"<h3>NC2 at matched NC1: {html.escape(m.label)} vs CE</h3>")
-        parts.append(_html_table(h, r) if r else "<p>No NC1 range shared with CE.</p>")
+        body.append(section(f"matched-{i}", f"NC2 at matched NC1: {m.label} vs CE", 3))
+        body.append(html_table(h, r) if r else "<p>No NC1 range shared with CE.</p>")
     if theory is not None:
-        parts.append(f"<h2>UFM theory</h2><p>{html.escape(_theory_text(theory))}</p>")
+        body.append(section("theory", "UFM theory"))
+        body.append(f"<p>{inline_html(_theory_text(theory))}</p>")
         hh, hr = hessian_table(theory)
         if hr:
-            parts.append("<h3>Conditioning at the UFM minimizer (claim (f))</h3>")
-            parts.append(f"<p>{html.escape(HESSIAN_NOTE)}</p>" + _html_table(hh, hr))
-    parts.append("<h2>Figures</h2>")
+            body.append(section("conditioning", "Conditioning at the UFM minimizer (claim (f))", 3))
+            body.append(f"<p>{inline_html(HESSIAN_NOTE)}</p>" + html_table(hh, hr))
+    if figures:
+        body.append(section("figures", "Figures"))
     for stem, png in figures.items():
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(
-            f"<figure><img alt='{html.escape(stem)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{html.escape(captions.get(stem, stem))}</figcaption></figure>"
+        caption = captions.get(stem, stem)
+        body.append(
+            section(f"fig-{_anchor(stem)}", _figure_title(stem, caption), 3)
+            + f"<figure><img alt='{html.escape(stem)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{inline_html(caption)}</figcaption></figure>"
         )
     if summary.warnings:
-        parts.append("<h2>Warnings</h2><ul>")
-        parts += [f"<li>{html.escape(w)}</li>" for w in summary.warnings]
-        parts.append("</ul>")
-    parts.append("<h2>Run configurations</h2>")
+        body.append(section("warnings", "Warnings"))
+        body.append("<ul>" + "".join(f"<li>{inline_html(w)}</li>" for w in summary.warnings))
+        body.append("</ul>")
+    body.append(section("configurations", "Run configurations"))
     for g in summary.groups:
         for run in g.runs:
             cfg = html.escape(json.dumps(run.config, indent=1, sort_keys=True))
-            parts.append(
+            href = html.escape(run_link(run, out_dir), quote=True)
+            body.append(
                 f"<details><summary>{html.escape(g.label)} seed {run.seed}: "
-                f"{html.escape(str(run.path))}</summary><pre>{cfg}</pre></details>"
+                f"<a href='{href}'>{html.escape(str(run.path))}</a></summary>"
+                f"<pre>{cfg}</pre></details>"
             )
-    parts.append("</body></html>")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        "<title>nclab: CE vs label smoothing</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>CE vs label smoothing: a neural-collapse comparison</h1>",
+        _toc_html(toc),
+        *body,
+        "</body></html>",
+    ]
     return "\n".join(parts)
+
+
+def _anchor(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
+
+
+def _toc_html(toc: Sequence[tuple[str, str, Sequence[tuple[str, str]]]]) -> str:
+    """The contents list: one link per section, figures and sub-tables nested."""
+    items = []
+    for anchor, title, subs in toc:
+        sub = "".join(f"<li><a href='#{a}'>{html.escape(t)}</a></li>" for a, t in subs)
+        items.append(
+            f"<li><a href='#{anchor}'>{html.escape(title)}</a>"
+            + (f"<ol>{sub}</ol>" if sub else "")
+            + "</li>"
+        )
+    return (
+        f"<nav class='toc' id='contents'><strong>Contents</strong><ol>{''.join(items)}</ol></nav>"
+    )
+
+
+def _run_table_html(summary: ReportSummary, out_dir: Path | None) -> str:
+    """The per-run table with each folder as a relative link."""
+    header, rows = run_table(summary)
+    runs = [run for g in summary.groups for run in g.runs]
+    linked = []
+    for run, row in zip(runs, rows, strict=True):
+        href = html.escape(run_link(run, out_dir), quote=True)
+        text = html.escape(run_folder(run, out_dir))
+        linked.append([*row[:-1], Markup(f"<a href='{href}'>{text}</a>")])
+    return html_table(header, linked, RUN_NOTE)
