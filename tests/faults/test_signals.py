@@ -156,7 +156,9 @@ def test_train_process_stopped_by_a_signal_resumes_exactly(sig, reference, tmp_p
     time.sleep(random.Random(sig).uniform(0.0, 0.3))
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
+    if proc.returncode in (0, -sig):
+        # finished first; a signal after the command returned (handlers restored) ends the
+        # process the default way, with every file already complete
         assert _rows(out) == reference
         return
     assert proc.returncode == 128 + sig, err
