@@ -372,9 +372,6 @@ def test_ddp_two_processes_reduce_statistics_and_rank0_writes(tmp_path: Path) ->
     for key, value in single.items():
         if key in ("seconds",) or value is None:
             continue
-        if key in ("test_nc1_correct", "test_nc1_incorrect"):  # sharded test features: left out
-            assert key not in row
-            continue
         assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     with np.load(out / "predictions.npz") as pred:
         assert pred["test_logits"].shape == (52, 4)

@@ -549,12 +549,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
 
     single = train(tiny(epochs=1, dataset="synthetic:k=5,d=48,n=61,test=21"),
                    tmp_path / "single", quiet=True)  # fmt: skip
-    # the test NC1 of right and wrong samples needs the test features in one process: under
-    # DDP they are sharded and those two keys are left out (docs/training.md)
-    assert set(single.final) - set(rows[-1]) == {"test_nc1_correct", "test_nc1_incorrect"} & set(
-        single.final
-    )
-    assert set(rows[-1]) <= set(single.final)
+    assert set(rows[-1]) == set(single.final)
     # the sharded evaluation covers the whole train/test sets: a single-process evaluation
     # of the saved final model gives the same numbers
     data = load_dataset("synthetic", **{**_synthetic_kwargs(), "synthetic_train_per_class": 61,

@@ -169,7 +169,8 @@ class Evaluator:
 
         train_acc, test_acc, recompute = self._accumulators(model, train, test)
         train_nc = _logged(train_acc.compute(weight, bias).as_dict())
-        test_nc = _logged(test_acc.compute(weight, bias).as_dict())
+        test_all = test_acc.compute(weight, bias).as_dict()
+        test_nc = _logged(test_all)
         per_class = {
             "train": train_acc.per_class().as_dict(),
             "test": test_acc.per_class().as_dict(),
@@ -186,7 +187,7 @@ class Evaluator:
         if layer_nc is not None:
             same = (train_nc["nc1"], train_nc["nc2_h"])
             layers = layer_nc.compute(dict.fromkeys(layer_nc.skip, same))
-        paper = _paper_extras(test, test_logits, test_labels)
+        paper = _paper_extras(test_all, test_logits, test_labels)
         t2 = time.perf_counter()
 
         metrics: dict[str, float | None] = {
@@ -364,37 +365,15 @@ def _logged(metrics: dict[str, float | None]) -> dict[str, float | None]:
     return {k: v for k, v in metrics.items() if k not in _NOT_LOGGED}
 
 
-def subset_nc1(features: Tensor, labels: Tensor) -> float | None:
-    """NC1 = (1/K') tr(Σ_W Σ_B⁺) of a subset of samples, with the subset's own class means over
-    the K' classes it contains (None with fewer than 2 classes or 2 samples); float64, through
-    the between-class directions (never a d × d matrix)."""
-    import numpy as np
-
-    from nclab.metrics.formulas import between_class_directions, nc1_from_directions
-
-    if features.shape[0] < 2:
-        return None
-    h = features.detach().to("cpu", torch.float64)
-    classes, inverse = torch.unique(labels.cpu(), return_inverse=True)
-    if classes.numel() < 2:
-        return None
-    sums = torch.zeros(classes.numel(), h.shape[1], dtype=torch.float64).index_add_(0, inverse, h)
-    counts = torch.bincount(inverse, minlength=classes.numel()).to(torch.float64)
-    means = sums / counts[:, None]
-    s, vt = between_class_directions(means.numpy(), float(np.finfo(np.float32).eps))
-    proj = (h - means[inverse]).numpy() @ vt.T
-    quad = np.einsum("nj,nj->j", proj, proj) / h.shape[0]
-    return nc1_from_directions(quad, s)
-
-
-def _paper_extras(test: PassOutput, logits: Tensor, labels: Tensor) -> dict[str, float | None]:
+def _paper_extras(
+    test_nc: dict[str, float | None], logits: Tensor, labels: Tensor
+) -> dict[str, float | None]:
     """Per-epoch quantities of Guo et al. (2024)'s figures: test NC1 of the correctly and of the
-    incorrectly classified test samples (when the features are kept in memory and not sharded
-    over ranks), and ECE after
-    temperature scaling (T fitted by NLL on the report's fit half of the test set, ECE on the
-    other half, the split of :mod:`nclab.report.summary`)."""
+    incorrectly classified test samples (the accumulator's split NC1: each subset's scatter
+    around its true class's mean, against the spread of all class means; left out when a
+    subset is empty), and ECE after temperature scaling (T fitted by NLL on the report's fit
+    half of the test set, ECE on the other half, the split of :mod:`nclab.report.summary`)."""
     import math
-    import warnings
 
     from nclab.calibration import (
         expected_calibration_error,
@@ -403,14 +382,10 @@ def _paper_extras(test: PassOutput, logits: Tensor, labels: Tensor) -> dict[str,
     )
 
     out: dict[str, float | None] = {}  # a value that is undefined this epoch is left out
-    if test.features is not None and test.features.shape[0] == labels.shape[0]:
-        right = (test.logits.argmax(1) == test.labels).cpu()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # rank-deficient means of a subset
-            for key, mask in (("test_nc1_correct", right), ("test_nc1_incorrect", ~right)):
-                value = subset_nc1(test.features.cpu()[mask], test.labels.cpu()[mask])
-                if value is not None and math.isfinite(value):
-                    out[key] = value
+    for key in ("nc1_correct", "nc1_incorrect"):
+        value = test_nc.get(key)
+        if value is not None and math.isfinite(value):
+            out[f"test_{key}"] = float(value)
     if labels.shape[0] >= 4:
         fit, ev = split_for_temperature(int(labels.shape[0]), 0.5, seed=0)
         z, y = logits.double().numpy(), labels.numpy()
