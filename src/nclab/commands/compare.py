@@ -85,6 +85,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--no-report", action="store_true", help="train only")
 
 
+def print_commands(commands: list[str], reused: list[str], then: str, quiet: bool) -> int:
+    """``--print-commands``: one ``nclab train`` command per line on stdout; on stderr, the runs
+    already complete and what to run once the commands are done. Returns the exit code 0."""
+    for command in commands:
+        print(command)
+    if not quiet:
+        if reused:
+            print(f"# already complete, reused: {len(reused)} run(s)", file=sys.stderr)
+        print(f"# then: {then}", file=sys.stderr)
+    return 0
+
+
 def add_worker_options(
     parser: argparse.ArgumentParser,
     jobs_default: str = "the preset's; quick/smoke: min(2, CPU count)",
@@ -202,13 +214,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.print_commands:
         commands, reused = comparison_commands(cfg)
-        for command in commands:
-            print(command)
-        if reused and not args.quiet:
-            print(f"# already complete, reused: {', '.join(reused)}", file=sys.stderr)
-        if not args.quiet:
-            print(f"# then: nclab report {cfg.out}", file=sys.stderr)
-        return 0
+        return print_commands(commands, reused, f"nclab report {cfg.out}", args.quiet)
     try:
         result = compare(cfg)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line

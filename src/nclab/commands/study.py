@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nclab.commands.compare import (
     TRAIN_PREFIX,
     add_launcher_options,
     add_worker_options,
+    print_commands,
     slurm_options,
     train_overrides,
 )
@@ -101,17 +101,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.print_commands:
         commands, reused = study_commands(cfg)
-        for command in commands:
-            print(command)
-        if reused and not args.quiet:
-            print(f"# already complete, reused: {len(reused)} run(s)", file=sys.stderr)
-        if not args.quiet:
-            print(
-                "# then: the same nclab study command without --print-commands writes the "
-                "cells' reports and the atlas",
-                file=sys.stderr,
-            )
-        return 0
+        then = (
+            "the same nclab study command without --print-commands writes the cells' reports "
+            "and the atlas"
+        )
+        return print_commands(commands, reused, then, args.quiet)
     try:
         result = study(cfg)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
