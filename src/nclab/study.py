@@ -165,7 +165,7 @@ GRIDS: dict[str, Grid] = {
     ),
     "default": Grid(
         "default",
-        "11 minutes on 2 shared CPU cores, offline: Fashion-MNIST (60 training images per class, "
+        "8-11 minutes on 2 shared CPU cores, offline: Fashion-MNIST (60 training images per class, "
         "per-epoch test metrics on 50 per class, the final epoch on all 10,000) with an MLP "
         "2x128, scikit-learn's 8x8 digits (60 per class, 359 test images) with the MLP and a "
         "small CNN (4 blocks, 8-64 channels); each x clean / 20% symmetric label noise / "
