@@ -221,6 +221,10 @@ def test_combine_over_deltas_and_sig():
     assert combine([FAILS, FAILS, UNDETERMINED]) == FAILS
     assert combine([FAILS, INCONCLUSIVE]) == INCONCLUSIVE
     assert combine([UNDETERMINED]) == UNDETERMINED
+    # a δ whose deciding measures disagree makes the claim mixed, never "inconclusive"
+    assert combine([MIXED, MIXED]) == MIXED
+    assert combine([HOLDS, MIXED]) == MIXED
+    assert combine([INCONCLUSIVE, MIXED, UNDETERMINED]) == MIXED
     assert sig(7.666666666) == "7.667" and sig(0.000123456) == "0.0001235"
     assert sig(123456.0) == "1.235e+05"
 

@@ -499,7 +499,8 @@ VERDICT_NOTE = (
     "holds: every paired seed supports the claim and, with 3 or more seeds, the interval lies "
     "entirely on the claim's side of its threshold (0; −0.5 points for (e)); does not hold: the "
     "same for the opposite; inconclusive: otherwise; indicative: fewer than 3 seeds. Over δ: "
-    "mixed = holds for some δ and does not hold for another."
+    "mixed = holds for some δ and does not hold for another, or a δ whose deciding measures "
+    "disagree."
 )
 
 

@@ -43,8 +43,9 @@ A verdict on (a)-(c) needs the terminal phase: 100% training accuracy over at le
 
 Per-δ verdicts combine over δ (:func:`combine`): **holds** when every δ holds, **does not
 hold** when every decided δ does not hold, **mixed** when some δ holds and another does not
-hold, **partly holds** when some δ holds and none does not hold, **inconclusive** otherwise;
-**undetermined** when no δ could be decided.
+hold or when a δ is itself mixed (its deciding measures disagree), **partly holds** when some
+δ holds and none does not hold, **inconclusive** otherwise; **undetermined** when no δ could
+be decided.
 """
 
 from __future__ import annotations
@@ -271,8 +272,8 @@ def combine(statuses: Sequence[str]) -> str:
         return UNDETERMINED
     if all(s == HOLDS for s in statuses):
         return HOLDS
-    if HOLDS in decided and FAILS in decided:
-        return MIXED
+    if HOLDS in decided and FAILS in decided or MIXED in decided:
+        return MIXED  # the evidence points both ways: across δ, or within one δ's measures
     if HOLDS in decided:
         return PARTLY
     if all(s == FAILS for s in decided):
