@@ -117,6 +117,12 @@ def _prepare(folder: Path) -> None:
     np.savez(folder / "features.npz", features=feats, labels=labels, weight=means, bias=np.zeros(4))
     np.savez(folder / "ood.npz", features=rng.normal(size=(20, 6)))
     (folder / "my.yaml").write_text("lr: 0.05\nmomentum: 0.9\n")
+    import yaml
+
+    from nclab.study import load_grid
+
+    smoke = load_grid("smoke").as_dict()  # a grid file of the reader's: the smoke grid's cells
+    (folder / "my-grid.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     (folder / "docs" / "figures").mkdir(parents=True)
 
 
@@ -126,6 +132,8 @@ def _small(argv: list[str], n: int) -> list[str]:
         return [*argv, *SMALL_TRAIN, *out]
     if argv[:1] == ["compare"]:
         return [*argv, *SMALL_COMPARE]
+    if argv[:1] == ["study"]:  # the smoke grid (seconds) unless the line names a grid file
+        return argv if "--grid" in argv else [*argv, "--grid", "smoke"]
     if argv[:1] == ["report"]:
         return [*argv, "--no-theory"]
     if argv[:2] in (["ufm", "solve"], ["ufm", "convergence"]):

@@ -234,9 +234,9 @@ def test_theory_claim_follows_the_ufm_computation(tmp_path):
     nclab.ufm.condition directly, its GD measures the panel's iteration counts, κ_logit never
     decides, and the verdict is holds / does not hold / mixed exactly as the deciding measures
     agree."""
-    from nclab.report.theory import theory_panel
+    from nclab.report.theory import GD_MAX_ITERS, GD_STEP_MULTIPLIERS, GD_TOL, theory_panel
     from nclab.report.verdicts import LSGroup, claim_theory
-    from nclab.ufm import DEFAULT_LAMBDA_B, closed_form, condition
+    from nclab.ufm import DEFAULT_LAMBDA_B, UFMProblem, closed_form, condition, solve_gd
 
     for seed in (0,):
         write_run(tmp_path, delta=0.0, seed=seed)
@@ -267,16 +267,27 @@ def test_theory_claim_follows_the_ufm_computation(tmp_path):
     assert not kappa.measure.decides and "by construction" in kappa.measure.description
     cf = [closed_form(num_classes=K, n_per_class=n, smoothing=s, **lam) for s in (0.0, 0.1)]
     assert kappa.effect == pytest.approx(math.log10(cf[1].kappa_logit / cf[0].kappa_logit))
-    iters = {c.smoothing: c.iters_to_objective_tol for c in panel.curves}
-    gd = by_key["gd_iterations"]
-    if None not in iters.values():
-        assert gd.effect == iters[0.1] - iters[0.0]
-    best = {c.smoothing: c.best_iters for c in panel.curves}
-    for c in panel.curves:  # the best step is the grid's fastest
-        reached = [v for v in c.iters_by_lr.values() if v is not None]
-        assert c.best_iters == (min(reached) if reached else None)
-    if None not in best.values():
-        assert by_key["gd_iterations_best_step"].effect == best[0.1] - best[0.0]
+
+    # GD on the runs' own UFM (the problem of the Hessian), recomputed through nclab.ufm's
+    # public API: shared step min over δ of 1/λ_max, best of the multipliers at each δ's own
+    def gd(delta: float, lr: float) -> int | None:
+        problem = UFMProblem(num_classes=K, n_per_class=n, smoothing=delta, dim=K - 1,
+                             lambda_b=DEFAULT_LAMBDA_B, **lam)  # fmt: skip
+        try:
+            res = solve_gd(problem, lr=lr, max_iters=GD_MAX_ITERS, tol=GD_TOL, nc_fn=None)
+        except ValueError:
+            return None
+        return res.iterations if res.relative_gap <= GD_TOL else None
+
+    shared = min(1 / c.lambda_max for c in ref)
+    a, b = gd(0.0, shared), gd(0.1, shared)
+    assert a is not None and b is not None
+    assert by_key["gd_iterations"].effect == b - a
+    best = [
+        min(v for v in (gd(s, m / c.lambda_max) for m in GD_STEP_MULTIPLIERS) if v is not None)
+        for s, c in zip((0.0, 0.1), ref, strict=True)
+    ]
+    assert by_key["gd_iterations_best_step"].effect == best[1] - best[0]
     deciding = [m.status for m in d.measures if m.measure.decides]
     if all(s == HOLDS for s in deciding):
         assert d.status == HOLDS

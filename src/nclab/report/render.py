@@ -374,11 +374,12 @@ def hessian_table(theory: TheoryPanel) -> tuple[list[str], list[list[str]]]:
         "GD iters (shared step)",
         "GD iters (best step)",
     ]
-    curves = {round(c.smoothing, 12): c for c in theory.curves}
     rows = []
     for row in theory.hessian:
-        c = curves.get(round(row["smoothing"], 12))
-        best = "–" if c is None else f"{_iters(c.best_iters)} (step {sig(c.best_lr)})"
+        best = row.get("gd_best_iters")
+        best_text = "–" if "gd_shared_lr" not in row else _iters(best)
+        if best is not None:
+            best_text += f" (step {sig(row.get('gd_best_multiplier'))}/λ_max)"
         rows.append(
             [
                 f"{row['smoothing']:g}",
@@ -386,8 +387,8 @@ def hessian_table(theory: TheoryPanel) -> tuple[list[str], list[list[str]]]:
                 sig(row.get("w_block_ratio")),
                 sig(row.get("h_block_ratio")),
                 sig(row.get("kappa_logit")),
-                "–" if c is None else _iters(c.iters_to_objective_tol),
-                best,
+                "–" if "gd_shared_lr" not in row else _iters(row.get("gd_shared_iters")),
+                best_text,
             ]
         )
     return header, rows

@@ -177,7 +177,63 @@ def hessian_rows(
                 dim=c.dim,
             )
         rows.append(row)
+    _add_gd_rows(rows, common_base={k: v for k, v in common.items() if k != "smoothing"})
     return rows
+
+
+#: GD step multipliers of 1/λ_max (each δ's own largest Hessian eigenvalue at its minimizer)
+#: for "each loss at its own best step"; 2/λ_max is the local stability limit.
+GD_STEP_MULTIPLIERS = (0.5, 1.0, 1.5)
+#: Iteration cap and relative objective tolerance of the deciding GD runs of claim (f).
+GD_MAX_ITERS = 20000
+GD_TOL = 1e-8
+#: Largest N·d·K (samples × feature dimension × classes, the cost of one GD step) for which
+#: the deciding GD runs are made: K = 10 up to about n = 10,000 per class; K = 100 is not.
+GD_MAX_WORK = 1e7
+
+
+def _add_gd_rows(rows: list[dict[str, Any]], common_base: dict[str, Any]) -> None:
+    """GD on the runs' own UFM (the problem whose Hessian the rows describe, d = K − 1, the same
+    initialisation for every δ): iterations to the relative objective gap :data:`GD_TOL` at a
+    shared step (the largest that is stable for every δ: min over δ of 1/λ_max) and at each
+    δ's own best step from :data:`GD_STEP_MULTIPLIERS` / λ_max. None where not reached within
+    :data:`GD_MAX_ITERS`; nothing when one step would cost more than :data:`GD_MAX_WORK`."""
+    from nclab.ufm import UFMProblem, solve_gd
+
+    live = [r for r in rows if r.get("hessian_lambda_max")]
+    if not live:
+        return
+    k, n = int(common_base["num_classes"]), int(common_base["n_per_class"])
+    if k * n * (k - 1) * k > GD_MAX_WORK:
+        for r in live:
+            r["gd_note"] = (
+                f"GD on the runs' UFM not run: one step costs N·d·K = {k * n * (k - 1) * k:.3g} "
+                f"> {GD_MAX_WORK:.0e}; `nclab ufm convergence -K {k} -n {n} -d {k - 1} --lr "
+                "1/lambda_max` runs it"
+            )
+        return
+    shared = min(1.0 / r["hessian_lambda_max"] for r in live)
+
+    def iterations(problem: UFMProblem, lr: float) -> int | None:
+        try:
+            res = solve_gd(
+                problem, lr=lr, max_iters=GD_MAX_ITERS, tol=GD_TOL, nc_fn=None,
+                record_every=GD_MAX_ITERS + 1, gtol=None,
+            )  # fmt: skip
+        except ValueError:  # diverged at this step: no candidate
+            return None
+        return int(res.iterations) if res.relative_gap <= GD_TOL else None
+
+    for r in live:
+        problem = UFMProblem(dim=k - 1, smoothing=r["smoothing"], **common_base)
+        r["gd_shared_lr"] = shared
+        r["gd_shared_iters"] = iterations(problem, shared)
+        tried = {m: iterations(problem, m / r["hessian_lambda_max"]) for m in GD_STEP_MULTIPLIERS}
+        reached = {m: v for m, v in tried.items() if v is not None}
+        best = min(reached, key=lambda m: (reached[m], m)) if reached else None
+        r["gd_best_multiplier"] = best
+        r["gd_best_lr"] = None if best is None else best / r["hessian_lambda_max"]
+        r["gd_best_iters"] = None if best is None else reached[best]
 
 
 def theory_panel(

@@ -82,6 +82,7 @@ from nclab.report.paired import (
     sig,
 )
 from nclab.report.runs import RunData
+from nclab.report.theory import GD_TOL
 
 if TYPE_CHECKING:
     from nclab.report.theory import TheoryPanel
@@ -800,8 +801,7 @@ def claim_theory(
         return _claim("f", ce, out)
     hess = {round(r["smoothing"], 12): r for r in panel.hessian}
     rows = {round(r["smoothing"], 12): r for r in panel.at_runs}
-    curves = {round(c.smoothing, 12): c for c in panel.curves}
-    ce_h, ce_row, ce_curve = hess.get(0.0), rows.get(0.0), curves.get(0.0)
+    ce_h, ce_row = hess.get(0.0), rows.get(0.0)
     where_h = f"K={panel.num_classes}, n={panel.n_per_class}, λ_W={panel.lambda_w:g}, " + (
         f"λ_H={panel.lambda_h:g}, d=K−1"
     )
@@ -820,28 +820,22 @@ def claim_theory(
             if a is None or b is None:
                 note = "trivial UFM minimizer (W = H = 0): undefined"
             measures.append(computed(measure, _log_ratio_of(a, b), note))
-        curve = curves.get(key)
-        if ce_curve is None or curve is None:
-            gd_note = next((n for n in panel.notes if "GD curves" in n), "GD not computed")
-            measures.append(computed(GD_ITERS, None, gd_note))
-            measures.append(computed(GD_BEST, None, gd_note))
-        else:
-            cs = panel.convergence_settings
-            where = (
-                f"K={cs.get('num_classes')}, n={cs.get('n_per_class')}, "
-                f"tolerance {cs.get('tol_objective')}"
-            )
-            a, b = ce_curve.iters_to_objective_tol, curve.iters_to_objective_tol
-            note = f"CE {_never(a)}, LS {_never(b)} (step {cs.get('lr')}, {where})"
+        for measure, name in ((GD_ITERS, "gd_shared_iters"), (GD_BEST, "gd_best_iters")):
+            if ce_h is None or h is None or "gd_shared_lr" not in ce_h or "gd_shared_lr" not in h:
+                note = (h or {}).get("gd_note") or "GD on the runs' UFM not computed"
+                measures.append(computed(measure, None, note))
+                continue
+            a, b = ce_h.get(name), h.get(name)
+            if name == "gd_shared_iters":
+                note = f"CE {_never(a)}, LS {_never(b)} (step {sig(h['gd_shared_lr'])}"
+            else:
+                note = (
+                    f"CE {_never(a)} at {sig(ce_h.get('gd_best_multiplier'))}/λ_max, LS "
+                    f"{_never(b)} at {sig(h.get('gd_best_multiplier'))}/λ_max"
+                )
+            note += f", tolerance {GD_TOL:g}, {where_h})"
             diff = None if a is None or b is None else float(b - a)
-            measures.append(computed(GD_ITERS, diff, note))
-            a, b = ce_curve.best_iters, curve.best_iters
-            note = (
-                f"CE {_never(a)} at step {ce_curve.best_lr}, LS {_never(b)} at step "
-                f"{curve.best_lr} (grid {cs.get('lr_grid')}, {where})"
-            )
-            diff = None if a is None or b is None else float(b - a)
-            measures.append(computed(GD_BEST, diff, note))
+            measures.append(computed(measure, diff, note))
         row = rows.get(key)
         kappa = None
         if (
