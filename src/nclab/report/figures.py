@@ -539,8 +539,8 @@ def _conditioning_panel(ax: Axes, panel: TheoryPanel) -> None:
 
 
 def forest_figure(summary: ReportSummary) -> Figure | None:
-    """Every verdict in one figure: one panel per claim, one row per δ with the deciding
-    measure's mean paired difference LS − CE and its 95% interval (Student t over seeds), the
+    """Every verdict in one figure: one panel per claim, one row per δ with the claim's first
+    deciding measure's mean paired difference LS − CE and its 95% interval (Student t over seeds), the
     line of no effect (and the non-inferiority margin of claim (e)); the side where the claim
     holds is shaded. Computed claims (f) have no interval."""
     verdicts = [v for v in summary.verdicts if any(d.headline for d in v.per_delta)]
@@ -555,10 +555,11 @@ def forest_figure(summary: ReportSummary) -> Figure | None:
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, v in zip(axes, verdicts, strict=False):
         rows = [d for d in v.per_delta if d.headline is not None]
-        measure = rows[0].headline.measure
+        # one measure per panel (the claim's first deciding one), so every row shares its unit
+        first = [next(m for m in d.measures if m.measure.decides) for d in rows]
+        measure = first[0].measure
         span = [measure.threshold, 0.0]
-        for i, d in enumerate(rows):
-            h = d.headline
+        for i, (d, h) in enumerate(zip(rows, first, strict=True)):
             y = len(rows) - 1 - i
             color = by_label.get(d.label, (0.3, 0.3, 0.3, 1.0))
             if h.effect is None:

@@ -155,8 +155,12 @@ class DeltaVerdict:
 
     @property
     def headline(self) -> PairedResult | None:
-        """The first deciding measure (its effect and interval are the δ's headline)."""
-        return next((m for m in self.measures if m.measure.decides), None)
+        """The deciding measure shown as the δ's effect and interval: the first one whose own
+        status is the δ's verdict (the measure that decided it), else the first deciding one."""
+        deciding = [m for m in self.measures if m.measure.decides]
+        return next((m for m in deciding if m.status == self.status), None) or next(
+            iter(deciding), None
+        )
 
     @property
     def seeds(self) -> int | None:
