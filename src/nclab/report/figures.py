@@ -540,9 +540,9 @@ def _conditioning_panel(ax: Axes, panel: TheoryPanel) -> None:
 
 def forest_figure(summary: ReportSummary) -> Figure | None:
     """Every verdict in one figure: one panel per claim, one row per δ with the claim's first
-    deciding measure's mean paired difference LS − CE and its 95% interval (Student t over seeds), the
-    line of no effect (and the non-inferiority margin of claim (e)); the side where the claim
-    holds is shaded. Computed claims (f) have no interval."""
+    deciding measure's mean paired difference LS − CE and its 95% interval (Student t over
+    seeds), the line of no effect (and the non-inferiority margin of claim (e)); the side where
+    the claim holds is shaded. Computed claims (f) have no interval."""
     verdicts = [v for v in summary.verdicts if any(d.headline for d in v.per_delta)]
     if not verdicts:
         return None

@@ -799,9 +799,16 @@ def _train_one_epoch(run: _Run, epoch: int) -> None:
         loss = run.loss_fn(logits.float(), yb)
         if config.ufm_penalties:
             loss = loss + ufm_penalty(run.model, h, config, run.data.num_train)
-        watch.record(loss, step)
-        if (step + 1) % check_every == 0 or step == steps - 1:
-            watch.raise_if_diverged(run, epoch, step)
+        if check_every == 1:  # one CPU process: reading the loss is free, check it directly
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    epoch, step + 1, value, _last_checkpoint_epoch(run), run.files.checkpoint
+                )
+        else:
+            watch.record(loss, step)
+            if (step + 1) % check_every == 0 or step == steps - 1:
+                watch.raise_if_diverged(run, epoch, step)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
