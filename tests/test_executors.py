@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,6 +84,9 @@ def test_a_worker_that_dies_is_named_and_the_rest_still_train(tmp_path):
     assert results["other"].error is None
     error = results["victim"].error
     assert isinstance(error, WorkerDiedError) and error.nclab_context == "run victim"
+    deadline = time.monotonic() + 10  # the broken pool's processes are reaped asynchronously
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not multiprocessing.active_children()
 
 
