@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nclab.commands import HelpFormatter
+from nclab.limits import available_memory
 
 DESCRIPTION = (
     "Regularized unconstrained feature model f(W,H,b) = mean L_delta(W h + b, y) + lambda_W/2 "
@@ -484,23 +485,6 @@ def memory_estimate(args: argparse.Namespace) -> int:
         conditioning = 3 * params * params if params <= 2500 else _PARAM_COPIES["lanczos"] * params
         needed = max(needed, 8 * (conditioning + _LOGIT_COPIES * logits))
     return needed
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), None if unknown."""
-    import os
-
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _check_memory(args: argparse.Namespace) -> None:
