@@ -117,6 +117,37 @@ def test_temperature_is_stationary_point_and_minimum():
         assert nll(logits, labels, other) > loss
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_temperature_matches_a_bounded_brent_search_on_the_nll(seed):
+    """Against scipy's bounded Brent search on the NLL itself (over log T, tight tolerance),
+    for logits from under- to over-confident, and a bound when the optimum lies beyond it."""
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(20, 800)), int(rng.integers(2, 12))
+    logits, labels = _data(n=n, k=k, scale=float(rng.choice([0.3, 1.0, 3.0, 12.0])), seed=seed)
+    logits = logits * float(rng.choice([0.2, 1.0, 6.0]))
+    res = minimize_scalar(
+        lambda log_t: nll(logits, labels, math.exp(log_t)),
+        bounds=(math.log(0.05), math.log(20.0)),
+        method="bounded",
+        options={"xatol": 1e-12, "maxiter": 1000},
+    )
+    t = fit_temperature(logits, labels)
+    assert 0.05 <= t <= 20.0
+    assert nll(logits, labels, t) <= res.fun + 1e-12
+    assert math.isclose(t, math.exp(res.x), rel_tol=1e-6)
+
+
+def test_temperature_stops_at_the_bounds():
+    logits, labels = _data(n=300, seed=3)
+    separable = logits.clone()
+    separable[torch.arange(300), labels] += 50.0  # every sample right by a wide margin
+    assert fit_temperature(separable, labels) == 0.05  # sharper is always better
+    flipped = -separable  # every sample confidently wrong: the flattest softmax is best
+    assert fit_temperature(flipped, labels) == 20.0
+
+
 def test_overconfident_logits_get_temperature_above_one():
     logits, labels = _data(n=1500, scale=1.0, seed=8)
     t_base = fit_temperature(logits, labels)

@@ -22,7 +22,7 @@ import torch
 from nclab import cli
 from nclab.calibration import expected_calibration_error
 from nclab.data import load_dataset
-from nclab.losses import get_loss
+from nclab.losses import ClassificationLoss, get_loss
 from nclab.runs.files import read_metrics, rewrite_rows
 from nclab.train import (
     RunFiles,
@@ -385,15 +385,15 @@ def test_progress_lines_when_not_a_terminal_and_silence_when_quiet(tmp_path: Pat
 # ---------------------------------------------------------------------------- divergence
 
 
-class _NaNAfter(torch.nn.Module):
+class _NaNAfter(ClassificationLoss):
     """Wraps a loss; the ``after``-th call made with gradients enabled returns NaN."""
 
-    def __init__(self, inner: torch.nn.Module, after: int) -> None:
-        super().__init__()
+    def __init__(self, inner: ClassificationLoss, after: int) -> None:
+        super().__init__(inner.num_classes)
         self.inner, self.after, self.calls = inner, after, 0
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = self.inner(logits, targets)
+    def compute(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.inner.compute(logits, targets)
         if torch.is_grad_enabled():
             self.calls += 1
             if self.calls >= self.after:

@@ -28,6 +28,7 @@ from nclab.names import check_loss
 
 __all__ = [
     "LOSSES",
+    "ClassificationLoss",
     "CrossEntropyLoss",
     "FocalLoss",
     "LabelSmoothingLoss",
@@ -63,8 +64,9 @@ def check_targets(logits: Tensor, targets: Tensor, num_classes: int) -> None:
             )
 
 
-class _ClassificationLoss(nn.Module):
-    """Base: stores K and validates inputs before :meth:`compute`."""
+class ClassificationLoss(nn.Module):
+    """Base: stores K; ``forward`` validates its inputs, then calls :meth:`compute` (the loss
+    itself, for inputs already known to be valid)."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -80,14 +82,14 @@ class _ClassificationLoss(nn.Module):
         raise NotImplementedError
 
 
-class CrossEntropyLoss(_ClassificationLoss):
+class CrossEntropyLoss(ClassificationLoss):
     """Mean of ``-log softmax(z)_y`` (``F.cross_entropy``)."""
 
     def compute(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(logits, targets)
 
 
-class LabelSmoothingLoss(_ClassificationLoss):
+class LabelSmoothingLoss(ClassificationLoss):
     """Cross-entropy against ``(1 - δ) e_y + δ/K · 1``:
     ``L = (1 - δ)(-log p_y) + (δ/K) Σ_k (-log p_k)``, averaged over the batch.
 
@@ -112,7 +114,7 @@ class LabelSmoothingLoss(_ClassificationLoss):
         return f"num_classes={self.num_classes}, smoothing={self.smoothing}"
 
 
-class FocalLoss(_ClassificationLoss):
+class FocalLoss(ClassificationLoss):
     """Mean of ``-(1 - p_y)^γ log p_y``."""
 
     def __init__(self, num_classes: int, gamma: float = 2.0) -> None:
@@ -131,7 +133,7 @@ class FocalLoss(_ClassificationLoss):
         return f"num_classes={self.num_classes}, gamma={self.gamma}"
 
 
-class MSELoss(_ClassificationLoss):
+class MSELoss(ClassificationLoss):
     """Mean over samples of ``Σ_k (z_k - [k = y])²`` (logits against the one-hot target)."""
 
     def compute(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -139,23 +141,23 @@ class MSELoss(_ClassificationLoss):
         return ((logits - onehot) ** 2).sum(dim=1).mean()
 
 
-def _build_ce(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
+def _build_ce(num_classes: int, smoothing: float, gamma: float) -> ClassificationLoss:
     return CrossEntropyLoss(num_classes)
 
 
-def _build_ls(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
+def _build_ls(num_classes: int, smoothing: float, gamma: float) -> ClassificationLoss:
     return LabelSmoothingLoss(num_classes, smoothing)
 
 
-def _build_focal(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
+def _build_focal(num_classes: int, smoothing: float, gamma: float) -> ClassificationLoss:
     return FocalLoss(num_classes, gamma)
 
 
-def _build_mse(num_classes: int, smoothing: float, gamma: float) -> nn.Module:
+def _build_mse(num_classes: int, smoothing: float, gamma: float) -> ClassificationLoss:
     return MSELoss(num_classes)
 
 
-LOSSES: dict[str, Callable[[int, float, float], nn.Module]] = {
+LOSSES: dict[str, Callable[[int, float, float], ClassificationLoss]] = {
     "ce": _build_ce,
     "ls": _build_ls,
     "focal": _build_focal,
@@ -165,7 +167,7 @@ LOSSES: dict[str, Callable[[int, float, float], nn.Module]] = {
 
 def get_loss(
     name: str, num_classes: int, smoothing: float = 0.0, *, gamma: float = 2.0
-) -> nn.Module:
+) -> ClassificationLoss:
     """Build the loss ``name`` (one of :data:`LOSSES`) for ``num_classes`` classes.
 
     ``smoothing`` is δ for ``ls`` (in [0, 1)); the other losses require ``smoothing == 0``.

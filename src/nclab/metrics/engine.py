@@ -366,10 +366,11 @@ class NCAccumulator:
     def _note_precision(self, x: torch.Tensor) -> None:
         self.input_eps = max(self.input_eps, input_eps(x.dtype))
 
-    def _float64(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
-        """``scale * x[rows]`` as a fresh float64 tensor (the input is never written)."""
-        z = x[rows].to(torch.float64, copy=True)
-        return z.mul_(self.scale) if self.scale != 1.0 else z
+    def _float64(self, x: torch.Tensor, rows: slice, copy: bool = True) -> torch.Tensor:
+        """``scale * x[rows]`` in float64: a fresh tensor, or with ``copy=False`` for a caller
+        that only reads it, ``x[rows]`` itself when that is float64 and unscaled."""
+        z = x[rows].to(torch.float64, copy=copy)
+        return z * self.scale if self.scale != 1.0 else z
 
     def _check_unsynced(self, part: str, method: str) -> None:
         if self._synced[part]:
@@ -403,7 +404,7 @@ class NCAccumulator:
         k, d = self.num_classes, self.dim
         for start in range(0, int(x.shape[0]), _CHUNK):
             rows = slice(start, start + _CHUNK)
-            z, yc = self._float64(x, rows), y[rows]
+            z, yc = self._float64(x, rows, copy=self.mode == "streaming"), y[rows]
             ones = torch.ones(yc.shape[0], dtype=torch.float64, device=self.device)
             batch_counts = torch.zeros(k, dtype=torch.float64, device=self.device)
             batch_counts.index_add_(0, yc, ones)
@@ -510,17 +511,23 @@ class NCAccumulator:
         cls_add = None if w is None else own @ w.T + (0.0 if b is None else b * self.scale)
         has_cls = z_logits is not None or w is not None
         r = self.basis.shape[0]
+        # one product per chunk: the coordinates along the r directions, then 2 z.m_k
+        directions = torch.cat([self.basis, 2.0 * m]).T
         # per (class, classifier right/wrong) pair: row 2 y + wrong
         pair_sq = torch.zeros(2 * k, r, dtype=torch.float64, device=self.device)
         pred_ncc = torch.empty(n, dtype=torch.int64, device=self.device)
         pred_cls = torch.empty_like(pred_ncc)
         for start in range(0, n, _CHUNK):
             rows = slice(start, start + _CHUNK)
-            z, yc = self._float64(x, rows), y[rows]
-            z -= own[yc]  # h - mu_y
-            proj = z @ self.basis.T  # coordinates along the class-mean directions
-            self.centred_sq.index_add_(0, yc, (z * z).sum(dim=1))
-            pred_ncc[rows] = (2.0 * (z @ m.T) + ncc_add[yc]).argmax(dim=1)
+            yc = y[rows]
+            # z = h - mu_y as one product: the one-hot rows pick mu_y exactly, and addmm rounds
+            # h - mu_y once, as a subtraction would, without a gathered (B, d) copy of the means
+            onehot = torch.nn.functional.one_hot(yc, k).to(torch.float64)
+            z = torch.addmm(self._float64(x, rows, copy=False), onehot, own, alpha=-1.0)
+            coords = z @ directions
+            proj = coords[:, :r]  # coordinates along the class-mean directions
+            self.centred_sq.index_add_(0, yc, torch.linalg.vector_norm(z, dim=1).square_())
+            pred_ncc[rows] = (coords[:, r:] + ncc_add[yc]).argmax(dim=1)
             pair = 2 * yc
             if has_cls:
                 scores = z_logits[rows] if z_logits is not None else z @ w.T + cls_add[yc]

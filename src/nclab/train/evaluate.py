@@ -4,13 +4,14 @@ One evaluation = one eval-mode forward pass over the whole training set and one 
 set (no augmentation). The NC metrics come from :class:`~nclab.metrics.NCAccumulator`
 (``compute(W, b)``, ``all_reduce()`` under DDP), fed in one of two ways:
 
-* **kept features (default).** The pass keeps its features and logits (float32, on the compute
-  device, in buffers reused from one evaluation to the next: ``N · d · 4`` bytes, 30 MB for
-  Fashion-MNIST per-class 500 plus its test set at d = 512) and feeds them to a
-  ``mode="projected"`` accumulator on the same device: class sums (pass 1), then the
-  within-class statistics along the class-mean directions plus the nearest-class-mean tallies
-  against the train means (pass 2, no second forward pass). O(N d K) float64 work instead of
-  the d x d scatter's O(N d²), exact for every metric (see docs/metrics.md).
+* **kept features (default).** The pass keeps its features (float64) and logits (float32) on
+  the compute device, in buffers reused from one evaluation to the next (``N · d · 8`` bytes,
+  60 MB for Fashion-MNIST per-class 500 plus its test set at d = 512), and feeds each batch to
+  a ``mode="projected"`` accumulator on the same device: class sums (pass 1, batch by batch),
+  then the within-class statistics along the class-mean directions plus the nearest-class-mean
+  tallies against the train means (pass 2 over the kept features, no second forward pass).
+  O(N d K) float64 work instead of the d x d scatter's O(N d²), exact for every metric (see
+  docs/metrics.md).
 * **streaming (fallback)**, when the kept features would exceed
   :data:`KEEP_FEATURES_MAX_BYTES`: ``mode="streaming"`` accumulators fed per batch, then a
   second forward pass for ``update_ncc``.
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from nclab.calibration import calibration_metrics
 from nclab.hooks import eval_mode
 from nclab.layers import LayerNC, resolve_taps
+from nclab.losses import CrossEntropyLoss
 from nclab.metrics import NCAccumulator
 from nclab.train.distributed import DistContext
 
@@ -76,8 +78,8 @@ class PassOutput:
 
     labels: Tensor
     logits: Tensor
-    features: Tensor | None  # kept features (None: streaming path)
-    acc: NCAccumulator | None  # streaming path only
+    features: Tensor | None  # kept features, float64 (None: streaming path)
+    acc: NCAccumulator  # first pass fed batch by batch
     loss_sum: float = 0.0
     ce_sum: float = 0.0
     correct: float = 0.0
@@ -116,7 +118,7 @@ class Evaluator:
     y_test: Tensor
     num_test: int
     num_classes: int
-    loss_fn: nn.Module
+    loss_fn: nn.Module  # mean loss of (logits, labels)
     ctx: DistContext
     autocast: Autocast = contextlib.nullcontext
     channels_last: bool = False
@@ -167,7 +169,8 @@ class Evaluator:
         bias = model.classifier.bias
         bias = None if bias is None else bias.detach().double()
 
-        train_acc, test_acc, recompute = self._accumulators(model, train, test)
+        recompute = self._accumulators(model, train, test)
+        train_acc, test_acc = train.acc, test.acc
         train_nc = _logged(train_acc.compute(weight, bias).as_dict())
         test_all = test_acc.compute(weight, bias).as_dict()
         test_nc = _logged(test_all)
@@ -253,11 +256,18 @@ class Evaluator:
             logits = model.classifier(h)
         return h.float(), logits.float()
 
-    def _buffer(self, key: str, rows: int, cols: int, device: torch.device) -> Tensor:
-        """A float32 (rows, cols) buffer reused across evaluations (no re-allocation)."""
+    def _buffer(
+        self,
+        key: str,
+        rows: int,
+        cols: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float64,
+    ) -> Tensor:
+        """A (rows, cols) buffer reused across evaluations (no re-allocation)."""
         buf = self._buffers.get(key)
         if buf is None or buf.shape != (rows, cols) or buf.device != device:
-            buf = torch.empty(rows, cols, dtype=torch.float32, device=device)
+            buf = torch.empty(rows, cols, dtype=dtype, device=device)
             self._buffers[key] = buf
         return buf
 
@@ -271,39 +281,40 @@ class Evaluator:
         layer_nc: LayerNC | None = None,
     ) -> PassOutput:
         """One pass: loss and accuracy against ``y``; the NC statistics (and ``layer_nc``'s)
-        against ``nc_labels`` (default ``y``)."""
+        against ``nc_labels`` (default ``y``). The accumulator takes each batch while it is
+        fresh in the cache (its first pass)."""
         n, dim = int(x.shape[0]), int(model.classifier.in_features)
-        keep = n * dim * 4 <= self.keep_limit_bytes
+        keep = n * dim * 8 <= self.keep_limit_bytes
         out = PassOutput(
             labels=y if nc_labels is None else nc_labels,
-            logits=self._buffer(f"{split}_logits", n, self.num_classes, x.device),
+            logits=self._buffer(f"{split}_logits", n, self.num_classes, x.device, torch.float32),
             features=self._buffer(f"{split}_features", n, dim, x.device) if keep else None,
-            acc=None if keep else self._accumulator("streaming", dim, x.device),
+            acc=self._accumulator("projected" if keep else "streaming", dim, x.device),
         )
-        zero = torch.zeros((), dtype=torch.float64, device=x.device)
-        loss_sum, ce_sum, correct = zero, zero, zero
         start = 0
         layers = contextlib.nullcontext() if layer_nc is None else layer_nc.recording(n, x.device)
         with layers:
             for xb, yb in self._batches(x, y):
                 h, logits = self._forward(model, xb)
-                loss_sum = loss_sum + self.loss_fn(logits, yb).double() * yb.shape[0]
-                ce_sum = ce_sum + F.cross_entropy(logits, yb, reduction="sum").double()
-                correct = correct + (logits.argmax(1) == yb).sum()
                 rows = slice(start, start + yb.shape[0])
                 start = rows.stop
                 out.logits[rows] = logits
                 if layer_nc is not None:
                     layer_nc.update(out.labels[rows])
                 if out.features is not None:
-                    out.features[rows] = h
-                else:
-                    if not bool(torch.isfinite(h).all()):  # the accumulator would raise
-                        raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf")
-                    t = time.perf_counter()
-                    out.acc.update(h, out.labels[rows])
-                    out.metric_seconds += time.perf_counter() - t
-        out.loss_sum, out.ce_sum, out.correct = float(loss_sum), float(ce_sum), float(correct)
+                    out.features[rows] = h  # float64: the accumulator reads it without a copy
+                    h = out.features[rows]
+                elif not bool(torch.isfinite(h).all()):  # the streaming accumulator would raise
+                    raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf")
+                t = time.perf_counter()
+                out.acc.update(h, out.labels[rows])
+                out.metric_seconds += time.perf_counter() - t
+        if n:  # loss, cross-entropy and accuracy of the whole pass at once, in float64
+            z = out.logits.double()
+            out.ce_sum = float(F.cross_entropy(z, y, reduction="sum"))
+            is_ce = isinstance(self.loss_fn, CrossEntropyLoss)
+            out.loss_sum = out.ce_sum if is_ce else float(self.loss_fn(z, y)) * n
+            out.correct = float((z.argmax(1) == y).sum())
         return out
 
     # ------------------------------------------------------------------ accumulators
@@ -312,53 +323,31 @@ class Evaluator:
         # one sync per pass is paid below (finite sums); none per batch
         return NCAccumulator(self.num_classes, dim, mode=mode, device=device, validate=False)
 
-    def _first_pass_done(self, acc: NCAccumulator) -> None:
-        """Reduce the first pass over the ranks; NaN/Inf features surface in the class sums."""
-        acc.all_reduce()
-        if not bool(torch.isfinite(acc.shifted_sums).all()):
-            raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf values")
-
-    def _accumulators(
-        self, model: nn.Module, train: PassOutput, test: PassOutput
-    ) -> tuple[NCAccumulator, NCAccumulator, float]:
-        """NC accumulators of the train and test passes, NCC-tallied against the train means
-        and reduced over the ranks, and the seconds spent in a second forward pass."""
-        if train.features is None or test.features is None:
-            return self._streaming_accumulators(model, train, test)
-        accs = []
+    def _accumulators(self, model: nn.Module, train: PassOutput, test: PassOutput) -> float:
+        """Reduce the first passes over the ranks, then NCC-tally both splits against the train
+        means (second pass: over the kept features, else a second forward pass) and reduce
+        again. Returns the seconds spent in a second forward pass."""
         for out in (train, test):
-            acc = self._accumulator("projected", int(out.features.shape[1]), out.features.device)
-            acc.update(out.features, out.labels)
-            self._first_pass_done(acc)
-            accs.append(acc)
-        for acc, out in zip(accs, (train, test), strict=True):
-            # the test split is scored with the train means (frozen by the train pass, scale 1)
-            means = None if acc is accs[0] else accs[0].frozen_means
-            acc.update_ncc(out.features, out.labels, means=means, logits=out.logits)
-            acc.all_reduce()
-        return accs[0], accs[1], 0.0
-
-    def _streaming_accumulators(
-        self, model: nn.Module, train: PassOutput, test: PassOutput
-    ) -> tuple[NCAccumulator, NCAccumulator, float]:
-        """Fallback: accumulators fed batch by batch; a second forward pass (its seconds are
-        returned) for the NCC tallies."""
-        for out in (train, test):
-            self._first_pass_done(out.acc)
-        means = torch.from_numpy(train.acc.class_means()).to(train.acc.device)
+            out.acc.all_reduce()  # NaN/Inf features surface in the class sums
+            if not bool(torch.isfinite(out.acc.shifted_sums).all()):
+                raise NonFiniteFeaturesError("the evaluation features contain NaN or Inf values")
         recompute = 0.0
         for out, x in ((train, self.x_train), (test, self.x_test)):
-            start = 0
-            for xb, yb in self._batches(x, out.labels):
-                t = time.perf_counter()
-                h = self._forward(model, xb)[0]
-                recompute += time.perf_counter() - t
-                logits = out.logits[start : start + yb.shape[0]]
-                start += yb.shape[0]
-                ref = None if out is train else means
-                out.acc.update_ncc(h, yb, means=ref, logits=logits)
+            # the test split is scored with the train means (frozen by the train pass, scale 1)
+            means = None if out is train else train.acc.frozen_means
+            if out.features is not None:
+                out.acc.update_ncc(out.features, out.labels, means=means, logits=out.logits)
+            else:
+                start = 0
+                for xb, yb in self._batches(x, out.labels):
+                    t = time.perf_counter()
+                    h = self._forward(model, xb)[0]
+                    recompute += time.perf_counter() - t
+                    logits = out.logits[start : start + yb.shape[0]]
+                    start += yb.shape[0]
+                    out.acc.update_ncc(h, yb, means=means, logits=logits)
             out.acc.all_reduce()
-        return train.acc, test.acc, recompute
+        return recompute
 
 
 def _logged(metrics: dict[str, float | None]) -> dict[str, float | None]:

@@ -33,7 +33,7 @@ from nclab import __version__
 from nclab.config import TrainConfig, config_differences
 from nclab.data import DataBundle, augment_batch, class_balanced_indices, load_dataset
 from nclab.layers import resolve_taps
-from nclab.losses import get_loss
+from nclab.losses import ClassificationLoss, get_loss
 from nclab.models import build_model, count_parameters
 from nclab.runs import lifecycle
 from nclab.runs.files import (
@@ -449,7 +449,7 @@ class _Run:
     model: nn.Module
     net: nn.Module
     optimizer: torch.optim.SGD
-    loss_fn: nn.Module
+    loss_fn: ClassificationLoss
     evaluator: Evaluator  # per-epoch evaluation (test subset with ``test_per_class``)
     final_evaluator: Evaluator  # the final epoch's: always the whole test set
     autocast: Any
@@ -796,7 +796,9 @@ def _train_one_epoch(run: _Run, epoch: int) -> None:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with run.autocast():
             h, logits = run.net(xb)
-        loss = run.loss_fn(logits.float(), yb)
+        # the labels were checked once when the data were loaded: compute() skips the per-step
+        # range check of loss_fn(...), whose min()/max() reads would synchronise a GPU each step
+        loss = run.loss_fn.compute(logits.float(), yb)
         if config.ufm_penalties:
             loss = loss + ufm_penalty(run.model, h, config, run.data.num_train)
         if check_every == 1:  # one CPU process: reading the loss is free, check it directly
