@@ -117,9 +117,13 @@ def reliability_bins(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> 
     return _reliability(_softmax(z), y, n_bins)
 
 
+def _top_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence ``max_k p_ik`` and correctness ``[argmax_k p_ik = y_i]`` (float64)."""
+    return p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+
+
 def _reliability(p: np.ndarray, y: np.ndarray, n_bins: int) -> ReliabilityBins:
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    conf, correct = _top_label(p, y)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = _equal_width_bin(conf, n_bins)
     count = np.bincount(idx, minlength=n_bins).astype(np.int64)
@@ -173,8 +177,7 @@ def adaptive_calibration_error(logits: ArrayLike, labels: ArrayLike, n_bins: int
 
 
 def _adaptive(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    conf, correct = _top_label(p, y)
     order = np.argsort(conf, kind="stable")
     bin_index = np.empty(len(conf), dtype=np.int64)
     for b, members in enumerate(np.array_split(order, min(n_bins, len(conf)))):
