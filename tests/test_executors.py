@@ -64,7 +64,7 @@ def test_a_failure_names_its_task_and_leaving_the_block_stops_the_others(tmp_pat
             for done in executor.as_completed():
                 assert done.task.name == "bad"
                 raise done.error
-    assert caught.value.nclab_context == "run bad"  # the CLI prints "run bad: ..."
+    assert caught.value.__notes__ == ["run bad"]  # the CLI prints "run bad: ..."
     assert not multiprocessing.active_children()  # the long run was stopped at once
     assert not (tmp_path / "long" / "DONE").exists()
 
@@ -83,7 +83,7 @@ def test_a_worker_that_dies_is_named_and_the_rest_still_train(tmp_path):
                 os.kill(int(holder.split()[-1]), signal.SIGKILL)
     assert results["other"].error is None
     error = results["victim"].error
-    assert isinstance(error, WorkerDiedError) and error.nclab_context == "run victim"
+    assert isinstance(error, WorkerDiedError) and error.__notes__ == ["run victim"]
     deadline = time.monotonic() + 10  # the broken pool's processes are reaped asynchronously
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.05)

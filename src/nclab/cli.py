@@ -126,9 +126,8 @@ def describe_error(err: BaseException) -> str:
         text = f"not enough memory ({err or 'the allocation failed'}); use a smaller problem"
     else:
         text = str(err) or type(err).__name__
-    context = getattr(err, "nclab_context", None)
-    if context:
-        text = f"{context}: {text}"
+    # notes (PEP 678) say where it happened, e.g. "run ce_seed0": printed before the message
+    text = ": ".join([*getattr(err, "__notes__", ()), text])
     return " ".join(text.split())  # one line
 
 
@@ -159,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if debug:
             raise
-        kept = getattr(err, "nclab_kept", None)
-        print(f"{prog}: {signals.reason(err)}{'; ' + kept if kept else ''}", file=sys.stderr)
+        # the command's notes (PEP 678) say what was kept and how to go on
+        line = "; ".join([signals.reason(err), *getattr(err, "__notes__", ())])
+        print(f"{prog}: {line}", file=sys.stderr)
         return signals.exit_code(err)
     except BrokenPipeError:
         _quiet_stdout()

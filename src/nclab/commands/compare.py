@@ -218,9 +218,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = compare(cfg)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
-        err.nclab_kept = (  # type: ignore[attr-defined]
-            "every run keeps its last checkpoint: rerun the same command to resume"
-        )
+        err.add_note("every run keeps its last checkpoint: rerun the same command to resume")
         raise
     if not args.quiet:
         print(f"done in {result.seconds:.1f} s")

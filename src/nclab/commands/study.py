@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = study(cfg)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
-        err.nclab_kept = (  # type: ignore[attr-defined]
+        err.add_note(
             "every run keeps its last checkpoint and every reported cell its report: rerun "
             "the same command to resume"
         )

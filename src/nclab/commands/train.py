@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nclab train: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: cli.main prints the one line
-        err.nclab_kept = (  # type: ignore[attr-defined]
+        err.add_note(
             f"the last checkpoint is kept, continue with `nclab train --out {out} --resume`"
         )
         raise

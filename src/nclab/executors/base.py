@@ -199,9 +199,9 @@ def create(name: str, resources: Resources | None = None) -> Executor:
 
 
 def name_error(error: BaseException, task: Task) -> BaseException:
-    """Mark a task's failure with its name (the CLI prints it before the message)."""
+    """Note a task's name on its failure (PEP 678; the CLI prints notes before the message)."""
     if isinstance(error, Exception):
-        error.nclab_context = f"run {task.name}"  # type: ignore[attr-defined]
+        error.add_note(f"run {task.name}")
     return error
 
 
