@@ -282,7 +282,10 @@ def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
     sharpens under-confident ones.
     """
     z, y = _as_numpy(logits, labels)
-    gap = z - z.max(axis=1, keepdims=True)  # <= 0: exp(β g) never overflows
+    with np.errstate(over="ignore"):  # -inf from logits near ±1.8e308: clipped below
+        gap = z - z.max(axis=1, keepdims=True)  # <= 0: exp(β g) never overflows
+    # a gap beyond -1e100 weighs exactly 0 at every β >= 0.05
+    np.maximum(gap, -1e100, out=gap)
     gap_y = float(np.mean(gap[np.arange(len(y)), y]))
 
     def slope_and_curvature(beta: float) -> tuple[float, float]:
