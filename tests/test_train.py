@@ -149,6 +149,16 @@ def test_ce_and_ls_with_the_same_seed_share_initialisation_and_data_order(tmp_pa
     assert ce.final["train_loss"] == pytest.approx(ce.final["train_ce"], rel=1e-6)
     assert ls.final["train_ce"] == pytest.approx(ce.final["train_ce"], rel=1e-6)
     assert other.final["train_ce"] != pytest.approx(ce.final["train_ce"], rel=1e-6)
+    # both against a direct float64 formula on the model's eval-mode logits of the train set:
+    # CE = mean -log p_y, LS = mean [(1 - δ)(-log p_y) + δ/K Σ_k (-log p_k)]
+    data = load_dataset("synthetic", **_synthetic_kwargs())
+    model = load_model(tmp_path / "ls").eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(data.x_train).double(), dim=1)
+    nll = -logp[torch.arange(len(data.y_train)), data.y_train]
+    assert ls.final["train_ce"] == pytest.approx(float(nll.mean()), rel=1e-6)
+    smoothed = 0.8 * nll - 0.2 * logp.mean(dim=1)
+    assert ls.final["train_loss"] == pytest.approx(float(smoothed.mean()), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------- resume
