@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_report import CURVE_AND_THEORY_FIGURES
 
 import nclab.train
 from nclab.cli import main
@@ -83,14 +84,7 @@ def test_smoke_end_to_end(smoke):
     assert ce["identity"]["data"] == ls["identity"]["data"]
     assert ce["identity"]["run_id"] != ls["identity"]["run_id"]
     report = smoke / "report"
-    for stem in (
-        "compare_convergence",
-        "compare_nc1_nc2",
-        "compare_matched_nc1",
-        "compare_calibration",
-        "compare_norms",
-        "compare_ufm",
-    ):
+    for stem in CURVE_AND_THEORY_FIGURES:
         assert (report / f"{stem}.png").stat().st_size > 1000
         assert (report / f"{stem}.pdf").stat().st_size > 1000
     assert "data:image/png;base64," in (report / "report.html").read_text()

@@ -167,14 +167,19 @@ def test_real_fashion_mnist(fashion_mnist_dir):
 # ----------------------------------------------------------------------------------- CIFAR
 
 
+def _folder(root: Path, name: str) -> Path:
+    """The new folder ``root/name`` (where a dataset's files go)."""
+    (root / name).mkdir()
+    return root / name
+
+
 def _write_pickle(path: Path, obj) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f)
 
 
 def test_cifar10(tmp_path):
-    d = tmp_path / "cifar-10-batches-py"
-    d.mkdir()
+    d = _folder(tmp_path, "cifar-10-batches-py")
     rng = np.random.default_rng(0)
     xs, ys = [], []
     for i in range(1, 6):
@@ -202,8 +207,7 @@ def test_cifar10(tmp_path):
 
 
 def test_cifar_label_count_mismatch(tmp_path):
-    d = tmp_path / "cifar-100-python"
-    d.mkdir()
+    d = _folder(tmp_path, "cifar-100-python")
     x = np.zeros((3, 3072), np.uint8)
     _write_pickle(d / "train", {b"data": x, b"fine_labels": [0, 1]})
     _write_pickle(d / "test", {b"data": x, b"fine_labels": [0, 1, 2]})
@@ -212,8 +216,7 @@ def test_cifar_label_count_mismatch(tmp_path):
 
 
 def test_cifar100(tmp_path):
-    d = tmp_path / "cifar-100-python"
-    d.mkdir()
+    d = _folder(tmp_path, "cifar-100-python")
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, size=(200, 3072), dtype=np.uint8)
     y = list(range(100)) * 2
@@ -246,8 +249,7 @@ def test_cifar_missing_file_names_layout(tmp_path):
 
 
 def test_stl10_column_major(tmp_path):
-    d = tmp_path / "stl10_binary"
-    d.mkdir()
+    d = _folder(tmp_path, "stl10_binary")
     rng = np.random.default_rng(2)
     imgs = rng.integers(0, 256, size=(12, 3, 96, 96), dtype=np.uint8)
     timgs = rng.integers(0, 256, size=(3, 3, 96, 96), dtype=np.uint8)
@@ -269,8 +271,7 @@ def test_stl10_column_major(tmp_path):
 
 
 def test_stl10_bad_labels(tmp_path):
-    d = tmp_path / "stl10_binary"
-    d.mkdir()
+    d = _folder(tmp_path, "stl10_binary")
     np.zeros((2, 3, 96, 96), np.uint8).tofile(d / "train_X.bin")
     np.zeros((1, 3, 96, 96), np.uint8).tofile(d / "test_X.bin")
     np.array([0, 1], np.uint8).tofile(d / "train_y.bin")
@@ -406,34 +407,23 @@ def test_npz_missing(tmp_path):
 
 
 def test_synthetic_shapes_and_determinism():
-    b = load_dataset(
-        "synthetic",
-        num_classes=5,
-        synthetic_dim=8,
-        synthetic_train_per_class=30,
-        synthetic_test_per_class=7,
-        seed=3,
-    )
+    def mixture(seed: int):  # noqa: ANN202
+        return load_dataset(
+            "synthetic",
+            num_classes=5,
+            synthetic_dim=8,
+            synthetic_train_per_class=30,
+            synthetic_test_per_class=7,
+            seed=seed,
+        )
+
+    b = mixture(3)
     assert b.input_shape == (8,) and b.num_classes == 5
     assert b.x_train.shape == (150, 8) and b.x_test.shape == (35, 8)
     assert torch.equal(b.y_train.bincount(), torch.full((5,), 30))
-    again = load_dataset(
-        "synthetic",
-        num_classes=5,
-        synthetic_dim=8,
-        synthetic_train_per_class=30,
-        synthetic_test_per_class=7,
-        seed=3,
-    )
+    again = mixture(3)
     assert torch.equal(b.x_train, again.x_train) and torch.equal(b.x_test, again.x_test)
-    other = load_dataset(
-        "synthetic",
-        num_classes=5,
-        synthetic_dim=8,
-        synthetic_train_per_class=30,
-        synthetic_test_per_class=7,
-        seed=4,
-    )
+    other = mixture(4)
     assert not torch.allclose(b.x_train, other.x_train)
     assert torch.allclose(
         b.x_train.double().mean(0), torch.zeros(8, dtype=torch.float64), atol=1e-6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,23 @@ def make_run(
     return run
 
 
+def make_runs(root: Path, *specs: Callable[[int], dict], seeds=(0, 1)) -> list[Path]:
+    """One :func:`make_run` per seed and spec (``spec(seed)`` gives its other arguments), seed
+    by seed in the order of ``specs``."""
+    return [make_run(root, seed=seed, **spec(seed)) for seed in seeds for spec in specs]
+
+
+#: The figures of the training curves and the UFM theory, in every report with a theory panel.
+CURVE_AND_THEORY_FIGURES = (
+    "compare_convergence",
+    "compare_nc1_nc2",
+    "compare_matched_nc1",
+    "compare_calibration",
+    "compare_norms",
+    "compare_ufm",
+)
+
+
 # ------------------------------------------------------------------------- matched NC1
 
 
@@ -186,39 +204,23 @@ def _numpy_ece(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> floa
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    runs = root / "runs"
-    dirs = []
-    for seed in (0, 1):
-        dirs.append(
-            make_run(
-                runs, loss="ce", smoothing=0.0, seed=seed, zero_at=12, logit_scale=4.0, ufm=True
-            )
-        )
-        dirs.append(
-            make_run(
-                runs,
-                loss="ls",
-                smoothing=0.05,
-                seed=seed,
-                zero_at=9,
-                rate=0.4,
-                blip=14 if seed else None,
-                logit_scale=1.5,
-                ufm=True,
-                wrapped_config=bool(seed),
-            )
-        )
-        dirs.append(
-            make_run(
-                runs,
-                loss="ls",
-                smoothing=0.1,
-                seed=seed,
-                zero_at=None if seed else 8,
-                rate=0.2,
-                ufm=True,
-            )
-        )
+    dirs = make_runs(
+        root / "runs",
+        lambda seed: dict(loss="ce", smoothing=0.0, zero_at=12, logit_scale=4.0, ufm=True),
+        lambda seed: dict(
+            loss="ls",
+            smoothing=0.05,
+            zero_at=9,
+            rate=0.4,
+            blip=14 if seed else None,
+            logit_scale=1.5,
+            ufm=True,
+            wrapped_config=bool(seed),
+        ),
+        lambda seed: dict(
+            loss="ls", smoothing=0.1, zero_at=None if seed else 8, rate=0.2, ufm=True
+        ),
+    )
     result = build_report([root], root / "report", ufm_max_iters=200)
     return root, dirs, result
 
@@ -227,12 +229,7 @@ def test_report_writes_every_file(study):
     root, dirs, result = study
     expected = {
         "compare_forest",
-        "compare_convergence",
-        "compare_nc1_nc2",
-        "compare_matched_nc1",
-        "compare_calibration",
-        "compare_norms",
-        "compare_ufm",
+        *CURVE_AND_THEORY_FIGURES,
         # the paper's figures: loss convergence, test-feature NC, the δ sweep (3 δ values here)
         "compare_loss_convergence",
         "compare_test_nc",

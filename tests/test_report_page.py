@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from test_report import make_run
+from test_report import make_runs
 
 from nclab.report import build_report
 from nclab.report.render import html_table, inline_html, numeric_columns
@@ -85,13 +85,13 @@ def _table_with(page: Page, first_header: str) -> list[list[tuple[str, str, str]
 def page(tmp_path_factory):
     """A report over CE and LS runs, one run folder with a hostile name."""
     root = tmp_path_factory.mktemp("page")
-    runs = root / "runs"
-    dirs = []
-    for seed in (0, 1):
-        dirs.append(make_run(runs, loss="ce", smoothing=0.0, seed=seed, zero_at=10))
-        dirs.append(make_run(runs, loss="ls", smoothing=0.1, seed=seed, zero_at=8, rate=0.4))
+    dirs = make_runs(
+        root / "runs",
+        lambda seed: dict(loss="ce", smoothing=0.0, zero_at=10),
+        lambda seed: dict(loss="ls", smoothing=0.1, zero_at=8, rate=0.4),
+    )
     # a folder name with markup, a quote, a space, '#' and '?': shown as text, linked intact
-    hostile = runs / "ls0.1 <i>x 'q' #1?_seed1"
+    hostile = dirs[3].with_name("ls0.1 <i>x 'q' #1?_seed1")
     dirs[3].rename(hostile)
     dirs[3] = hostile
     result = build_report([root], root / "report", theory=False)

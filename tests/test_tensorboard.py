@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_track import synthetic
-from torch.utils.data import DataLoader, TensorDataset
+from test_track import tracked_sgd
 
 from nclab import cli
-from nclab.models import build_model
 from nclab.track import NCTracker
 from nclab.train import read_rows
 from nclab.train.loggers import metric_tag
@@ -91,29 +89,10 @@ def test_train_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
 
 
 def test_tracker_tensorboard_writes_every_logged_scalar(tmp_path: Path) -> None:
-    data = synthetic(3, 8, 20, 10)
-    torch.manual_seed(0)
-    model = build_model("mlp", 3, data.input_shape, width=16, depth=1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=16)
-    test = DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=16)
-    tracker = NCTracker(
-        tmp_path / "run",
-        model=model,
-        layer=model.classifier,
-        train=train,
-        test=test,
-        num_classes=3,
-        tensorboard=True,
+    # a value of the caller each epoch, and one it leaves unset
+    tracked_sgd(
+        tmp_path / "run", 16, lambda e: dict(grad_steps=e * 4, missing=None), tensorboard=True
     )
-    for epoch in (1, 2):
-        for x, y in train:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        tracker.log_epoch(epoch, lr=0.1, grad_steps=epoch * 4, missing=None)
-    tracker.finish()
     assert_events_match_rows(tmp_path / "run")
     scalars = read_scalars(tmp_path / "run")
     # a value of the caller, under train/ like the other per-epoch values of training

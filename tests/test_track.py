@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,39 @@ def loaders(data, batch_size: int = 37) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train_set, batch_size=batch_size), DataLoader(test_set, batch_size=batch_size)
 
 
+def track_classifier(out: Path, model: nn.Module, train, test, num_classes: int, **options):
+    """NCTracker of ``model`` at its ``classifier`` layer over ``train`` and ``test`` batches."""
+    return NCTracker(
+        out,
+        model=model,
+        layer=model.classifier,
+        train=train,
+        test=test,
+        num_classes=num_classes,
+        **options,
+    )
+
+
+def tracked_sgd(out: Path, batch_size: int, extra: Callable[[int], dict], **options) -> None:
+    """Two epochs of plain SGD (cross-entropy, lr 0.1) of a small MLP on a 3-class mixture,
+    tracked by :func:`track_classifier` with ``options``; each epoch's row also logs
+    ``extra(epoch)``; the tracker is finished."""
+    data = synthetic(3, 8, 20, 10)
+    train_loader, test_loader = loaders(data, batch_size)
+    torch.manual_seed(0)
+    model = build_model("mlp", 3, data.input_shape, width=16, depth=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = track_classifier(out, model, train_loader, test_loader, 3, **options)
+    for epoch in (1, 2):
+        for x, y in train_loader:
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        tracker.log_epoch(epoch, lr=0.1, **extra(epoch))
+    tracker.finish()
+
+
 def plain_loop(config: TrainConfig, out: Path, **tracker_options) -> NCTracker:
     """A user's own training loop (the draws of ``nclab train``: seed, then the model, then
     per-epoch permutations), tracked by NCTracker."""
@@ -78,13 +112,12 @@ def plain_loop(config: TrainConfig, out: Path, **tracker_options) -> NCTracker:
     optimizer = build_optimizer(model, config)
     loss_fn = get_loss(config.loss, data.num_classes, config.smoothing)
     train_loader, test_loader = loaders(data)
-    tracker = NCTracker(
+    tracker = track_classifier(
         out,
-        model=model,
-        layer=model.classifier,
-        train=train_loader,
-        test=test_loader,
-        num_classes=data.num_classes,
+        model,
+        train_loader,
+        test_loader,
+        data.num_classes,
         loss=config.loss,
         smoothing=config.smoothing,
         seed=config.seed,
@@ -361,14 +394,9 @@ def test_ddp_two_processes_reduce_statistics_and_rank0_writes(tmp_path: Path) ->
     torch.manual_seed(0)
     model = build_model("mlp", 4, data.input_shape, width=16, depth=2)
     train_loader, test_loader = loaders(data)
-    single = NCTracker(
-        tmp_path / "single",
-        model=model,
-        layer=model.classifier,
-        train=train_loader,
-        test=test_loader,
-        num_classes=4,
-    ).log_epoch(1, lr=0.5)
+    single = track_classifier(tmp_path / "single", model, train_loader, test_loader, 4).log_epoch(
+        1, lr=0.5
+    )
     for key, value in single.items():
         if key in ("seconds",) or value is None:
             continue

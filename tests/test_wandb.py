@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from test_track import synthetic
-from torch.utils.data import DataLoader, TensorDataset
+from test_track import tracked_sgd
 
 from nclab import cli
 from nclab.models import build_model
@@ -142,29 +140,8 @@ def test_train_wandb_offline_logs_rows_and_config(tmp_path: Path) -> None:
 
 
 def test_tracker_wandb_offline_logs_rows(tmp_path: Path) -> None:
-    data = synthetic(3, 8, 20, 10)
-    train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=30)
-    test = DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=30)
-    torch.manual_seed(0)
-    model = build_model("mlp", 3, data.input_shape, width=16, depth=1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    tracker = NCTracker(
-        tmp_path / "mine",
-        model=model,
-        layer=model.classifier,
-        train=train,
-        test=test,
-        num_classes=3,
-        wandb={"project": "p", "name": "my-run"},
-    )
-    for epoch in (1, 2):
-        for x, y in train:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        tracker.log_epoch(epoch, lr=0.1, grad_steps=2 * epoch)
-    tracker.finish()
+    wandb = {"project": "p", "name": "my-run"}
+    tracked_sgd(tmp_path / "mine", 30, lambda epoch: dict(grad_steps=2 * epoch), wandb=wandb)
     logged = read_offline_run(tmp_path / "mine")
     assert logged["name"] == "my-run" and logged["config"]["source"] == "nclab.track.NCTracker"
     assert_history_equals_rows(tmp_path / "mine", logged)

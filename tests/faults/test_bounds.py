@@ -138,3 +138,22 @@ def test_npz_header_claims_are_bounded(tmp_path, capsys):
 
 def test_bounds_leave_nothing(tmp_path):
     assert not any(Path(tmp_path).iterdir())
+
+
+def test_memory_estimate_grows_with_the_problem():
+    """The estimate the UFM commands check against the free memory before allocating."""
+    from nclab.commands.ufm import memory_estimate
+
+    def args(command: str, **kw: object):  # noqa: ANN202
+        import argparse
+
+        base = dict(ufm_command=command, num_classes=10, n_per_class=50, dim=32, method="auto")
+        return argparse.Namespace(**{**base, **kw})
+
+    small = memory_estimate(args("solve"))
+    # P = Kd + dN + K = 320 + 16000 + 10 parameters, 70 float64 copies, plus 8 copies of K·N + N
+    assert small == 8 * (70 * 16330 + 8 * (5000 + 500))
+    assert memory_estimate(args("solve", n_per_class=500)) > 9 * small
+    dense = memory_estimate(args("condition", method="dense"))
+    assert dense >= 8 * 3 * 16330**2
+    assert memory_estimate(args("closed-form")) == 0

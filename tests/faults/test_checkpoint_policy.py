@@ -11,14 +11,13 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import pytest
 import torch
-from faultkit import TALLY, run_cli, train_argv
+from faultkit import TALLY, run_cli, run_rows, train_argv, uninterrupted_rows
 
 from nclab import cli
-from nclab.runs import RunFiles, read_rows
+from nclab.runs import RunFiles
 from nclab.signals import Interrupted
 from nclab.train import loop
 from nclab.train.loop import read_checkpoint
@@ -27,17 +26,9 @@ EPOCHS = 6
 BY_TIME = ("--checkpoint-seconds", "3600")  # the default policy, with no epoch reaching it
 
 
-def _rows(out: Path) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if k != "seconds"} for r in read_rows(RunFiles(out).metrics)
-    ]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ref") / "run"
-    assert cli.main(train_argv(out, "--checkpoint-every", "1", epochs=EPOCHS)) == 0
-    return _rows(out)
+    return uninterrupted_rows(tmp_path_factory, EPOCHS, "--checkpoint-every", "1")
 
 
 def _written_epochs(monkeypatch) -> list[int]:  # noqa: ANN001
@@ -67,7 +58,7 @@ def test_checkpoints_are_written_when_the_policy_says(extra, expected, reference
     out = tmp_path / "run"
     assert cli.main(train_argv(out, *extra, epochs=EPOCHS)) == 0
     assert written == expected
-    assert _rows(out) == reference  # the policy never changes the results
+    assert run_rows(out) == reference  # the policy never changes the results
     assert read_checkpoint(RunFiles(out).checkpoint)["epoch"] == EPOCHS
 
 
@@ -127,7 +118,7 @@ def test_a_signal_saves_the_last_completed_epoch_and_resumes_exactly(
     monkeypatch.setattr(loop, "_train_one_epoch", real_train)
     monkeypatch.setattr(loop, "_epoch", real_epoch)
     assert cli.main(train_argv(out, *BY_TIME, "--resume", epochs=EPOCHS)) == 0
-    assert _rows(out) == reference
+    assert run_rows(out) == reference
     TALLY["worked as promised"] += 1
 
 
@@ -151,12 +142,12 @@ def test_a_sigkill_at_a_random_moment_resumes_exactly(trial, reference, tmp_path
     proc.kill()
     proc.communicate(timeout=60)
     if proc.returncode == 0:  # finished before the kill (a fast machine)
-        assert _rows(out) == reference
+        assert run_rows(out) == reference
         return
     assert proc.returncode == -signal.SIGKILL
     resume = "--resume" if RunFiles(out).config.exists() else "--overwrite"
     assert cli.main(train_argv(out, "--checkpoint-seconds", "0.2", resume, epochs=EPOCHS)) == 0
-    assert _rows(out) == reference
+    assert run_rows(out) == reference
 
 
 def test_the_logs_reach_the_disk_before_each_checkpoint(tmp_path, monkeypatch):

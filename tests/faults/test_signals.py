@@ -1,6 +1,8 @@
-"""Promise: SIGTERM and SIGHUP end every command like Ctrl-C: one line saying what was kept
-and how to continue, exit 143 / 129, a run that resumes exactly; compare's workers stop with
-their parent; a ``nclab train`` requeued by SLURM resumes where it stopped."""
+"""Promise: Ctrl-C (SIGINT), SIGTERM and SIGHUP end every command in one line saying what was
+kept and how to continue, exit 130 / 143 / 129, whenever they come (start-up, training, writing
+the final files, a report, a compare and its workers, the UFM), and leave a run that resumes
+exactly; compare's workers stop with their parent; a ``nclab train`` requeued by SLURM resumes
+where it stopped."""
 
 from __future__ import annotations
 
@@ -14,7 +16,21 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import TALLY, run_cli, train_argv
+import torch
+from faultkit import (
+    SLOW_RUN,
+    TALLY,
+    expect_clear_error,
+    raiser,
+    report_argv,
+    run_cli,
+    run_rows,
+    spawn,
+    strip_seconds,
+    train_argv,
+    uninterrupted_rows,
+    wait_rows,
+)
 
 from nclab import cli
 from nclab.runs import RunFiles, read_rows
@@ -23,17 +39,9 @@ from nclab.signals import Interrupted
 EPOCHS = 12
 
 
-def _rows(out: Path) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if k != "seconds"} for r in read_rows(RunFiles(out).metrics)
-    ]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ref") / "run"
-    assert cli.main(train_argv(out, "--checkpoint-every", "1", epochs=EPOCHS)) == 0
-    return _rows(out)
+    return uninterrupted_rows(tmp_path_factory, EPOCHS, "--checkpoint-every", "1")
 
 
 @pytest.fixture
@@ -64,7 +72,7 @@ def test_a_signal_at_a_random_moment_of_train(sig, moment, reference, tmp_path, 
     finally:
         timer.cancel()
     if rc == 0:  # finished before the signal came: nothing to check but the result
-        assert _rows(out) == reference
+        assert run_rows(out) == reference
         TALLY["worked as promised"] += 1
         return
     line = _one_line(err)
@@ -73,7 +81,7 @@ def test_a_signal_at_a_random_moment_of_train(sig, moment, reference, tmp_path, 
     if RunFiles(out).config.exists():
         assert "--resume" in line
         assert cli.main(train_argv(out, "--checkpoint-every", "1", "--resume", epochs=EPOCHS)) == 0
-        assert _rows(out) == reference  # resumed exactly
+        assert run_rows(out) == reference  # resumed exactly
     TALLY["clear errors"] += 1
 
 
@@ -111,11 +119,109 @@ def test_a_slurm_requeue_resumes_where_it_stopped(reference, tmp_path, capsys, m
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     rc, err = run_cli(argv, capsys)  # the same command, as sbatch --requeue runs it again
     assert rc == 0, err
-    assert _rows(out) == reference
+    assert run_rows(out) == reference
     TALLY["worked as promised"] += 1
 
 
+@pytest.mark.parametrize(
+    ("target", "argv_kind"),
+    [
+        ("nclab.train.loop.load_dataset", "train"),  # startup
+        ("nclab.train.loop._epoch", "train"),  # training
+        ("nclab.train.loop._finish", "train"),  # writing the final files
+        ("nclab.report.build_report", "report"),
+        ("nclab.executors.local.LocalExecutor.as_completed", "compare"),
+        ("nclab.ufm.closed_form", "ufm"),
+    ],
+)
+def test_ctrl_c_anywhere_exits_130_with_one_line(target, argv_kind, tiny_run, tmp_path, capsys):
+    monkey = pytest.MonkeyPatch()
+    module, name = target.rsplit(".", 1)
+    monkey.setattr(f"{module}.{name}", raiser(KeyboardInterrupt()))
+    argv = {
+        "train": train_argv(tmp_path / "run"),
+        "report": report_argv(tiny_run, out=tmp_path / "rep"),
+        "compare": ["compare", "--preset", "smoke", "--out", str(tmp_path / "c"), "--quiet"],
+        "ufm": ["ufm", "closed-form"],
+    }[argv_kind]
+    try:
+        expect_clear_error(argv, capsys, code=130, says="interrupted", watch=(tiny_run,))
+    finally:
+        monkey.undo()
+
+
 # ---------------------------------------------------------------- real processes
+
+
+def _wait_python_handles_sigint(proc: subprocess.Popen, limit: float = 60) -> None:
+    """Wait until the child's interpreter has installed its SIGINT handler (Linux: bit 2 of
+    SigCgt in /proc/PID/status), so a Ctrl-C is Python's to handle, not the default action
+    that kills a process still starting its interpreter (exit -2 on a loaded machine)."""
+    deadline = time.monotonic() + limit
+    status = Path(f"/proc/{proc.pid}/status")
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:  # the child has just exited
+            return
+        caught = next((int(x.split()[1], 16) for x in lines if x.startswith("SigCgt:")), 0)
+        if caught & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_then_resume_equals_uninterrupted(tmp_path):
+    out, epochs = tmp_path / "run", 6
+    proc = spawn(["train", *SLOW_RUN, "--epochs", str(epochs), "--out", str(out)])
+    wait_rows(out / "metrics.jsonl", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0 and "--resume" in err
+    argv = ["train", *SLOW_RUN, "--epochs", str(epochs)]
+    assert cli.main([*argv, "--out", str(out), "--resume"]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    rows = read_rows(out / "metrics.jsonl")
+    assert strip_seconds(rows) == strip_seconds(read_rows(tmp_path / "straight/metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_startup_exits_130_and_leaves_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = spawn(["train", *SLOW_RUN, "--epochs", "3", "--out", str(out)])
+    _wait_python_handles_sigint(proc)
+    time.sleep(0.2)  # inside the start-up: imports (torch takes about a second), dataset, model
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0
+    assert cli.main(["train", *SLOW_RUN, "--epochs", "3", "--out", str(out), "--resume"]) == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_compare_with_workers(tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--preset", "smoke", "--out", str(out), "--jobs", "2", "--no-report"]
+    proc = spawn([*argv, "--epochs", "400", "--quiet"], start_new_session=True)
+    try:
+        wait_rows(out / "runs" / "ce_seed0" / "metrics.jsonl", 2, proc, limit=180)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    for name in ("ce_seed0", "ls0.1_seed0"):
+        run = out / "runs" / name
+        assert not (run / "DONE").exists()
+        if (run / "checkpoints" / "last.pt").exists():
+            torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # intact
 
 
 def _nclab(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -159,13 +265,13 @@ def test_train_process_stopped_by_a_signal_resumes_exactly(sig, reference, tmp_p
     if proc.returncode in (0, -sig):
         # finished first; a signal after the command returned (handlers restored) ends the
         # process the default way, with every file already complete
-        assert _rows(out) == reference
+        assert run_rows(out) == reference
         return
     assert proc.returncode == 128 + sig, err
     line = _one_line(err)
     assert f"stopped by {signal.Signals(sig).name}" in line and "--resume" in line
     assert cli.main(train_argv(out, "--checkpoint-every", "1", "--resume", epochs=EPOCHS)) == 0
-    assert _rows(out) == reference
+    assert run_rows(out) == reference
 
 
 @pytest.mark.slow
