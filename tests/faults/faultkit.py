@@ -102,13 +102,9 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     return int(code or 0), capsys.readouterr().err
 
 
-def _check_files(
-    before: dict[str, bytes], watch: tuple[Path, ...], may_add: tuple[str, ...] = ()
-) -> None:
+def _check_files(before: dict[str, bytes], watch: tuple[Path, ...]) -> None:
     after = snapshot(*watch)
-    allowed = {k for k in after.keys() - before.keys() if Path(k).name in may_add}
-    paths = (before.keys() | after.keys()) - allowed
-    changed = sorted(k for k in paths if before.get(k) != after.get(k))
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if changed:
         TALLY["files lost or changed"] += 1
     assert not changed, f"files lost or changed: {changed}"
@@ -122,11 +118,10 @@ def expect_clear_error(
     watch: tuple[Path, ...] = (),
     says: str | tuple[str, ...] = (),
     marker: Path | None = None,
-    may_add: tuple[str, ...] = (),
 ) -> str:
     """Run ``argv``; assert exit ``code``, one stderr line without a traceback naming ``says``,
-    every path under ``watch`` unchanged (none changed, removed or added, apart from new files
-    named in ``may_add``), no ``marker``. Returns stderr."""
+    every path under ``watch`` unchanged (none changed, removed or added), no ``marker``.
+    Returns stderr."""
     TALLY["inputs tried"] += 1
     before = snapshot(*watch)
     rc, err = run_cli(argv, capsys)
@@ -137,7 +132,7 @@ def expect_clear_error(
     assert rc == code, err
     assert "Traceback" not in err
     assert err.strip() and err.strip().count("\n") == 0, err
-    _check_files(before, watch, may_add)
+    _check_files(before, watch)
     if marker is not None and marker.exists():
         TALLY["code executed"] += 1
         raise AssertionError("a planted payload ran")

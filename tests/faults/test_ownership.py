@@ -67,9 +67,9 @@ def test_overwrite_refuses_a_folder_that_never_held_a_run(tmp_path, capsys):
     folder = tmp_path / "mine"
     for name in USER_RUN_NAMES:
         _user_file(folder / name)
-    # the refusal leaves nclab's lock file beside the user's files, and nothing else
+    # the refusal leaves the folder as it was: not even nclab's lock file stays
     err = expect_clear_error(train_argv(folder, "--overwrite"), capsys, watch=(folder,),
-                             says=("did not write", "--out"), may_add=(LOCK_NAME,))  # fmt: skip
+                             says=("did not write", "--out"))  # fmt: skip
     assert "config.json" in err
 
 

@@ -554,15 +554,19 @@ def lock_directory(directory: Path) -> Iterator[None]:
     emptied on release. Raises :class:`DirectoryLockedError` naming the holder's PID when another
     process holds it. The OS drops the lock when the process dies (SIGKILL included).
 
-    If the block fails and the directory was created here and holds nothing but the lock file,
-    both are removed: a failed first start leaves nothing behind."""
+    If the block fails, what this call created goes: the directory with the lock file when it
+    holds nothing else, else the lock file alone (a refused command leaves a folder as it was)."""
     directory = Path(directory)
     created = not directory.exists()
     _make_directory(directory)
     path = directory / LOCK_NAME
+    # O_NOFOLLOW: a symbolic link planted as the lock file is refused, never emptied
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        # O_NOFOLLOW: a symbolic link planted as the lock file is refused, never emptied
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            fd, lock_created = os.open(path, flags | os.O_EXCL, 0o666), True
+        except FileExistsError:  # a link is also "existing" here, refused just below
+            fd, lock_created = os.open(path, flags, 0o666), False
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ValueError(
@@ -585,6 +589,8 @@ def lock_directory(directory: Path) -> Iterator[None]:
                 path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     directory.rmdir()
+            elif lock_created:
+                path.unlink(missing_ok=True)
             raise
         finally:
             with contextlib.suppress(OSError):
