@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from nclab.commands.train import add_config_options, option_groups
 from nclab.compare import PRESETS
 from nclab.executors import CLUSTERS, SlurmOptions, launchers
+
+T = TypeVar("T")
 
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
 TRAIN_PREFIX = "train_"
@@ -174,17 +177,16 @@ def add_launcher_options(
     )
 
 
+def from_args(cls: type[T], args: argparse.Namespace, prefix: str = "", **given: Any) -> T:
+    """The dataclass ``cls`` from the options of ``args`` named like its fields (after
+    ``prefix``: ``--slurm-gpus`` is ``gpus``), with ``given`` for the fields named otherwise."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+    return cls(**{name: getattr(args, prefix + name) for name in names}, **given)
+
+
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     """The cluster options of :func:`add_launcher_options` as SlurmOptions."""
-    return SlurmOptions(
-        partition=args.slurm_partition,
-        time_minutes=args.slurm_time,
-        gpus=args.slurm_gpus,
-        cpus=args.slurm_cpus,
-        mem_gb=args.slurm_mem_gb,
-        folder=args.slurm_folder,
-        cluster=args.slurm_cluster,
-    )
+    return from_args(SlurmOptions, args, prefix="slurm_", time_minutes=args.slurm_time)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,20 +199,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and print where the report is."""
     from nclab.compare import CompareConfig, compare, comparison_commands
 
-    slurm = slurm_options(args)
-    cfg = CompareConfig(
-        preset=args.preset,
+    cfg = from_args(
+        CompareConfig,
+        args,
         smoothings=args.smoothing,
-        seeds=args.seeds,
-        train=train_overrides(args),
-        out=args.out,
-        jobs=args.jobs,
-        threads=args.threads,
-        overwrite=args.overwrite,
         report=not args.no_report,
-        quiet=args.quiet,
-        launcher=args.launcher,
-        slurm=slurm,
+        slurm=slurm_options(args),
+        train=train_overrides(args),
     )
     if args.print_commands:
         commands, reused = comparison_commands(cfg)

@@ -8,6 +8,7 @@ from nclab.commands.compare import (
     TRAIN_PREFIX,
     add_launcher_options,
     add_worker_options,
+    from_args,
     print_commands,
     slurm_options,
     train_overrides,
@@ -87,18 +88,7 @@ def run(args: argparse.Namespace) -> int:
         grid = load_grid(args.grid)
         print(yaml.safe_dump(grid.as_dict(), sort_keys=False, allow_unicode=True), end="")
         return 0
-    cfg = StudyConfig(
-        grid=args.grid,
-        out=args.out,
-        seeds=args.seeds,
-        jobs=args.jobs,
-        threads=args.threads,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        launcher=args.launcher,
-        slurm=slurm_options(args),
-        train=train_overrides(args),
-    )
+    cfg = from_args(StudyConfig, args, slurm=slurm_options(args), train=train_overrides(args))
     if args.print_commands:
         commands, reused = study_commands(cfg)
         then = (
