@@ -16,6 +16,9 @@ T = TypeVar("T")
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
 TRAIN_PREFIX = "train_"
 
+#: Help of --overwrite (`nclab compare` and `nclab study`).
+OVERWRITE_HELP = "retrain every run, discarding what --out holds for it"
+
 DESCRIPTION = (
     "Train the same model on the same data with cross-entropy and with label smoothing at one "
     "or more δ, from the same initialisation and data order (one seed = one init and batch "
@@ -57,13 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label-smoothing δ values in [0, 1); CE (0) is always included "
         "(default: the preset's, quick: 0 0.05 0.1)",
     )
-    comparison.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="SEED",
-        help="seeds: CE and LS runs of one seed share initialisation and data order and are "
+    add_seeds_option(
+        comparison,
+        "seeds: CE and LS runs of one seed share initialisation and data order and are "
         "compared as pairs; 3 or more make the verdicts more than indicative (default: the "
         "preset's; quick and paper: 0 1 2, smoke: 0)",
     )
@@ -80,11 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output directory: runs/, report/, compare.json (default: runs/compare)",
     )
-    output.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="retrain every run, discarding what --out holds for it",
-    )
+    output.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     output.add_argument("--no-report", action="store_true", help="train only")
 
 
@@ -98,6 +93,11 @@ def print_commands(commands: list[str], reused: list[str], then: str, quiet: boo
             print(f"# already complete, reused: {len(reused)} run(s)", file=sys.stderr)
         print(f"# then: {then}", file=sys.stderr)
     return 0
+
+
+def add_seeds_option(target: Any, help: str) -> None:
+    """--seeds of `nclab compare` and `nclab study`, into a parser or argument group."""
+    target.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED", help=help)
 
 
 def add_worker_options(
