@@ -1,7 +1,8 @@
 """Training configuration: :class:`TrainConfig`, its option schema, validation and file loading.
 
-Each field is declared with :func:`option`, which stores an :class:`Option` (help, placeholder,
-choices, and the field's role: identity, knob, per-run) in the field's metadata; the
+Each field is declared with :func:`option` (through the helper of its ``--help`` section,
+``_data``, ``_model``, ...), which stores an :class:`Option` (help, placeholder, choices, and the
+field's role: identity, knob, per-run) in the field's metadata; the
 ``nclab train``/``nclab compare`` parsers and the rules of resume (:data:`COMPARABLE_EXCEPT`),
 compare (:data:`PER_RUN_FIELDS`) and the report (:data:`SETTING_FIELDS`) are derived from it.
 This module imports no heavy library (torch, numpy), neither to build ``--help`` nor to
