@@ -246,14 +246,10 @@ class TrainConfig:
     )
     model: str = _model("mlp", "model", metavar="NAME", choices=MODELS)
     width: int | None = _model(
-        None,
-        "model width",
-        unset="mlp 512 units, cnn 32 channels, resnets 64 channels",
+        None, "model width", unset="mlp 512 units, cnn 32 channels, resnets 64 channels"
     )
     depth: int | None = _model(
-        None,
-        "model depth",
-        unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed",
+        None, "model depth", unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed"
     )
     bias: bool = _model(True, "give the classifier a bias")
     classifier: str = _model(
@@ -264,30 +260,19 @@ class TrainConfig:
         choices=CLASSIFIERS,
     )
     feature_bn: bool = _model(
-        False,
-        "a BatchNorm1d on the penultimate features (Guo et al.'s UFM-regularised setting)",
+        False, "a BatchNorm1d on the penultimate features (Guo et al.'s UFM-regularised setting)"
     )
     loss: str = _loss(
-        "ce",
-        "training loss (ls: label smoothing)",
-        metavar="NAME",
-        choices=LOSSES,
-        per_run=True,
+        "ce", "training loss (ls: label smoothing)", metavar="NAME", choices=LOSSES, per_run=True
     )
     smoothing: float = _loss(
-        0.0,
-        "label smoothing δ in [0, 1) for --loss ls",
-        metavar="DELTA",
-        per_run=True,
+        0.0, "label smoothing δ in [0, 1) for --loss ls", metavar="DELTA", per_run=True
     )
     epochs: int = _optimisation(
-        60,
-        "training epochs (with --resume: a larger value extends a run)",
-        identity=False,
+        60, "training epochs (with --resume: a larger value extends a run)", identity=False
     )
     batch_size: int = _optimisation(
-        128,
-        "global mini-batch size (split over the processes under torchrun)",
+        128, "global mini-batch size (split over the processes under torchrun)"
     )
     lr: float = _optimisation(0.01, "initial learning rate of SGD")
     momentum: float = _optimisation(0.9, "SGD momentum", metavar="M")
@@ -299,10 +284,7 @@ class TrainConfig:
     )
     nesterov: bool = _optimisation(False, "Nesterov momentum")
     scheduler: str = _optimisation(
-        "cosine",
-        "learning-rate schedule, stepped per epoch",
-        metavar="NAME",
-        choices=SCHEDULERS,
+        "cosine", "learning-rate schedule, stepped per epoch", metavar="NAME", choices=SCHEDULERS
     )
     milestones: list[int] | None = _optimisation(
         None,
@@ -321,23 +303,14 @@ class TrainConfig:
     lambda_h: float = _loss(5e-4, "UFM-penalty mode: λ_H on the features", metavar="LAMBDA")
     lambda_b: float = _loss(5e-4, "UFM-penalty mode: λ_b on the bias", metavar="LAMBDA")
     seed: int = _optimisation(
-        0,
-        "seed of the model initialisation, data order and per-class subset",
-        per_run=True,
+        0, "seed of the model initialisation, data order and per-class subset", per_run=True
     )
     device: str = _execution(
-        "auto",
-        "device (auto: CUDA when available)",
-        metavar="DEVICE",
-        choices=DEVICES,
-        knob=True,
+        "auto", "device (auto: CUDA when available)", metavar="DEVICE", choices=DEVICES, knob=True
     )
-    bf16: bool = option(False, "bfloat16 autocast (CUDA only)", group="execution")
+    bf16: bool = _execution(False, "bfloat16 autocast (CUDA only)")
     channels_last: bool | None = _execution(
-        None,
-        "channels-last memory format",
-        unset="on for conv nets on CUDA",
-        knob=True,
+        None, "channels-last memory format", unset="on for conv nets on CUDA", knob=True
     )
     threads: int | None = _execution(
         None,
@@ -347,9 +320,7 @@ class TrainConfig:
         per_run=True,
     )
     eval_every: int = _evaluation(
-        1,
-        "evaluate every this many epochs (the last epoch is always evaluated)",
-        metavar="EPOCHS",
+        1, "evaluate every this many epochs (the last epoch is always evaluated)", metavar="EPOCHS"
     )
     nc_layers: str | None = _evaluation(
         None,
@@ -388,11 +359,7 @@ class TrainConfig:
         **_RUNTIME,
     )
     wandb_project: str | None = _logging(
-        None,
-        "W&B project of --wandb",
-        metavar="NAME",
-        unset="nclab",
-        **_RUNTIME,
+        None, "W&B project of --wandb", metavar="NAME", unset="nclab", **_RUNTIME
     )
     wandb_group: str | None = _logging(
         None,
