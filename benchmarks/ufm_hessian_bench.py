@@ -41,18 +41,12 @@ from nclab.ufm import (  # noqa: E402
     lanczos_extremes,
     minimizer,
 )
+from nclab.ufm.problem import PROBLEM_FIELDS  # noqa: E402
 
 
 def bench_one(args: argparse.Namespace, delta: float) -> dict:
-    problem = UFMProblem(
-        num_classes=args.num_classes,
-        n_per_class=args.n_per_class,
-        dim=args.dim,
-        lambda_w=args.lambda_w,
-        lambda_h=args.lambda_h,
-        smoothing=delta,
-        lambda_b=args.lambda_b,
-    )
+    given = {name: getattr(args, name) for name in PROBLEM_FIELDS if hasattr(args, name)}
+    problem = UFMProblem(**{**given, "smoothing": delta})
     cf = closed_form(problem)
     t0 = time.perf_counter()
     x = problem.pack(*minimizer(problem, seed=0))

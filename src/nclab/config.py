@@ -1,7 +1,8 @@
 """Training configuration: :class:`TrainConfig`, its option schema, validation and file loading.
 
-Each field is declared with :func:`option`, which stores an :class:`Option` (help, placeholder,
-choices, and the field's role: identity, knob, per-run) in the field's metadata; the
+Each field is declared with :func:`option` (through the helper of its ``--help`` section,
+``_data``, ``_model``, ...), which stores an :class:`Option` (help, placeholder, choices, and the
+field's role: identity, knob, per-run) in the field's metadata; the
 ``nclab train``/``nclab compare`` parsers and the rules of resume (:data:`COMPARABLE_EXCEPT`),
 compare (:data:`PER_RUN_FIELDS`) and the report (:data:`SETTING_FIELDS`) are derived from it.
 This module imports no heavy library (torch, numpy), neither to build ``--help`` nor to
@@ -150,6 +151,25 @@ def option(default: Any, help: str, **schema: Any) -> Any:
     return dataclasses.field(default=default, metadata={"option": Option(help, **schema)})
 
 
+def _section(group: str) -> Callable[..., Any]:
+    """:func:`option` for the fields of one ``--help`` section (a key of :data:`OPTION_GROUPS`)."""
+    return functools.partial(option, group=group)
+
+
+_data = _section("data")
+_conditions = _section("conditions")
+_model = _section("model")
+_loss = _section("loss")
+_optimisation = _section("optimisation")
+_evaluation = _section("evaluation")
+_logging = _section("logging")
+_execution = _section("execution")
+
+
+#: Schema of the options that change how a run executes or what it logs besides its files, never
+#: what it computes: not part of its identity, and runs of one comparison may differ in them.
+_RUNTIME: dict[str, Any] = {"identity": False, "knob": True}
+
 #: Schema of the sample-count options that also accept ``all``.
 _COUNT_OR_ALL: dict[str, Any] = {
     "metavar": "N|all",
@@ -169,211 +189,140 @@ class TrainConfig:
     ``per_class``/``test_per_class`` also accept ``"all"`` (= None, every sample).
     """
 
-    # data
-    dataset: str = option(
+    dataset: str = _data(
         "fashion-mnist",
         f"dataset: {', '.join(DATASETS)}; synthetic:k=K,d=D,n=N,test=M (K classes, input "
         "dimension D, N training and M test samples per class; defaults 10, 32, 100, 100); or "
         "npz:PATH (your own arrays)",
         metavar="NAME",
-        group="data",
     )
-    data_dir: str | None = option(
+    data_dir: str | None = _data(
         None,
         "folder holding the dataset files",
         metavar="DIR",
         unset="standard locations, see docs/data.md",
-        identity=False,
-        knob=True,
-        group="data",
+        **_RUNTIME,
     )
-    per_class: int | None = option(
+    per_class: int | None = _data(
         None,
         "keep this many training samples per class (class-balanced, seeded), or 'all'",
         unset="all",
         **_COUNT_OR_ALL,
-        group="data",
     )
-    test_per_class: int | None = option(
+    test_per_class: int | None = _data(
         None,
         "evaluate the per-epoch test metrics on a fixed class-balanced subset of this many test "
         "samples per class (the same for every seed and loss; the final epoch always uses the "
         "whole test set), or 'all'",
         unset="the whole test set every epoch",
         **_COUNT_OR_ALL,
-        group="data",
     )
-    augment: bool = option(
-        False, "random crop (4-pixel padding) + horizontal flip on images", group="data"
-    )
-    # training conditions (nclab.conditions, docs/training.md)
-    label_noise: float = option(
+    augment: bool = _data(False, "random crop (4-pixel padding) + horizontal flip on images")
+    label_noise: float = _conditions(
         0.0,
         "flip exactly round(P·N) training labels, drawn from --seed (the same for every loss); "
         "NC metrics use the clean labels, test labels stay clean",
         metavar="P",
-        group="conditions",
     )
-    label_noise_mode: str = option(
+    label_noise_mode: str = _conditions(
         "symmetric",
         "how --label-noise flips a label (symmetric: to a uniformly drawn other class; pairflip: "
         "to the next class)",
         metavar="MODE",
         choices=LABEL_NOISE_MODES,
-        group="conditions",
     )
-    imbalance: float | None = option(
+    imbalance: float | None = _conditions(
         None,
         "long-tailed training set with n_max/n_min = RATIO (the test set stays balanced)",
         metavar="RATIO",
         unset="balanced",
-        group="conditions",
     )
-    imbalance_profile: str = option(
+    imbalance_profile: str = _conditions(
         "exp",
         "per-class counts of --imbalance (exp: n_k = n_max·RATIO^(-k/(K-1)); step: the second "
         "half of the classes n_max/RATIO)",
         metavar="NAME",
         choices=IMBALANCE_PROFILES,
-        group="conditions",
     )
-    # model
-    model: str = option("mlp", "model", metavar="NAME", choices=MODELS, group="model")
-    width: int | None = option(
-        None,
-        "model width",
-        unset="mlp 512 units, cnn 32 channels, resnets 64 channels",
-        group="model",
+    model: str = _model("mlp", "model", metavar="NAME", choices=MODELS)
+    width: int | None = _model(
+        None, "model width", unset="mlp 512 units, cnn 32 channels, resnets 64 channels"
     )
-    depth: int | None = option(
-        None,
-        "model depth",
-        unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed",
-        group="model",
+    depth: int | None = _model(
+        None, "model depth", unset="mlp 3 hidden layers, cnn 4 conv blocks; resnets fixed"
     )
-    bias: bool = option(True, "give the classifier a bias", group="model")
-    classifier: str = option(
+    bias: bool = _model(True, "give the classifier a bias")
+    classifier: str = _model(
         "linear",
         "classifier head: linear (trained) or etf (a fixed simplex ETF, not trained, zero bias; "
         "an option of Guo et al.'s code)",
         metavar="HEAD",
         choices=CLASSIFIERS,
-        group="model",
     )
-    feature_bn: bool = option(
-        False,
-        "a BatchNorm1d on the penultimate features (Guo et al.'s UFM-regularised setting)",
-        group="model",
+    feature_bn: bool = _model(
+        False, "a BatchNorm1d on the penultimate features (Guo et al.'s UFM-regularised setting)"
     )
-    # loss
-    loss: str = option(
-        "ce",
-        "training loss (ls: label smoothing)",
-        metavar="NAME",
-        choices=LOSSES,
-        per_run=True,
-        group="loss",
+    loss: str = _loss(
+        "ce", "training loss (ls: label smoothing)", metavar="NAME", choices=LOSSES, per_run=True
     )
-    smoothing: float = option(
-        0.0,
-        "label smoothing δ in [0, 1) for --loss ls",
-        metavar="DELTA",
-        per_run=True,
-        group="loss",
+    smoothing: float = _loss(
+        0.0, "label smoothing δ in [0, 1) for --loss ls", metavar="DELTA", per_run=True
     )
-    # optimisation
-    epochs: int = option(
-        60,
-        "training epochs (with --resume: a larger value extends a run)",
-        identity=False,
-        group="optimisation",
+    epochs: int = _optimisation(
+        60, "training epochs (with --resume: a larger value extends a run)", identity=False
     )
-    batch_size: int = option(
-        128,
-        "global mini-batch size (split over the processes under torchrun)",
-        group="optimisation",
+    batch_size: int = _optimisation(
+        128, "global mini-batch size (split over the processes under torchrun)"
     )
-    lr: float = option(0.01, "initial learning rate of SGD", group="optimisation")
-    momentum: float = option(0.9, "SGD momentum", metavar="M", group="optimisation")
-    weight_decay: float | None = option(
+    lr: float = _optimisation(0.01, "initial learning rate of SGD")
+    momentum: float = _optimisation(0.9, "SGD momentum", metavar="M")
+    weight_decay: float | None = _optimisation(
         None,
         "SGD weight decay",
         metavar="DECAY",
         unset="5e-4; in UFM-penalty mode none, and a value applies to the backbone only",
-        group="optimisation",
     )
-    nesterov: bool = option(False, "Nesterov momentum", group="optimisation")
-    scheduler: str = option(
-        "cosine",
-        "learning-rate schedule, stepped per epoch",
-        metavar="NAME",
-        choices=SCHEDULERS,
-        group="optimisation",
+    nesterov: bool = _optimisation(False, "Nesterov momentum")
+    scheduler: str = _optimisation(
+        "cosine", "learning-rate schedule, stepped per epoch", metavar="NAME", choices=SCHEDULERS
     )
-    milestones: list[int] | None = option(
+    milestones: list[int] | None = _optimisation(
         None,
         "epochs after which multistep multiplies the lr by --gamma",
         metavar="EPOCH",
         unset="1/2 and 3/4 of --epochs",
-        group="optimisation",
     )
-    gamma: float = option(0.1, "multistep decay factor", metavar="FACTOR", group="optimisation")
-    # UFM-penalty mode
-    ufm_penalties: bool = option(
+    gamma: float = _optimisation(0.1, "multistep decay factor", metavar="FACTOR")
+    ufm_penalties: bool = _loss(
         False,
         "UFM-penalty mode: no optimizer weight decay on the classifier; add λ_W/2||W||² + "
         "λ_b/2||b||² + λ_H/2·(N/B)||H_batch||² to the loss and log the closed-form UFM norms "
         "(ufm_w_norm, ufm_h_norm), which the report draws",
-        group="loss",
     )
-    lambda_w: float = option(
-        5e-4, "UFM-penalty mode: λ_W on the classifier", metavar="LAMBDA", group="loss"
+    lambda_w: float = _loss(5e-4, "UFM-penalty mode: λ_W on the classifier", metavar="LAMBDA")
+    lambda_h: float = _loss(5e-4, "UFM-penalty mode: λ_H on the features", metavar="LAMBDA")
+    lambda_b: float = _loss(5e-4, "UFM-penalty mode: λ_b on the bias", metavar="LAMBDA")
+    seed: int = _optimisation(
+        0, "seed of the model initialisation, data order and per-class subset", per_run=True
     )
-    lambda_h: float = option(
-        5e-4, "UFM-penalty mode: λ_H on the features", metavar="LAMBDA", group="loss"
+    device: str = _execution(
+        "auto", "device (auto: CUDA when available)", metavar="DEVICE", choices=DEVICES, knob=True
     )
-    lambda_b: float = option(
-        5e-4, "UFM-penalty mode: λ_b on the bias", metavar="LAMBDA", group="loss"
+    bf16: bool = _execution(False, "bfloat16 autocast (CUDA only)")
+    channels_last: bool | None = _execution(
+        None, "channels-last memory format", unset="on for conv nets on CUDA", knob=True
     )
-    # run
-    seed: int = option(
-        0,
-        "seed of the model initialisation, data order and per-class subset",
-        per_run=True,
-        group="optimisation",
-    )
-    device: str = option(
-        "auto",
-        "device (auto: CUDA when available)",
-        metavar="DEVICE",
-        choices=DEVICES,
-        knob=True,
-        group="execution",
-    )
-    bf16: bool = option(False, "bfloat16 autocast (CUDA only)", group="execution")
-    channels_last: bool | None = option(
-        None,
-        "channels-last memory format",
-        unset="on for conv nets on CUDA",
-        knob=True,
-        group="execution",
-    )
-    threads: int | None = option(
+    threads: int | None = _execution(
         None,
         "torch intra-op threads",
         unset="the cores this process may use (OMP_NUM_THREADS if exported)",
-        identity=False,
-        knob=True,
+        **_RUNTIME,
         per_run=True,
-        group="execution",
     )
-    eval_every: int = option(
-        1,
-        "evaluate every this many epochs (the last epoch is always evaluated)",
-        metavar="EPOCHS",
-        group="evaluation",
+    eval_every: int = _evaluation(
+        1, "evaluate every this many epochs (the last epoch is always evaluated)", metavar="EPOCHS"
     )
-    nc_layers: str | None = option(
+    nc_layers: str | None = _evaluation(
         None,
         "also record NC1 and NC2 (train split) of intermediate features each evaluated epoch: "
         "all, or block names separated by commas (docs/training.md)",
@@ -381,69 +330,51 @@ class TrainConfig:
         unset="penultimate features only",
         parse=parse_layers,
         knob=True,
-        group="evaluation",
     )
-    checkpoint_every: int | None = option(
+    checkpoint_every: int | None = _execution(
         None,
         "write checkpoints/last.pt every this many epochs (always after the last epoch and "
         "when stopped by Ctrl-C, SIGTERM or SIGHUP)",
         metavar="EPOCHS",
         unset="by time, see --checkpoint-seconds",
-        identity=False,
-        knob=True,
+        **_RUNTIME,
     )
-    checkpoint_seconds: float = option(
+    checkpoint_seconds: float = _execution(
         60.0,
         "without --checkpoint-every: write checkpoints/last.pt after the first epoch that ends "
         "this many seconds of wall time after the last one (0: every epoch)",
         metavar="SECONDS",
-        identity=False,
-        knob=True,
-        group="execution",
+        **_RUNTIME,
     )
-    tensorboard: bool = option(
+    tensorboard: bool = _logging(
         False,
         "also write every logged scalar as TensorBoard events in the run directory (needs "
         "pip install 'nclab[tensorboard]')",
-        identity=False,
-        knob=True,
-        group="logging",
+        **_RUNTIME,
     )
-    wandb: bool = option(
+    wandb: bool = _logging(
         False,
         "also log every row and the config to Weights & Biases, files in RUN_DIR/wandb "
         "(WANDB_MODE=offline works with no network; needs pip install 'nclab[wandb]')",
-        identity=False,
-        knob=True,
-        group="logging",
+        **_RUNTIME,
     )
-    wandb_project: str | None = option(
-        None,
-        "W&B project of --wandb",
-        metavar="NAME",
-        unset="nclab",
-        identity=False,
-        knob=True,
-        group="logging",
+    wandb_project: str | None = _logging(
+        None, "W&B project of --wandb", metavar="NAME", unset="nclab", **_RUNTIME
     )
-    wandb_group: str | None = option(
+    wandb_group: str | None = _logging(
         None,
         "W&B group of --wandb (runs of one comparison share one)",
         metavar="NAME",
         unset="none; compare: its --out folder",
-        identity=False,
-        knob=True,
-        group="logging",
+        **_RUNTIME,
     )
-    wandb_name: str | None = option(
+    wandb_name: str | None = _logging(
         None,
         "W&B run name of --wandb",
         metavar="NAME",
         unset="the run directory's name",
-        identity=False,
-        knob=True,
+        **_RUNTIME,
         per_run=True,
-        group="logging",
     )
 
     def __post_init__(self) -> None:

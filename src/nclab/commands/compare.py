@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from nclab.commands.train import add_config_options, option_groups
 from nclab.compare import PRESETS
 from nclab.executors import CLUSTERS, SlurmOptions, launchers
 
+T = TypeVar("T")
+
 #: Namespace prefix of the training options (``args.train_lr`` is ``--lr``).
 TRAIN_PREFIX = "train_"
+
+#: Help of --overwrite (`nclab compare` and `nclab study`).
+OVERWRITE_HELP = "retrain every run, discarding what --out holds for it"
 
 DESCRIPTION = (
     "Train the same model on the same data with cross-entropy and with label smoothing at one "
@@ -54,13 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label-smoothing δ values in [0, 1); CE (0) is always included "
         "(default: the preset's, quick: 0 0.05 0.1)",
     )
-    comparison.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="SEED",
-        help="seeds: CE and LS runs of one seed share initialisation and data order and are "
+    add_seeds_option(
+        comparison,
+        "seeds: CE and LS runs of one seed share initialisation and data order and are "
         "compared as pairs; 3 or more make the verdicts more than indicative (default: the "
         "preset's; quick and paper: 0 1 2, smoke: 0)",
     )
@@ -77,11 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output directory: runs/, report/, compare.json (default: runs/compare)",
     )
-    output.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="retrain every run, discarding what --out holds for it",
-    )
+    output.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     output.add_argument("--no-report", action="store_true", help="train only")
 
 
@@ -95,6 +93,11 @@ def print_commands(commands: list[str], reused: list[str], then: str, quiet: boo
             print(f"# already complete, reused: {len(reused)} run(s)", file=sys.stderr)
         print(f"# then: {then}", file=sys.stderr)
     return 0
+
+
+def add_seeds_option(target: Any, help: str) -> None:
+    """--seeds of `nclab compare` and `nclab study`, into a parser or argument group."""
+    target.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED", help=help)
 
 
 def add_worker_options(
@@ -174,17 +177,16 @@ def add_launcher_options(
     )
 
 
+def from_args(cls: type[T], args: argparse.Namespace, prefix: str = "", **given: Any) -> T:
+    """The dataclass ``cls`` from the options of ``args`` named like its fields (after
+    ``prefix``: ``--slurm-gpus`` is ``gpus``), with ``given`` for the fields named otherwise."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+    return cls(**{name: getattr(args, prefix + name) for name in names}, **given)
+
+
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     """The cluster options of :func:`add_launcher_options` as SlurmOptions."""
-    return SlurmOptions(
-        partition=args.slurm_partition,
-        time_minutes=args.slurm_time,
-        gpus=args.slurm_gpus,
-        cpus=args.slurm_cpus,
-        mem_gb=args.slurm_mem_gb,
-        folder=args.slurm_folder,
-        cluster=args.slurm_cluster,
-    )
+    return from_args(SlurmOptions, args, prefix="slurm_", time_minutes=args.slurm_time)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,20 +199,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and print where the report is."""
     from nclab.compare import CompareConfig, compare, comparison_commands
 
-    slurm = slurm_options(args)
-    cfg = CompareConfig(
-        preset=args.preset,
+    cfg = from_args(
+        CompareConfig,
+        args,
         smoothings=args.smoothing,
-        seeds=args.seeds,
-        train=train_overrides(args),
-        out=args.out,
-        jobs=args.jobs,
-        threads=args.threads,
-        overwrite=args.overwrite,
         report=not args.no_report,
-        quiet=args.quiet,
-        launcher=args.launcher,
-        slurm=slurm,
+        slurm=slurm_options(args),
+        train=train_overrides(args),
     )
     if args.print_commands:
         commands, reused = comparison_commands(cfg)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 
 from nclab.commands.compare import (
+    OVERWRITE_HELP,
     TRAIN_PREFIX,
     add_launcher_options,
+    add_seeds_option,
     add_worker_options,
+    from_args,
     print_commands,
     slurm_options,
     train_overrides,
@@ -45,21 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="runs/study", metavar="DIR", help="output directory (cells/, report/)"
     )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="SEED",
-        help="seeds of every cell (default: the grid's; 3 or more make verdicts more than "
-        "indicative)",
+    add_seeds_option(
+        parser,
+        "seeds of every cell (default: the grid's; 3 or more make verdicts more than indicative)",
     )
     add_worker_options(parser, "the grid's; default and smoke: min(2, CPU count), paper: 1")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="retrain every run, discarding what --out holds for it",
-    )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--show-grid",
         action="store_true",
@@ -87,18 +81,7 @@ def run(args: argparse.Namespace) -> int:
         grid = load_grid(args.grid)
         print(yaml.safe_dump(grid.as_dict(), sort_keys=False, allow_unicode=True), end="")
         return 0
-    cfg = StudyConfig(
-        grid=args.grid,
-        out=args.out,
-        seeds=args.seeds,
-        jobs=args.jobs,
-        threads=args.threads,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        launcher=args.launcher,
-        slurm=slurm_options(args),
-        train=train_overrides(args),
-    )
+    cfg = from_args(StudyConfig, args, slurm=slurm_options(args), train=train_overrides(args))
     if args.print_commands:
         commands, reused = study_commands(cfg)
         then = (

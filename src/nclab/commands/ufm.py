@@ -73,21 +73,26 @@ def _add_problem(p: argparse.ArgumentParser, *, dim: bool, smoothing: Sequence[f
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ufm_command", metavar="SUBCOMMAND")
     sub.required = True
-    fmt = HelpFormatter
 
-    p = sub.add_parser(
+    def subcommand(
+        name: str, help: str, dim: bool = True, smoothing: Sequence[float] = (0.0, 0.05, 0.1, 0.2)
+    ) -> argparse.ArgumentParser:
+        """A subcommand with the UFM problem options (``--dim`` only with ``dim``)."""
+        p = sub.add_parser(name, help=help, formatter_class=HelpFormatter)
+        _add_problem(p, dim=dim, smoothing=smoothing)
+        return p
+
+    subcommand(
         "closed-form",
-        help="closed-form global minimizer (regime, gap, norms, p_true, objective, kappa_logit)",
-        formatter_class=fmt,
+        "closed-form global minimizer (regime, gap, norms, p_true, objective, kappa_logit)",
+        dim=False,
     )
-    _add_problem(p, dim=False, smoothing=(0.0, 0.05, 0.1, 0.2))
 
-    p = sub.add_parser(
+    p = subcommand(
         "solve",
-        help="solve the UFM in float64 (L-BFGS or GD) and compare with the closed form",
-        formatter_class=fmt,
+        "solve the UFM in float64 (L-BFGS or GD) and compare with the closed form",
+        smoothing=(0.0, 0.1),
     )
-    _add_problem(p, dim=True, smoothing=(0.0, 0.1))
     p.add_argument(
         "--method", choices=("lbfgs", "gd"), default="lbfgs", help="L-BFGS or fixed-step GD"
     )
@@ -97,12 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--record-every", type=int, default=1, help="NC metrics every m iterations")
     p.add_argument("--plot", metavar="FILE", help="write the history (objective gap, NC) as PNG")
 
-    p = sub.add_parser(
-        "condition",
-        help="Hessian conditioning at the minimizer: logit space and full (W, H, b)",
-        formatter_class=fmt,
+    p = subcommand(
+        "condition", "Hessian conditioning at the minimizer: logit space and full (W, H, b)"
     )
-    _add_problem(p, dim=True, smoothing=(0.0, 0.05, 0.1, 0.2))
     p.add_argument(
         "--method",
         choices=("auto", "dense", "lanczos"),
@@ -115,12 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot", metavar="FILE", help="write condition numbers and eigenvalues vs delta as PNG"
     )
 
-    p = sub.add_parser(
-        "convergence",
-        help="GD from one initialisation for each delta: objective gap and NC1 curves",
-        formatter_class=fmt,
+    p = subcommand(
+        "convergence", "GD from one initialisation for each delta: objective gap and NC1 curves"
     )
-    _add_problem(p, dim=True, smoothing=(0.0, 0.05, 0.1, 0.2))
     p.add_argument(
         "--lr", type=parse_lr, default=2.0, metavar="LR", help=_LR_HELP + "; a number is shared"
     )

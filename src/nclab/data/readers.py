@@ -368,44 +368,37 @@ def _decode_names(values: object, path: Path) -> tuple[str, ...]:
     return tuple(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values)
 
 
+def _cifar_split(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one CIFAR python batch file."""
+    batch = _unpickle(path)
+    return _cifar_images(batch, path), _cifar_labels(batch, label_key, path)
+
+
+def _cifar_names(meta: Path, key: bytes, num_classes: int) -> tuple[str, ...]:
+    """Class names from a CIFAR meta file; the class indices where the file is missing."""
+    if not meta.is_file():
+        return tuple(str(i) for i in range(num_classes))
+    return _decode_names(_key(_unpickle(meta), key, meta), meta)
+
+
 def _load_cifar10(data_dir: Path | None) -> _Raw:
     d = _find_folder("cifar10", data_dir, "cifar-10-batches-py", "data_batch_1")
-    xs, ys = [], []
-    for i in range(1, 6):
-        p = d / f"data_batch_{i}"
-        b = _unpickle(p)
-        xs.append(_cifar_images(b, p))
-        ys.append(_cifar_labels(b, b"labels", p))
-    tb = _unpickle(d / "test_batch")
-    x_test = _cifar_images(tb, d / "test_batch")
-    y_test = _cifar_labels(tb, b"labels", d / "test_batch")
-    meta = d / "batches.meta"
-    names = (
-        _decode_names(_key(_unpickle(meta), b"label_names", meta), meta)
-        if meta.is_file()
-        else tuple(str(i) for i in range(10))
-    )
-    y_train = np.concatenate(ys)
+    train = [_cifar_split(d / f"data_batch_{i}", b"labels") for i in range(1, 6)]
+    x_test, y_test = _cifar_split(d / "test_batch", b"labels")
+    names = _cifar_names(d / "batches.meta", b"label_names", 10)
+    y_train = np.concatenate([y for _, y in train])
     _check_labels(y_train, 10, "cifar10 train labels")
     _check_labels(y_test, 10, "cifar10 test labels")
-    return _Raw(np.concatenate(xs), y_train, x_test, y_test, 10, names)
+    return _Raw(np.concatenate([x for x, _ in train]), y_train, x_test, y_test, 10, names)
 
 
 def _load_cifar100(data_dir: Path | None) -> _Raw:
     d = _find_folder("cifar100", data_dir, "cifar-100-python", "train")
-    tr, te = _unpickle(d / "train"), _unpickle(d / "test")
-    y_train = _cifar_labels(tr, b"fine_labels", d / "train")
-    y_test = _cifar_labels(te, b"fine_labels", d / "test")
-    meta = d / "meta"
-    names = (
-        _decode_names(_key(_unpickle(meta), b"fine_label_names", meta), meta)
-        if meta.is_file()
-        else tuple(str(i) for i in range(100))
-    )
+    x_train, y_train = _cifar_split(d / "train", b"fine_labels")
+    x_test, y_test = _cifar_split(d / "test", b"fine_labels")
+    names = _cifar_names(d / "meta", b"fine_label_names", 100)
     _check_labels(y_train, 100, "cifar100 train labels")
     _check_labels(y_test, 100, "cifar100 test labels")
-    x_train = _cifar_images(tr, d / "train")
-    x_test = _cifar_images(te, d / "test")
     return _Raw(x_train, y_train, x_test, y_test, 100, names)
 
 

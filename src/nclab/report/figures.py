@@ -180,30 +180,11 @@ def trajectory_figure(summary: ReportSummary) -> Figure:
             x, y, c = run.series("nc2_wh"), run.series("nc1"), run.test_error()
             ok = np.isfinite(x) & np.isfinite(y) & (y > 0)
             ax.plot(x[ok], y[ok], color=colors[g.key], lw=0.8, alpha=0.6)
-            ax.scatter(
-                x[ok],
-                y[ok],
-                c=c[ok],
-                cmap=cmap,
-                norm=norm,
-                marker=markers[g.key],
-                s=22,
-                edgecolors=colors[g.key],
-                linewidths=0.6,
-            )
-            if ok.any():
+            style = dict(cmap=cmap, norm=norm, marker=markers[g.key], edgecolors=colors[g.key])
+            ax.scatter(x[ok], y[ok], c=c[ok], s=22, linewidths=0.6, **style)
+            if ok.any():  # the final epoch's point, larger
                 last = np.flatnonzero(ok)[-1]
-                ax.scatter(
-                    [x[last]],
-                    [y[last]],
-                    c=[c[last]],
-                    cmap=cmap,
-                    norm=norm,
-                    marker=markers[g.key],
-                    s=110,
-                    edgecolors=colors[g.key],
-                    linewidths=1.6,
-                )
+                ax.scatter([x[last]], [y[last]], c=[c[last]], s=110, linewidths=1.6, **style)
     ax.set_yscale("log")
     ax.set_xlabel("NC2 (nc2_wh)")
     ax.set_ylabel("NC1 (log)")

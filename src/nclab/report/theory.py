@@ -26,11 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nclab.report.runs import RunData
+
+if TYPE_CHECKING:
+    from nclab.ufm import UFMProblem
 
 __all__ = [
     "DEFAULT_LAMBDA",
@@ -135,37 +138,24 @@ def _n_per_class(runs: Sequence[RunData], k: int) -> tuple[int, str | None]:
     return 500, "training-set size unknown: n = 500 per class assumed for the closed form"
 
 
-def hessian_rows(
-    num_classes: int,
-    n_per_class: int,
-    lambda_w: float,
-    lambda_h: float,
-    lambda_b: float | None,
-    deltas: Sequence[float],
-) -> list[dict[str, Any]]:
-    """Per δ, the conditioning of the regularised UFM at its closed-form minimizer
-    (:func:`nclab.ufm.condition`, d = K − 1): ``hessian_ratio`` (full Hessian, symmetry and
-    bias-shift directions excluded), ``w_block_ratio``, ``h_block_ratio``, ``kappa_logit``, the
-    regime and the method. A trivial minimizer (W = H = 0) gives None ratios."""
-    from nclab.ufm import DEFAULT_LAMBDA_B, closed_form, condition
+def hessian_rows(base: UFMProblem, deltas: Sequence[float]) -> list[dict[str, Any]]:
+    """Per δ, the conditioning of the regularised UFM ``base`` with label smoothing δ at its
+    closed-form minimizer (:func:`nclab.ufm.condition`, d = K − 1): ``hessian_ratio`` (full
+    Hessian, symmetry and bias-shift directions excluded), ``w_block_ratio``, ``h_block_ratio``,
+    ``kappa_logit``, the regime and the method. A trivial minimizer (W = H = 0) gives None
+    ratios."""
+    from nclab.ufm import closed_form, condition
 
-    lb = DEFAULT_LAMBDA_B if lambda_b is None else float(lambda_b)
     rows = []
     for d in deltas:
-        common = dict(
-            num_classes=num_classes,
-            n_per_class=n_per_class,
-            lambda_w=lambda_w,
-            lambda_h=lambda_h,
-            lambda_b=lb,
-            smoothing=float(d),
-        )
-        cf = closed_form(**common)
-        row: dict[str, Any] = {"smoothing": float(d), "regime": cf.regime, "lambda_b": lb}
+        problem = replace(base, smoothing=float(d))
+        cf = closed_form(problem)
+        row: dict[str, Any] = {"smoothing": problem.smoothing, "regime": cf.regime}
+        row["lambda_b"] = problem.lambda_b
         if cf.regime == "trivial":
             row.update(hessian_ratio=None, w_block_ratio=None, h_block_ratio=None, kappa_logit=None)
         else:
-            c = condition(dim=num_classes - 1, **common)
+            c = condition(problem)
             row.update(
                 hessian_ratio=c.ratio_excl_bias_shift,
                 hessian_lambda_max=c.lambda_max,
@@ -177,7 +167,7 @@ def hessian_rows(
                 dim=c.dim,
             )
         rows.append(row)
-    _add_gd_rows(rows, common_base={k: v for k, v in common.items() if k != "smoothing"})
+    _add_gd_rows(rows, base)
     return rows
 
 
@@ -192,18 +182,18 @@ GD_TOL = 1e-8
 GD_MAX_WORK = 1e7
 
 
-def _add_gd_rows(rows: list[dict[str, Any]], common_base: dict[str, Any]) -> None:
+def _add_gd_rows(rows: list[dict[str, Any]], base: UFMProblem) -> None:
     """GD on the runs' own UFM (the problem whose Hessian the rows describe, d = K − 1, the same
     initialisation for every δ): iterations to the relative objective gap :data:`GD_TOL` at a
     shared step (the largest that is stable for every δ: min over δ of 1/λ_max) and at each
     δ's own best step from :data:`GD_STEP_MULTIPLIERS` / λ_max. None where not reached within
     :data:`GD_MAX_ITERS`; nothing when one step would cost more than :data:`GD_MAX_WORK`."""
-    from nclab.ufm import UFMProblem, solve_gd
+    from nclab.ufm import solve_gd
 
     live = [r for r in rows if r.get("hessian_lambda_max")]
     if not live:
         return
-    k, n = int(common_base["num_classes"]), int(common_base["n_per_class"])
+    k, n = base.num_classes, base.n_per_class
     if k * n * (k - 1) * k > GD_MAX_WORK:
         for r in live:
             r["gd_note"] = (
@@ -225,7 +215,7 @@ def _add_gd_rows(rows: list[dict[str, Any]], common_base: dict[str, Any]) -> Non
         return int(res.iterations) if res.relative_gap <= GD_TOL else None
 
     for r in live:
-        problem = UFMProblem(dim=k - 1, smoothing=r["smoothing"], **common_base)
+        problem = replace(base, smoothing=r["smoothing"])
         r["gd_shared_lr"] = shared
         r["gd_shared_iters"] = iterations(problem, shared)
         tried = {m: iterations(problem, m / r["hessian_lambda_max"]) for m in GD_STEP_MULTIPLIERS}
@@ -244,7 +234,7 @@ def theory_panel(
     hessian: bool = True,
 ) -> TheoryPanel:
     """Closed-form values and (optionally) GD convergence curves for the runs' K and δ."""
-    from nclab.ufm import closed_form
+    from nclab.ufm import UFMProblem, closed_form
 
     k = _num_classes(runs)
     n, n_note = _n_per_class(runs, k)
@@ -262,12 +252,12 @@ def theory_panel(
     top = min(0.95, max(0.5, 1.2 * max(deltas, default=0.0)))
     grid_deltas = np.linspace(0.0, top, DELTA_GRID)
     names = ("logit_gap", "p_true", "kappa_logit", "w_norm", "h_norm")
-    problem = dict(num_classes=k, n_per_class=n, lambda_w=lw, lambda_h=lh, **extra)
-    rows = [closed_form(smoothing=float(d), **problem) for d in grid_deltas]
+    base = UFMProblem(num_classes=k, n_per_class=n, lambda_w=lw, lambda_h=lh, **extra)
+    rows = [closed_form(replace(base, smoothing=float(d))) for d in grid_deltas]
     grid = {name: np.array([getattr(r, name) for r in rows]) for name in names}
     at_runs = []
     for d in deltas:
-        cf = closed_form(smoothing=d, **problem)
+        cf = closed_form(replace(base, smoothing=d))
         at_runs.append(
             {"smoothing": d, **{name: getattr(cf, name) for name in names}, "regime": cf.regime}
         )
@@ -278,7 +268,7 @@ def theory_panel(
             )
     panel = TheoryPanel(k, n, lw, lh, lb, ufm_mode, deltas, grid_deltas, grid, at_runs, notes=notes)
     if hessian and deltas:
-        panel.hessian = hessian_rows(k, n, lw, lh, lb, deltas)
+        panel.hessian = hessian_rows(base, deltas)
     if convergence and deltas:
         _add_convergence(panel, k, deltas, max_iters)
     return panel

@@ -329,17 +329,22 @@ def _row_line(row: dict[str, Any]) -> str:
     return json.dumps(_jsonable(row), allow_nan=False) + "\n"
 
 
-def _open_append(path: Path) -> int:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+def _open_for_writing(path: Path, flags: int, what: str) -> int:
+    """``os.open(path, flags)`` for writing that refuses a symbolic link planted at ``path``
+    (``O_NOFOLLOW``) with a ``ValueError`` naming ``what``; other failures raise ``OSError``."""
     try:
-        return os.open(path, flags, 0o666)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ValueError(
-                f"{path} is a symbolic link; nclab never writes through a link out of a run "
+                f"{what} is a symbolic link; nclab never writes through a link out of a run "
                 "folder: remove the link"
             ) from None
         raise
+
+
+def _open_append(path: Path) -> int:
+    return _open_for_writing(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, str(path))
 
 
 def _append_line(path: Path, row: dict[str, Any], sync: bool = True) -> None:
@@ -560,19 +565,15 @@ def lock_directory(directory: Path) -> Iterator[None]:
     created = not directory.exists()
     _make_directory(directory)
     path = directory / LOCK_NAME
-    # O_NOFOLLOW: a symbolic link planted as the lock file is refused, never emptied
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
+    what, flags = f"the lock file {path}", os.O_RDWR | os.O_CREAT
+    try:  # a symbolic link planted as the lock file is refused, never emptied
+        lock_created = True
         try:
-            fd, lock_created = os.open(path, flags | os.O_EXCL, 0o666), True
-        except FileExistsError:  # a link is also "existing" here, refused just below
-            fd, lock_created = os.open(path, flags, 0o666), False
+            fd = _open_for_writing(path, flags | os.O_EXCL, what)
+        except FileExistsError:  # a planted link "exists" too: refused by the plain open
+            lock_created = False
+            fd = _open_for_writing(path, flags, what)
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ValueError(
-                f"the lock file {path} is a symbolic link; nclab never writes through a link out "
-                "of a run folder: remove the link"
-            ) from None
         raise ValueError(f"cannot open the lock file {path}: {err.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

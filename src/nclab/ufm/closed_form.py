@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from nclab.ufm.problem import UFMProblem, as_problem
+from nclab.ufm.problem import PROBLEM_FIELDS, UFMProblem, as_problem
 
 
 @dataclass(frozen=True)
@@ -96,50 +96,33 @@ def closed_form(problem: UFMProblem | None = None, /, **problem_fields: Any) -> 
     K, n, delta = pr.num_classes, pr.n_per_class, pr.smoothing
     lambda_w, lambda_h = pr.lambda_w, pr.lambda_h
     beta = pr.beta
-    common = dict(
-        beta=beta,
-        threshold=(1.0 - delta) / K,
-        num_classes=K,
-        n_per_class=n,
-        smoothing=delta,
-        lambda_w=lambda_w,
-        lambda_h=lambda_h,
-        lambda_b=pr.lambda_b,
-    )
-    if not pr.collapses:
-        return UFMClosedForm(
-            regime="trivial",
-            logit_gap=0.0,
-            w_norm=0.0,
-            h_norm=0.0,
-            p_true=1.0 / K,
-            q_other=1.0 / K,
-            loss=math.log(K),
-            objective=math.log(K),
-            kappa_logit=1.0,
-            **common,
-        )
-    q = beta + delta / K  # probability of each wrong class at the optimum
-    gap = math.log(1.0 / q - (K - 1))
-    p_true = 1.0 - (K - 1) * q
-    w_sq = math.sqrt(n * lambda_h / lambda_w) * (K - 1) * gap / K
-    w_norm = math.sqrt(w_sq)
-    h_norm = math.sqrt(lambda_w / (n * lambda_h)) * w_norm
-    # -log p_true = log(1 + (K-1) e^{-g}); log1p keeps precision for large gaps.
-    loss = math.log1p((K - 1) * math.exp(-gap)) + delta * (K - 1) * gap / K
-    objective = loss + (K - 1) * beta * gap
-    kappa = K * p_true if K >= 3 else 1.0
+    if pr.collapses:
+        q = beta + delta / K  # probability of each wrong class at the optimum
+        gap = math.log(1.0 / q - (K - 1))
+        p_true = 1.0 - (K - 1) * q
+        w_norm = math.sqrt(math.sqrt(n * lambda_h / lambda_w) * (K - 1) * gap / K)
+        h_norm = math.sqrt(lambda_w / (n * lambda_h)) * w_norm
+        # -log p_true = log(1 + (K-1) e^{-g}); log1p keeps precision for large gaps.
+        loss = math.log1p((K - 1) * math.exp(-gap)) + delta * (K - 1) * gap / K
+        kappa = K * p_true if K >= 3 else 1.0
+    else:  # W = H = 0: every logit is 0
+        q = p_true = 1.0 / K
+        gap = w_norm = h_norm = 0.0
+        loss = math.log(K)
+        kappa = 1.0
     return UFMClosedForm(
-        regime="collapse",
+        regime="collapse" if pr.collapses else "trivial",
         logit_gap=gap,
         w_norm=w_norm,
         h_norm=h_norm,
         p_true=p_true,
         q_other=q,
         loss=loss,
-        objective=objective,
+        objective=loss + (K - 1) * beta * gap,
         kappa_logit=kappa,
-        **common,
+        beta=beta,
+        threshold=(1.0 - delta) / K,
+        **{name: getattr(pr, name) for name in PROBLEM_FIELDS if name != "dim"},  # d: no effect
     )
 
 
