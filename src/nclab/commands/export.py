@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "Write the per-epoch metrics of run directories as one CSV or Parquet table."
 DESCRIPTION = (
     "Write the per-epoch metrics of run directories (of `nclab train`, `nclab compare` or the "
     "tracker; any mix of datasets, models and losses) as one tidy table: one row per run and "

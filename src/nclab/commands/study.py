@@ -22,7 +22,6 @@ from nclab.study import GRIDS
 #: trains (the grid holds everything that changes results).
 MACHINE_OPTIONS = ("data_dir", "device")
 
-HELP = "A grid of CE-vs-LS comparisons (datasets x models x conditions x δ) and its atlas."
 DESCRIPTION = (
     "Run one CE-vs-label-smoothing comparison (as `nclab compare`) in every cell of a grid of "
     "datasets x models x training conditions, for each δ of the grid and every seed, and draw "
