@@ -165,11 +165,12 @@ GRIDS: dict[str, Grid] = {
     ),
     "default": Grid(
         "default",
-        "8-11 minutes on 2 shared CPU cores, offline: Fashion-MNIST (60 training images per class, "
-        "per-epoch test metrics on 50 per class, the final epoch on all 10,000) with an MLP "
-        "2x128, scikit-learn's 8x8 digits (60 per class, 359 test images) with the MLP and a "
-        "small CNN (4 blocks, 8-64 channels); each x clean / 20% symmetric label noise / "
-        "imbalance 10 (exponential), δ 0.1, seeds 0 1 2, 40 epochs of SGD (lr 0.05, momentum "
+        "3-8 minutes on 2 CPU cores (quiet to shared), offline: Fashion-MNIST (60 training "
+        "images per class, per-epoch test metrics on 50 per class, the final epoch on all "
+        "10,000) with an MLP 2x128, scikit-learn's 8x8 digits (60 per class, 359 test "
+        "images) with the MLP and a small CNN (4 blocks, 8-64 channels); each x clean / 20% "
+        "symmetric label noise / imbalance 10 (exponential), δ 0.1, seeds 0 1 2, 40 epochs of "
+        "SGD (lr 0.05, momentum "
         "0.9, weight decay 5e-4, batch 32, cosine). Fashion-MNIST x CNN is excluded: it costs "
         "the whole budget and does not reach 100% training accuracy in it",
         datasets=(
