@@ -222,7 +222,11 @@ def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 5) -> float:
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     z, y = _as_numpy(logits, labels)
-    k = min(int(k), z.shape[1])
+    return _top_k(z, y, int(k))
+
+
+def _top_k(z: np.ndarray, y: np.ndarray, k: int) -> float:
+    k = min(k, z.shape[1])
     true = z[np.arange(len(y)), y]
     above = np.sum(z > true[:, None], axis=1)  # logits strictly larger than the label's
     return float(np.mean(above < k))
@@ -243,7 +247,7 @@ def calibration_metrics(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15) 
         "ece_classwise": _classwise(p, y, n_bins),
         "nll": _nll(z, y),
         "brier": _brier(p, y),
-        "top5_acc": top_k_accuracy(z, y, 5),
+        "top5_acc": _top_k(z, y, 5),
     }
 
 

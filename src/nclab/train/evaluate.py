@@ -164,7 +164,7 @@ class Evaluator:
         )  # fmt: skip
         test = self._pass(model, self.x_test, self.y_test, "test")
         t1 = time.perf_counter()
-        in_pass = train.metric_seconds + test.metric_seconds  # streaming updates in the passes
+        in_pass = train.metric_seconds + test.metric_seconds  # first-pass updates in the passes
         weight = model.classifier.weight.detach().double()
         bias = model.classifier.bias
         bias = None if bias is None else bias.detach().double()
